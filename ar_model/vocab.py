@@ -1,0 +1,164 @@
+"""One id space shared by text and images: specials, then text tokens, then the tokenizer's image codes.
+
+    ids 0..5                       <pad> <bos> <eos> <boi> <eoi> <null>
+    ids 6 .. 6+T-1                 text tokens (T = text vocabulary size; UTF-8 bytes by default)
+    ids 6+T .. 6+T+K-1             image codes 0..K-1 of the image tokenizer (K = codebook size)
+
+Sequences (built by `onetok.ar_model.generate` and the training data):
+    text -> image    <bos> text <boi> codes <eoi> <eos>        (<null> replaces the text for CFG)
+    image -> text    <bos> <boi> codes <eoi> text <eos>
+
+The text vocabulary is pluggable: `ByteText` (any string, one id per UTF-8 byte) or `WordText` (a fixed word
+list, e.g. every word of the training captions; short sequences, but unknown words are an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<null>")
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text vocabularies: local ids 0..size-1, offset into the shared id space by `Vocab`.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ByteText:
+    """UTF-8 bytes: 256 text ids, every string encodes."""
+
+    kind = "bytes"
+    size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind}
+
+
+class WordText:
+    """A fixed list of space-separated words; encoding an unknown word raises ValueError."""
+
+    kind = "words"
+
+    def __init__(self, words: Iterable[str]):
+        self.words = list(words)
+        if len(set(self.words)) != len(self.words):
+            raise ValueError("WordText: duplicate words in the word list")
+        if any(not w or any(c.isspace() for c in w) for w in self.words):
+            raise ValueError("WordText: words must be non-empty and contain no whitespace")
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.size = len(self.words)
+
+    @classmethod
+    def from_captions(cls, captions: Iterable[str]) -> WordText:
+        """Every distinct whitespace-separated word of `captions`, sorted."""
+        return cls(sorted({w for c in captions for w in c.split()}))
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word not in self.index:
+                raise ValueError(f"unknown word {word!r} (not in the model's {self.size}-word vocabulary)")
+            ids.append(self.index[word])
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.words[i] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "words": self.words}
+
+
+def text_vocab_from_dict(d: dict) -> ByteText | WordText:
+    if d["kind"] == "bytes":
+        return ByteText()
+    if d["kind"] == "words":
+        return WordText(d["words"])
+    raise ValueError(f"unknown text vocabulary kind {d['kind']!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The shared vocabulary
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Vocab:
+    """Specials, then text ids, then image codes at `image_offset`; `size` ids in all."""
+
+    pad_id, bos_id, eos_id, boi_id, eoi_id, null_id = range(len(SPECIALS))
+    text_offset = len(SPECIALS)
+
+    def __init__(self, codebook_size: int, text: ByteText | WordText | None = None):
+        if codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+        self.codebook_size = codebook_size
+        self.text = text if text is not None else ByteText()
+        self.image_offset = self.text_offset + self.text.size
+        self.size = self.image_offset + codebook_size
+
+    def __repr__(self) -> str:
+        return f"Vocab(size={self.size}, text={self.text.kind}:{self.text.size}, codebook_size={self.codebook_size})"
+
+    # --- text ---------------------------------------------------------------------------------------------------
+
+    def encode_text(self, text: str) -> list[int]:
+        return [self.text_offset + i for i in self.text.encode(text)]
+
+    def decode_text(self, ids: Iterable[int]) -> str:
+        """Text ids to a string: stops at <eos> or <eoi>, skips other specials and image ids."""
+        local = []
+        for i in ids:
+            i = int(i)
+            if i in (self.eos_id, self.eoi_id):
+                break
+            if self.text_offset <= i < self.image_offset:
+                local.append(i - self.text_offset)
+        return self.text.decode(local)
+
+    # --- images -------------------------------------------------------------------------------------------------
+
+    def image_to_vocab(self, codes: torch.Tensor) -> torch.Tensor:
+        """Tokenizer codes (any shape, 0..K-1) to shared ids."""
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"image codes must lie in [0, {self.codebook_size})")
+        return codes.long() + self.image_offset
+
+    def vocab_to_image(self, ids: torch.Tensor) -> torch.Tensor:
+        """Shared ids (any shape, all image ids) back to tokenizer codes."""
+        codes = ids.long() - self.image_offset
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError("vocab_to_image: ids outside the image-code range")
+        return codes
+
+    # --- masks over the vocabulary: True = allowed ----------------------------------------------------------------
+
+    def image_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        mask[self.image_offset:] = True
+        return mask  # (V,)
+
+    def text_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        mask[self.text_offset:self.image_offset] = True
+        mask[self.eos_id] = True
+        return mask  # (V,)
+
+    # --- serialisation ------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"specials": list(SPECIALS), "text": self.text.to_dict(), "codebook_size": self.codebook_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocab:
+        if list(d.get("specials", SPECIALS)) != list(SPECIALS):
+            raise ValueError(f"vocab specials {d['specials']} differ from this version's {list(SPECIALS)}")
+        return cls(int(d["codebook_size"]), text_vocab_from_dict(d["text"]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.to_dict() == other.to_dict()

@@ -1,0 +1,87 @@
+"""Turn a folder of your own images (JPEG/PNG/WebP, optional same-named .txt captions) into shards.
+
+Every image is resized (short side) and centre-cropped to a square of `size` px and stored as PNG (or JPEG)
+in the same layout as the shapes data (`OUT/train/*.tar`, and `OUT/val/*.tar` when a validation fraction is
+asked for). A file that is not a readable image is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from PIL import Image
+
+from onetok.data.shards import ShardWriter, encode_png, resize_center_crop
+
+CAPTION_SUFFIX = ".txt"
+
+
+class ConvertSummary(NamedTuple):
+    written: int
+    skipped: int
+    skipped_files: list[str]
+
+
+def list_inputs(src: Path) -> tuple[list[Path], dict[str, Path]]:
+    """(candidate image files, captions by stem); a .txt is a caption when an image shares its stem."""
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    stems = {p.with_suffix("") for p in files if p.suffix.lower() != CAPTION_SUFFIX}
+    captions = {str(p.with_suffix("")): p for p in files if p.suffix.lower() == CAPTION_SUFFIX and p.with_suffix("") in stems}
+    candidates = [p for p in files if str(p.with_suffix("")) not in captions or p.suffix.lower() != CAPTION_SUFFIX]
+    return candidates, captions
+
+
+def load_image(path: Path, size: int) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()  # forces a full decode: a truncated file raises here
+        image = im.convert("RGB")
+    return resize_center_crop(image, size)
+
+
+def _is_val(path: Path, val_fraction: float) -> bool:
+    if val_fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha1(str(path.name).encode()).digest()[:4], "big")
+    return h / 2**32 < val_fraction
+
+
+def encode(image: Image.Image, fmt: str) -> tuple[str, bytes]:
+    if fmt == "png":
+        return "png", encode_png(image)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    return "jpg", buf.getvalue()
+
+
+def convert_images(
+    src: Path, out: Path, size: int = 256, shard_size: int = 5000, val_fraction: float = 0.0, fmt: str = "png",
+    progress: Callable[[int], None] | None = None,
+) -> ConvertSummary:
+    candidates, captions = list_inputs(src)
+    written, skipped = 0, []
+    writers = {"train": ShardWriter(out / "train", shard_size)}
+    if val_fraction > 0:
+        writers["val"] = ShardWriter(out / "val", shard_size)
+    with writers["train"], writers.get("val", writers["train"]):
+        for path in candidates:
+            if progress:
+                progress(1)
+            try:
+                image = load_image(path, size)
+            except Exception:  # noqa: BLE001 - not an image or a corrupt one: skip and count
+                skipped.append(str(path))
+                continue
+            files = dict([encode(image, fmt)])
+            caption_path = captions.get(str(path.with_suffix("")))
+            if caption_path is not None:
+                files["txt"] = caption_path.read_text(encoding="utf-8", errors="replace").strip().encode()
+            rel = str(path.relative_to(src))
+            files["json"] = json.dumps({"source": rel, "width": image.width, "height": image.height}).encode()
+            split = "val" if _is_val(path, val_fraction) else "train"
+            writers[split].write(f"{written:08d}", files)
+            written += 1
+    return ConvertSummary(written, len(skipped), skipped)

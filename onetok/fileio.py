@@ -1,0 +1,50 @@
+"""User-facing errors and atomic file output, shared by every command.
+
+Every command reports bad input as a `UserError` (one line, exit code 2) and writes its outputs through
+`atomic_output`, so an interrupted run never leaves a half-written file behind and an existing file is only
+replaced when the user passed `--force`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+class UserError(Exception):
+    """Bad input or a refused action; the CLI prints it as one line and exits with code 2."""
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to replace an existing file unless `force`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path}: already exists (use --force to overwrite)")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = check_writable(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False) -> Path:
+    with atomic_output(path, force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

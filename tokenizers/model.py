@@ -1,0 +1,347 @@
+"""The 1D image tokenizer: a ViT encoder reads L learned latent tokens out of an image, a quantizer makes them
+discrete, and a ViT decoder paints the image back from any prefix of them (coarse to fine).
+
+References:
+- TiTok, "An Image is Worth 32 Tokens" (arXiv:2406.07550; bytedance/1d-tokenizer `modeling/modules/blocks.py`):
+  latent tokens appended after the patch tokens, read out at the latent positions; the decoder reads a grid of
+  mask tokens conditioned on the latents, with a pixel-shuffle head and a 3x3 conv.
+- FlexTok (arXiv:2502.13967; apple/ml-flextok `token_dropout.py`) and One-D-Piece (arXiv:2501.10064): nested
+  dropout — a per-sample keep length k, the tail k.. replaced by a learned mask token, so any prefix decodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from onetok.tokenizers.quantize import QuantizerOutput, build_quantizer
+
+CONFIG_FORMAT = "onetok-tokenizer"
+CONFIG_VERSION = 1
+
+
+@dataclass
+class TokenizerConfig:
+    image_size: int = 32
+    patch_size: int = 8
+    num_latent_tokens: int = 16  # L
+    # encoder / decoder ViTs
+    enc_width: int = 128
+    enc_depth: int = 4
+    enc_heads: int = 4
+    dec_width: int = 128
+    dec_depth: int = 4
+    dec_heads: int = 4
+    mlp_ratio: float = 4.0
+    # pixel head: linear -> (p, p, head_channels) -> pixel shuffle -> refine_layers 3x3 conv blocks -> RGB
+    head_channels: int = 3
+    refine_layers: int = 0
+    # quantizer: "vq" (code_dim, codebook_size), "fsq" (fsq_levels), "lfq" (code_dim; codebook_size = 2**code_dim)
+    quantizer: str = "fsq"
+    code_dim: int = 12
+    codebook_size: int = 4096
+    fsq_levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+    dead_code_threshold: float = 0.0  # vq: restart codes whose EMA use per step falls below this (0 = off)
+    lfq_entropy_weight: float = 0.1
+    # nested dropout: per-sample keep length k ~ "uniform" over 1..L, "pow2" over 1,2,4..,L, or "none";
+    # with probability full_length_prob a sample keeps all L tokens
+    token_drop: str = "uniform"
+    full_length_prob: float = 0.0
+
+    def __post_init__(self):
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.token_drop not in ("uniform", "pow2", "none"):
+            raise ValueError(f"token_drop must be uniform, pow2 or none, not {self.token_drop!r}")
+        if self.quantizer not in ("vq", "fsq", "lfq"):
+            raise ValueError(f"quantizer must be vq, fsq or lfq, not {self.quantizer!r}")
+        if self.quantizer == "fsq":  # derived sizes, kept consistent so config.json tells the truth
+            self.code_dim, self.codebook_size = len(self.fsq_levels), math.prod(self.fsq_levels)
+        elif self.quantizer == "lfq":
+            self.codebook_size = 2**self.code_dim
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown TokenizerConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fsq_levels"] = list(self.fsq_levels)
+        return d
+
+
+class TokenizerOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, 3, H, W), images scale [0, 1], not clamped
+    quantizer: QuantizerOutput
+    keep: torch.Tensor  # (B,) number of tokens the decoder saw per sample
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequential:
+    return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+
+
+class Encoder(nn.Module):
+    """Image (B, 3, H, W) in [0, 1] -> latents (B, L, code_dim)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        n_patches = cfg.grid_size**2
+        self.patch_embed = nn.Conv2d(3, cfg.enc_width, cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, n_patches, cfg.enc_width))
+        self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
+        self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.enc_width)
+        self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images * 2 - 1)  # (B, D, h, w)
+        x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
+        latents = self.latent_tokens.expand(x.shape[0], -1, -1)  # (B, L, D)
+        x = self.blocks(torch.cat([x, latents], dim=1))  # (B, N + L, D)
+        x = self.norm(x[:, -latents.shape[1]:])  # (B, L, D) read out at the latent positions
+        return self.to_code(x)  # (B, L, code_dim)
+
+
+class PixelHead(nn.Module):
+    """Grid features (B, N, D) -> image (B, 3, H, W): linear to p*p*C, pixel shuffle, optional residual convs."""
+
+    def __init__(self, width: int, patch_size: int, channels: int, refine_layers: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.linear = nn.Linear(width, patch_size * patch_size * channels)
+        self.refine = nn.ModuleList(
+            nn.Sequential(nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1)) for _ in range(refine_layers)
+        )
+        self.to_rgb = nn.Conv2d(channels, 3, 3, padding=1) if (refine_layers or channels != 3) else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
+        x = self.linear(x)  # (B, N, p*p*C)
+        x = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=self.patch_size, q=self.patch_size)
+        for block in self.refine:
+            x = x + block(x)  # (B, C, H, W)
+        return self.to_rgb(x)  # (B, 3, H, W)
+
+
+class Decoder(nn.Module):
+    """Quantized latents (B, L, code_dim) + keep lengths (B,) -> image (B, 3, H, W) on the [0, 1] scale."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.grid = cfg.grid_size
+        self.from_code = nn.Linear(cfg.code_dim, cfg.dec_width)
+        self.drop_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))  # replaces dropped tail latents
+        self.latent_pos = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.dec_width))
+        self.grid_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))
+        self.grid_pos = nn.Parameter(0.02 * torch.randn(1, self.grid**2, cfg.dec_width))
+        self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.dec_width)
+        self.head = PixelHead(cfg.dec_width, cfg.patch_size, cfg.head_channels, cfg.refine_layers)
+
+    def forward(self, codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, L, _ = codes.shape
+        x = self.from_code(codes.to(self.from_code.weight.dtype))  # (B, L, D)
+        kept = torch.arange(L, device=codes.device)[None, :] < keep[:, None]  # (B, L)
+        x = torch.where(kept[..., None], x, self.drop_token) + self.latent_pos[:, :L]  # (B, L, D)
+        grid = (self.grid_token + self.grid_pos).expand(B, -1, -1)  # (B, N, D)
+        x = self.blocks(torch.cat([grid, x], dim=1))  # (B, N + L, D)
+        x = self.norm(x[:, : self.grid**2])  # (B, N, D) read out at the grid positions
+        return (self.head(x, self.grid) + 1) / 2  # (B, 3, H, W)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The tokenizer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@contextlib.contextmanager
+def _inference(module: nn.Module):
+    """eval mode + no grad for the block, then restore the training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+class Tokenizer(nn.Module):
+    """images (B, 3, S, S) in [0, 1] <-> token ids (B, k), 1 <= k <= L, ordered coarse to fine."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = build_quantizer(
+            config.quantizer, config.code_dim, config.codebook_size, config.fsq_levels, config.commitment_weight,
+            config.codebook_weight, config.dead_code_threshold, config.lfq_entropy_weight,
+        )
+        self.decoder = Decoder(config)
+        for part in (self.encoder, self.decoder):
+            part.apply(_init_weights)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    @property
+    def num_latent_tokens(self) -> int:
+        return self.config.num_latent_tokens
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    # ---- training forward -------------------------------------------------------------------------------------------
+
+    def sample_keep(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """Per-sample keep lengths (B,) from the configured nested-dropout distribution."""
+        L, cfg = self.num_latent_tokens, self.config
+        if cfg.token_drop == "none":
+            return torch.full((batch,), L, device=device, dtype=torch.long)
+        if cfg.token_drop == "uniform":
+            keep = torch.randint(1, L + 1, (batch,), device=device)
+        else:  # pow2: 1, 2, 4, ..., L (and L itself when it is not a power of two)
+            choices = sorted({min(2**i, L) for i in range(L.bit_length() + 1)})
+            keep = torch.tensor(choices, device=device)[torch.randint(0, len(choices), (batch,), device=device)]
+        full = torch.rand(batch, device=device) < cfg.full_length_prob
+        return torch.where(full, torch.full_like(keep, L), keep)
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | int | None = None) -> TokenizerOutput:
+        """Encode, quantize, decode. `keep`: (B,) or int tokens per sample; None = nested dropout in training,
+        all L in eval."""
+        B = images.shape[0]
+        if keep is None:
+            keep = self.sample_keep(B, images.device) if self.training else self.num_latent_tokens
+        if isinstance(keep, int):
+            keep = torch.full((B,), keep, device=images.device, dtype=torch.long)
+        quant = self.quantizer(self.encoder(images))
+        reconstruction = self.decoder(quant.quantized, keep)
+        return TokenizerOutput(reconstruction, quant, keep)
+
+    # ---- inference API ----------------------------------------------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        S = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, S, S):
+            raise ValueError(f"expected images (B, 3, {S}, {S}), got {tuple(images.shape)}")
+
+    def encode(self, images: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+        """(B, 3, S, S) float in [0, 1] -> (B, k) int64 ids, k = num_tokens or L (eval mode, no grad)."""
+        self._check_images(images)
+        k = self.num_latent_tokens if num_tokens is None else int(num_tokens)
+        if not 1 <= k <= self.num_latent_tokens:
+            raise ValueError(f"num_tokens must be in 1..{self.num_latent_tokens}, got {k}")
+        with _inference(self):
+            latents = self.encoder(images.to(self.encoder.pos_embed.dtype))  # (B, L, code_dim)
+            indices = self.quantizer(latents).indices  # (B, L)
+        return indices[:, :k].contiguous()
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, k) ids, 1 <= k <= L -> (B, 3, S, S) float images in [0, 1] (eval mode, no grad)."""
+        B, k = ids.shape
+        L = self.num_latent_tokens
+        if not 1 <= k <= L:
+            raise ValueError(f"expected 1..{L} tokens per image, got {k}")
+        if ids.min() < 0 or ids.max() >= self.codebook_size:
+            raise ValueError(f"token ids must lie in [0, {self.codebook_size})")
+        with _inference(self):
+            codes = self.quantizer.codes_from_indices(ids.long())  # (B, k, code_dim)
+            codes = F.pad(codes, (0, 0, 0, L - k))  # (B, L, code_dim); the tail becomes the drop token
+            keep = torch.full((B,), k, device=ids.device, dtype=torch.long)
+            images = self.decoder(codes, keep)
+        return images.float().clamp(0, 1)
+
+    # ---- persistence ------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` + `model.safetensors` into `directory` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": self.config.to_dict()}
+        (directory / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": CONFIG_FORMAT})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Tokenizer":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        if meta.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"{directory / 'config.json'}: not a onetok tokenizer config")
+        model = cls(TokenizerConfig.from_dict(meta["config"]))
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(map_location)))
+        return model.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Size presets
+# --------------------------------------------------------------------------------------------------------------------
+
+_TITOK_VQ = dict(image_size=256, patch_size=16, quantizer="vq", code_dim=12, codebook_size=4096,
+                 head_channels=32, refine_layers=1, dead_code_threshold=0.01)
+
+PRESETS: dict[str, TokenizerConfig] = {
+    "tiny": TokenizerConfig(image_size=16, patch_size=4, num_latent_tokens=8, enc_width=32, enc_depth=1, enc_heads=2,
+                            dec_width=32, dec_depth=1, dec_heads=2, quantizer="vq", code_dim=8, codebook_size=64),
+    "shapes": TokenizerConfig(image_size=32, patch_size=8, num_latent_tokens=16, enc_width=128, enc_depth=4,
+                              enc_heads=4, dec_width=128, dec_depth=4, dec_heads=4, head_channels=16, refine_layers=2,
+                              quantizer="fsq", fsq_levels=(8, 8, 8)),
+    "titok-s-128": TokenizerConfig(num_latent_tokens=128, enc_width=512, enc_depth=8, enc_heads=8, dec_width=512,
+                                   dec_depth=8, dec_heads=8, **_TITOK_VQ),
+    "titok-b-64": TokenizerConfig(num_latent_tokens=64, enc_width=768, enc_depth=12, enc_heads=12, dec_width=768,
+                                  dec_depth=12, dec_heads=12, **_TITOK_VQ),
+    "titok-l-32": TokenizerConfig(num_latent_tokens=32, enc_width=1024, enc_depth=24, enc_heads=16, dec_width=1024,
+                                  dec_depth=24, dec_heads=16, **_TITOK_VQ),
+    "flextok-256": TokenizerConfig(image_size=256, patch_size=16, num_latent_tokens=256, enc_width=768, enc_depth=12,
+                                   enc_heads=12, dec_width=768, dec_depth=12, dec_heads=12, head_channels=32,
+                                   refine_layers=1, quantizer="fsq", fsq_levels=(8, 8, 8, 5, 5, 5), token_drop="pow2"),
+}
+
+
+def preset(name: str, **overrides) -> TokenizerConfig:
+    """A copy of a named preset with some fields replaced."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown tokenizer preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
