@@ -209,14 +209,16 @@ def test_datamodule_reads_laion_layout_and_skips_corrupt(tmp_path):
     _write_laion_shard(tmp_path / "laion", 20, corrupt={3, 7})
     shard = tmp_path / "laion" / "000000.tar"
     truncated = tmp_path / "laion" / "000001.tar"
-    truncated.write_bytes(shard.read_bytes()[: 512 * 9])  # cut mid-shard
+    with tarfile.open(shard) as tar:
+        cut = next(m.offset for m in tar.getmembers() if m.name.startswith("000000002."))
+    truncated.write_bytes(shard.read_bytes()[: cut + 700])  # cut inside sample 2: samples 0 and 1 stay readable
     dm = ImageShardDataModule(str(tmp_path / "laion"), str(tmp_path / "laion"), image_size=24, batch_size=4,
                               num_workers=0, epoch_samples=40)
     dm.setup("fit")
     with pytest.warns(UserWarning, match="skipped"):
         val = list(dm.val_dataloader())
     captions = [c for b in val for c in b["caption"]]
-    assert len(captions) == 18 + 2  # 18 good samples of the full shard + the readable part of the truncated one
+    assert len(captions) == 18 + 2  # 18 good samples of the full shard + 2 before the cut
     assert val[0]["image"].shape[1:] == (3, 24, 24)
     train = list(dm.train_dataloader())
     assert len(train) == 10 and all(b["image"].shape == (4, 3, 24, 24) for b in train)
