@@ -1,0 +1,114 @@
+"""Kernels: fused nearest-code search, code gather and SJD verification, each with a pure-torch reference.
+
+Backend choice per call: an explicit ``backend="triton"|"torch"`` wins; with ``backend="auto"`` the environment
+variable ``ONETOK_KERNEL_BACKEND=triton|torch`` decides if set, else Triton for CUDA tensors and torch otherwise.
+The Triton backend also runs on CPU tensors under ``TRITON_INTERPRET=1`` (set it before this package first
+launches a kernel; the tests do). Triton modules are imported on first use, so importing `onetok.kernels` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+from onetok.kernels.reference import NearestCode, SJDVerifyResult
+
+__all__ = ["NearestCode", "SJDVerifyResult", "gather_codes", "nearest_code", "resolve_backend", "sjd_verify"]
+
+BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
+_BACKENDS = ("triton", "torch")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _submodule(name: str) -> ModuleType:
+    """`onetok.kernels.<name>`, imported on first use (get the Triton modules this way, not by attribute)."""
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """'triton' or 'torch' for a call with `backend` on data living where `tensor` lives."""
+    if backend not in ("auto", *_BACKENDS):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+        if forced:
+            if forced not in _BACKENDS:
+                raise ValueError(f"{BACKEND_ENV} must be 'triton' or 'torch', got {forced!r}")
+            backend = forced
+        else:
+            backend = "triton" if tensor.is_cuda and _triton_importable() else "torch"
+    if backend == "triton" and not (tensor.is_cuda or _interpreting()):
+        raise RuntimeError(
+            f"the triton backend needs CUDA tensors (got {tensor.device}) or TRITON_INTERPRET=1 set before import"
+        )
+    return backend
+
+
+def nearest_code(
+    z: torch.Tensor, codebook: torch.Tensor, metric: str = "euclidean", backend: str = "auto"
+) -> NearestCode:
+    """Nearest codebook row per row of z (..., D); codebook (K, D).
+
+    Returns NearestCode(indices int64 (...), distances float32 (...)): squared euclidean distance, or 1 - cos
+    for ``metric="cosine"``. Ties go to the lowest index. fp32/fp16/bf16 inputs, fp32 accumulation.
+    No gradient flows through either output.
+    """
+    if resolve_backend(backend, z) == "triton":
+        return _submodule("codebook").nearest_code(z, codebook, metric)
+    return _submodule("reference").nearest_code(z, codebook, metric)
+
+
+def gather_codes(codebook: torch.Tensor, indices: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """codebook (K, D), indices (...) -> (..., D). When autograd needs the codebook's gradient the torch path
+    (`F.embedding`) is used whatever the backend, since the Triton gather has no backward."""
+    needs_grad = torch.is_grad_enabled() and codebook.requires_grad
+    if resolve_backend(backend, codebook) == "triton" and not needs_grad:
+        return _submodule("codebook").gather_codes(codebook, indices)
+    return _submodule("reference").gather_codes(codebook, indices)
+
+
+def sjd_verify(
+    logits: torch.Tensor,
+    draft_ids: torch.Tensor,
+    draft_probs: torch.Tensor,
+    u_accept: torch.Tensor,
+    u_sample: torch.Tensor,
+    backend: str = "auto",
+) -> SJDVerifyResult:
+    """Speculative-decoding verify step: SJDVerifyResult(accept_len (B,) int64 in [0, W], token (B,) int64).
+
+    logits (B, W+1, V) processed target logits (-inf = banned), draft_ids (B, W), draft_probs (B, W, V) the
+    draft distributions, u_accept (B, W) and u_sample (B,) uniforms in [0, 1). See `reference.sjd_verify`.
+    """
+    if resolve_backend(backend, logits) == "triton":
+        return _submodule("sjd_verify").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
+    return _submodule("reference").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
+
+
+class _Package(ModuleType):
+    """`sjd_verify` names both a submodule and the public function. Importing a submodule binds its name on
+    the package (`setattr(package, "sjd_verify", module)`); refusing that keeps `onetok.kernels.sjd_verify` the
+    function. The module stays reachable as `importlib.import_module("onetok.kernels.sjd_verify")`."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in __all__ and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

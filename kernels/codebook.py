@@ -22,7 +22,6 @@ import triton.language as tl
 
 from onetok.kernels.reference import (
     NearestCode,
-    _NORM_EPS,
     check_nearest_code_args,
     code_sq_norms,
     normalize_codebook,
@@ -57,7 +56,7 @@ def _nearest_code_kernel(
     for d0 in range(0, D, BLOCK_D):
         z = _load_tile(z_ptr, rows, d0 + dims, N, D, stride_zn, stride_zd).to(tl.float32)
         z_sq += tl.sum(z * z, axis=1)
-    z_scale = 1.0 / tl.maximum(tl.sqrt(z_sq), 1e-12)  # as F.normalize (eps = _NORM_EPS)
+    z_norm = tl.maximum(tl.sqrt_rn(z_sq), 1e-12)  # as F.normalize (eps = reference._NORM_EPS)
 
     best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
     best_index = tl.zeros((BLOCK_N,), dtype=tl.int64)
@@ -72,7 +71,7 @@ def _nearest_code_kernel(
             else:
                 z = z.to(tl.float32)
                 if COSINE:
-                    z = z * z_scale[:, None]
+                    z = tl.div_rn(z, z_norm[:, None])
                 dot = tl.dot(z, tl.trans(c.to(tl.float32)), dot, input_precision="ieee")
         if COSINE:
             score = -dot  # (BLOCK_N, BLOCK_K)

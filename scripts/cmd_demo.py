@@ -135,7 +135,7 @@ class Demo:
             sample["image"].save(images / f"val_{i:03d}.png")
         tok = str(self.models / "tokenizer")
         self.run("compress", "--tokenizer", tok, str(images), "-o", str(self.out / "compressed"), "--force")
-        self.run("decompress", *sorted(str(p) for p in (self.out / "compressed").glob("*.otok")),
+        self.run("decompress", "--tokenizer", tok, *sorted(str(p) for p in (self.out / "compressed").glob("*.otok")),
                  "-o", str(self.out / "decompressed"), "--force")
         self.run("eval-compression", "--tokenizer", tok, str(images), "--out", str(self.out / "rd"), "--force")
 

@@ -44,6 +44,7 @@ class TokenizerConfig:
     dec_depth: int = 4
     dec_heads: int = 4
     mlp_ratio: float = 4.0
+    qk_norm: bool = False  # LayerNorm on queries and keys (steadier at high learning rates)
     # pixel head: linear -> (p, p, head_channels) -> pixel shuffle -> refine_layers 3x3 conv blocks -> RGB
     head_channels: int = 3
     refine_layers: int = 0
@@ -103,8 +104,22 @@ class TokenizerOutput(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.Sequential:
-    return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+def _vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool) -> nn.Sequential:
+    return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)])
+
+
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """(1, grid*grid, width) 2D sine-cosine position table (MAE); the learned position embeddings start here."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    out = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None].double() * omega[None]  # (N, D/4)
+        out += [angles.sin(), angles.cos()]
+    table = torch.cat(out, dim=1)  # (N, 4 * (D/4))
+    table = torch.nn.functional.pad(table, (0, width - table.shape[1]))  # (N, D)
+    return table.float()[None]
 
 
 class Encoder(nn.Module):
@@ -112,11 +127,10 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        n_patches = cfg.grid_size**2
         self.patch_embed = nn.Conv2d(3, cfg.enc_width, cfg.patch_size, stride=cfg.patch_size)
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, n_patches, cfg.enc_width))
+        self.pos_embed = nn.Parameter(sincos_2d(cfg.grid_size, cfg.enc_width))  # (1, N, D)
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
-        self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio)
+        self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.enc_width)
         self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
 
@@ -141,6 +155,10 @@ class PixelHead(nn.Module):
         )
         self.to_rgb = nn.Conv2d(channels, 3, 3, padding=1) if (refine_layers or channels != 3) else nn.Identity()
 
+    def last_layer_weight(self) -> torch.Tensor:
+        """The weight nearest the pixels (the GAN's adaptive weight balances gradients there)."""
+        return self.to_rgb.weight if isinstance(self.to_rgb, nn.Conv2d) else self.linear.weight
+
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
         x = self.linear(x)  # (B, N, p*p*C)
         x = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=self.patch_size, q=self.patch_size)
@@ -159,8 +177,8 @@ class Decoder(nn.Module):
         self.drop_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))  # replaces dropped tail latents
         self.latent_pos = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.dec_width))
         self.grid_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))
-        self.grid_pos = nn.Parameter(0.02 * torch.randn(1, self.grid**2, cfg.dec_width))
-        self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio)
+        self.grid_pos = nn.Parameter(sincos_2d(self.grid, cfg.dec_width))  # (1, N, D)
+        self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.dec_width)
         self.head = PixelHead(cfg.dec_width, cfg.patch_size, cfg.head_channels, cfg.refine_layers)
 

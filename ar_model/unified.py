@@ -1,0 +1,166 @@
+"""The unified model: AR transformer + shared vocabulary + image tokenizer, saved together in one directory.
+
+    DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict}
+    DIR/model.safetensors  transformer weights
+    DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
+
+`generate_images` draws images from text prompts (plain KV-cache sampling or speculative Jacobi decoding) and
+`caption` describes images; the directory alone is enough for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
+from onetok.ar_model.model import ARConfig, Transformer
+from onetok.ar_model.sjd import generate_image_tokens_sjd
+from onetok.ar_model.vocab import Vocab
+from onetok.tokenizers import Tokenizer
+from torch import nn
+
+from onetok.fileio import UserError
+
+FORMAT, VERSION = "onetok-unified", 1
+
+
+class ImageResult(NamedTuple):
+    images: torch.Tensor  # (B, 3, S, S) in [0, 1], B = len(prompts) * n_per_prompt, prompt-major
+    codes: torch.Tensor  # (B, k) tokenizer code ids
+    forward_passes: int  # AR forward passes for the whole batch, prefill included
+    seconds: float  # wall clock for token generation and decoding
+    tokens_per_pass: list[int] | None  # SJD only: tokens each unfinished row gained per verify pass
+
+
+class UnifiedModel(nn.Module):
+    """Text -> image and image -> text with one transformer over `vocab`, images through `tokenizer`."""
+
+    def __init__(self, transformer: Transformer, vocab: Vocab, tokenizer: Tokenizer):
+        super().__init__()
+        if transformer.config.vocab_size != vocab.size:
+            raise ValueError(f"transformer vocab_size {transformer.config.vocab_size} != vocab size {vocab.size}")
+        if tokenizer.codebook_size != vocab.codebook_size:
+            raise ValueError(f"tokenizer codebook {tokenizer.codebook_size} != vocab codebook {vocab.codebook_size}")
+        self.transformer, self.vocab, self.tokenizer = transformer.eval(), vocab, tokenizer.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.output.weight.device
+
+    # --- persistence ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> UnifiedModel:
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"{directory}: not a unified model directory (no config.json)")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{config_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta.get("version") != VERSION:
+            raise UserError(f"{config_path}: version {meta.get('version')} is not supported (expected {VERSION})")
+        transformer = Transformer(ARConfig(**meta["model"]))
+        load_model(transformer, str(directory / "model.safetensors"), device=str(map_location))
+        tokenizer = Tokenizer.from_pretrained(directory / "tokenizer", map_location=map_location)
+        return cls(transformer, Vocab.from_dict(meta["vocab"]), tokenizer).to(map_location)
+
+    def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
+        """Write the directory atomically: built beside it, then renamed into place (replacing it only if `force`)."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not force:
+            raise UserError(f"{directory}: already exists (use --force to overwrite)")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "model": dataclasses.asdict(self.transformer.config),
+                "vocab": self.vocab.to_dict(),
+            }
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+            save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                directory.rename(old)
+            tmp.rename(directory)
+            if old is not None and old.is_dir():
+                shutil.rmtree(old)
+            elif old is not None:
+                old.unlink()
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    # --- text -> image ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        prompts: list[str],
+        n_per_prompt: int = 1,
+        settings: SamplingSettings | None = None,
+        image_tokens: int | None = None,
+        seed: int = 0,
+        sjd: bool = False,
+        window: int = 16,
+        init: str = "uniform",
+    ) -> ImageResult:
+        """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each."""
+        settings = settings or SamplingSettings()
+        L = self.tokenizer.num_latent_tokens
+        k = L if image_tokens is None else int(image_tokens)
+        if not 1 <= k <= L:
+            raise ValueError(f"image_tokens must be in 1..{L}, got {k}")
+        if not prompts or n_per_prompt < 1:
+            raise ValueError("need at least one prompt and n_per_prompt >= 1")
+        prompt_ids = [self.vocab.encode_text(p) for p in prompts for _ in range(n_per_prompt)]
+        longest = max(len(p) for p in prompt_ids) + 2 + k
+        if longest > self.transformer.config.max_seq_len:
+            raise ValueError(f"prompt + {k} image tokens = {longest} tokens > max_seq_len "
+                             f"{self.transformer.config.max_seq_len}")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._sync()
+        start = time.perf_counter()
+        if sjd:
+            out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
+                                            window=window, init=init)
+            codes, passes, per_pass = out.codes, out.forward_passes, out.tokens_per_pass
+        else:
+            codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)
+            per_pass = None
+        images = self.tokenizer.decode(codes)
+        self._sync()
+        return ImageResult(images, codes, passes, time.perf_counter() - start, per_pass)
+
+    # --- image -> text ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def caption(self, images: torch.Tensor, max_len: int = 64, greedy: bool = True, seed: int = 0) -> list[str]:
+        """Captions for images (B, 3, S, S) in [0, 1]; greedy by default, else sampled at temperature 1."""
+        codes = self.tokenizer.encode(images.to(self.device))  # (B, L)
+        max_len = max(1, min(max_len, self.transformer.config.max_seq_len - codes.shape[1] - 3))
+        settings = SamplingSettings(temperature=0.0 if greedy else 1.0)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        result = generate_text(self.transformer, self.vocab, codes, max_len, settings, generator)
+        return [self.vocab.decode_text(ids) for ids in result.ids]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,127 @@
+"""`onetok bench sjd`: speculative Jacobi decoding vs plain sampling, same prompts, seeds and settings.
+
+Reports forward passes per image and wall-clock seconds per image for both, their ratios (plain / SJD), and the
+histogram of tokens gained per SJD verify pass. Prompts: `--prompts-file` (one per line), else val-style shapes
+captions drawn with `--seed` (for models trained on `onetok data shapes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from onetok.fileio import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="unified model directory (onetok export)")
+    parser.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
+    parser.add_argument("--prompts-file", help="text file, one prompt per line (default: shapes captions)")
+    parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
+    parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
+    parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
+    parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
+    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
+    parser.add_argument("--temperature", type=float, help="(default: as `onetok sample`)")
+    parser.add_argument("--top-k", type=int, help="(default: as `onetok sample`)")
+    parser.add_argument("--top-p", type=float, help="(default: as `onetok sample`)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def load_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompts < 1:
+        raise UserError(f"--prompts must be >= 1, got {args.prompts}")
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise UserError(f"{path}: no prompts")
+        return lines[: args.prompts]
+    import numpy as np
+    from onetok.data.shapes import all_combos, caption_of, sample_attributes
+
+    rng = np.random.default_rng(args.seed)
+    return [caption_of(sample_attributes(rng, all_combos())) for _ in range(args.prompts)]
+
+
+def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
+    """Decode `prompts` in batches of `args.batch`, one seed per batch; passes and seconds per image."""
+    passes, seconds, per_pass = [], 0.0, []
+    for i in range(0, len(prompts), args.batch):
+        out = model.generate_images(prompts[i : i + args.batch], settings=settings, image_tokens=args.image_tokens,
+                                    seed=args.seed + i, sjd=sjd, window=args.window, init=args.init)
+        passes.append(out.forward_passes)
+        seconds += out.seconds
+        per_pass += out.tokens_per_pass or []
+    result = {"forward_passes_per_image": sum(passes) / len(passes), "seconds_per_image": seconds / len(prompts)}
+    if sjd:
+        result["tokens_per_pass_histogram"] = {str(n): c for n, c in sorted(Counter(per_pass).items())}
+        result["mean_tokens_per_pass"] = sum(per_pass) / max(1, len(per_pass))
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from onetok.ar_model.evaluate import DEFAULT_SETTINGS
+    from onetok.ar_model.generate import SamplingSettings
+    from onetok.ar_model.unified import UnifiedModel
+
+    if args.window < 1 or args.batch < 1:
+        raise UserError("--window and --batch must be >= 1")
+    try:
+        given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg}
+        settings = SamplingSettings(**{**vars(DEFAULT_SETTINGS), **{k: v for k, v in given.items() if v is not None}})
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = UnifiedModel.from_pretrained(args.model, map_location=device)
+    prompts = load_prompts(args)
+    try:
+        model.generate_images(prompts[:1], settings=settings, image_tokens=args.image_tokens, sjd=True)  # warm-up
+        plain = measure(model, prompts, args, settings, sjd=False)
+        sjd = measure(model, prompts, args, settings, sjd=True)
+    except ValueError as err:  # unknown words, too many image tokens, ...
+        hint = "" if args.prompts_file else " (models not trained on shapes captions need --prompts-file)"
+        raise UserError(f"{args.model}: {err}{hint}") from None
+    report = {
+        "model": str(args.model),
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "prompts": len(prompts),
+        "batch": args.batch,
+        "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
+        "window": args.window,
+        "init": args.init,
+        "settings": vars(settings),
+        "plain": plain,
+        "sjd": sjd,
+        "forward_pass_ratio": plain["forward_passes_per_image"] / sjd["forward_passes_per_image"],
+        "wall_clock_ratio": plain["seconds_per_image"] / sjd["seconds_per_image"],
+    }
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def format_report(r: dict) -> str:
+    lines = [
+        f"model {r['model']} on {r['device']} ({r['threads']} threads): {r['prompts']} prompts, batch {r['batch']}",
+        f"{r['image_tokens']} image tokens, window {r['window']} ({r['init']} drafts), settings {r['settings']}",
+        f"{'':8}{'passes/image':>14}{'s/image':>12}",
+        f"{'plain':8}{r['plain']['forward_passes_per_image']:>14.2f}{r['plain']['seconds_per_image']:>12.4f}",
+        f"{'sjd':8}{r['sjd']['forward_passes_per_image']:>14.2f}{r['sjd']['seconds_per_image']:>12.4f}",
+        f"{'ratio':8}{r['forward_pass_ratio']:>14.2f}{r['wall_clock_ratio']:>12.2f}   (plain / sjd)",
+        f"tokens gained per SJD pass (mean {r['sjd']['mean_tokens_per_pass']:.2f}):",
+    ]
+    hist = r["sjd"]["tokens_per_pass_histogram"]
+    top = max(hist.values(), default=1)
+    lines += [f"{n:>4} {c:>7}  {'#' * max(1, round(40 * c / top))}" for n, c in hist.items()]
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""`onetok export CKPT --out DIR [--force]`: a Lightning training checkpoint -> an inference directory.
+
+The checkpoint says which system wrote it (`ckpt["onetok_system"]`: "tokenizer" or "ar"); that system's
+`export_checkpoint(ckpt, out_dir, force)` writes the directory. The export goes into a temporary directory beside
+DIR that is renamed onto DIR only when complete, so an interrupted export never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import tempfile
+from pathlib import Path
+
+from onetok.fileio import UserError
+
+EXPORTERS = {
+    "tokenizer": "onetok.tokenizers.system",
+    "ar": "onetok.ar_model.system",
+}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only=True) with one-line errors for a missing, corrupt or foreign file."""
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not a loadable checkpoint ({first_line[:200]})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a Lightning checkpoint (got {type(ckpt).__name__})")
+    return ckpt
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` onto `out`; an old `out` is set aside first and removed only after the move."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
+    ckpt_path, out = Path(ckpt_path), Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    ckpt = load_checkpoint(ckpt_path)
+    system = ckpt.get("onetok_system")
+    if system not in EXPORTERS:
+        raise UserError(f"{ckpt_path}: unknown checkpoint kind {system!r} (expected one of {sorted(EXPORTERS)})")
+    exporter = importlib.import_module(EXPORTERS[system]).export_checkpoint
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        exporter(ckpt, tmp, force=True)
+        replace_dir(tmp, out)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise UserError(f"{ckpt_path}: cannot export this {system} checkpoint ({err})") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = export(args.ckpt, args.out, args.force)
+    print(f"exported {args.ckpt} -> {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="turn a training checkpoint (.ckpt) into an inference directory")
+    p.add_argument("ckpt", help="a Lightning .ckpt written by onetok-train")
+    p.add_argument("--out", required=True, help="the inference directory to write")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run)

@@ -1,0 +1,348 @@
+"""The `.otok` format (bit packing, layout, every reader error), the tokenizer fingerprint, the exact image round
+trip through a tiny tokenizer, and the rate-distortion helpers (SSIM, codec matching)."""
+
+import io
+import math
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onetok.tokenizers import PRESETS, Tokenizer, codec, rd
+from onetok.tokenizers.codec import OtokError, OtokFile
+
+FP = bytes(range(16))
+
+
+def _file(codebook_size=64, n=2, k=5, fit="pad", seed=0) -> OtokFile:
+    rng = np.random.default_rng(seed)
+    sizes = tuple((int(w), int(h)) for w, h in rng.integers(1, 500, (n, 2)))
+    return OtokFile(FP, codebook_size, 16, fit, sizes, rng.integers(0, codebook_size, (n, k)))
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _patch(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    """Overwrite one header field and re-compute the CRC, so only the field check can catch it."""
+    buf = bytearray(data[:-4])
+    struct.pack_into(fmt, buf, offset, value)
+    return _with_crc(bytes(buf))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return Tokenizer(PRESETS["tiny"]).eval()
+
+
+@pytest.fixture(scope="module")
+def squares(tok):
+    rng = np.random.default_rng(1)
+    S = tok.image_size
+    out = [rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(3)]
+    out[1][:, : S // 2] = 0  # some structure, so ids differ between images
+    out[2][:] = np.linspace(0, 255, S, dtype=np.uint8)[:, None, None]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bit packing and layout
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codebook_size", [2, 3, 64, 1000, 4096, 2**20 + 1, 2**32 - 1])
+@pytest.mark.parametrize("n,k", [(1, 1), (2, 7), (3, 33)])
+def test_pack_roundtrip(codebook_size, n, k):
+    bits = codec.bits_per_id(codebook_size)
+    assert 2**(bits - 1) < codebook_size <= 2**bits
+    ids = np.random.default_rng(0).integers(0, codebook_size, (n, k))
+    ids[0, 0] = codebook_size - 1
+    packed = codec.pack_ids(ids, bits)
+    assert len(packed) == n * math.ceil(k * bits / 8)
+    np.testing.assert_array_equal(codec.unpack_ids(packed, n, k, bits), ids)
+
+
+def test_pack_is_msb_first_and_zero_padded():
+    assert codec.pack_ids(np.array([[1, 2, 3]]), 2) == bytes([0b01101100])
+    assert codec.pack_ids(np.array([[5, 1]]), 3) == bytes([0b10100100])
+    assert codec.pack_ids(np.array([[1], [2]]), 3) == bytes([0b00100000, 0b01000000])  # byte-aligned per image
+
+
+def test_layout_matches_the_spec():
+    """The byte layout of docs/format.md, built by hand."""
+    f = OtokFile(FP, 64, 16, "crop", ((40, 20),), np.array([[1, 2, 63, 0]]))
+    body = (b"OTOK" + bytes([1, 0]) + FP + struct.pack("<IHHBI", 64, 16, 4, 6, 1) + struct.pack("<HH", 40, 20)
+            + bytes([0b00000100, 0b00101111, 0b11000000]))
+    assert codec.dumps(f) == _with_crc(body)
+    assert codec.HEADER_BYTES == 35
+
+
+@pytest.mark.parametrize("n,k,codebook_size", [(1, 1, 2), (1, 8, 64), (3, 5, 4096), (2, 16, 1000)])
+def test_file_size_formula(n, k, codebook_size):
+    f = _file(codebook_size, n, k)
+    size = codec.file_size(n, k, codebook_size)
+    bits = math.ceil(math.log2(codebook_size))
+    assert len(codec.dumps(f)) == size.total == 35 + 4 * n + n * math.ceil(k * bits / 8) + 4
+    assert (size.header, size.payload, size.crc) == (35 + 4 * n, n * math.ceil(k * bits / 8), 4)
+
+
+def test_dumps_loads_roundtrip():
+    f = _file(4096, 3, 7, fit="crop")
+    g = codec.loads(codec.dumps(f), FP)
+    assert (g.fingerprint, g.codebook_size, g.image_size, g.fit, g.sizes) == (FP, 4096, 16, "crop", f.sizes)
+    np.testing.assert_array_equal(g.ids, f.ids)
+    assert codec.loads(codec.dumps(f)).num_images == 3  # no fingerprint given: not checked
+
+
+def test_select_and_concat():
+    f = _file(64, 3, 4)
+    parts = [f.select(slice(i, i + 1)) for i in range(3)]
+    assert codec.dumps(codec.concat(parts)) == codec.dumps(f)
+    with pytest.raises(OtokError, match="cannot batch"):
+        codec.concat([parts[0], _file(64, 1, 5)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reader errors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+GOOD = codec.dumps(_file(64, 2, 5))
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "truncated"),
+    (b"PNG\x89" + GOOD[4:], "bad magic"),
+    (b"\x89PNG\r\n\x1a\n", "bad magic"),
+    (GOOD[:4] + bytes([2]) + GOOD[5:], "unsupported format version 2"),
+    (GOOD[:20], "truncated file"),
+    (GOOD[:-1], "truncated file"),
+    (GOOD + b"\0", "trailing bytes"),
+    (GOOD[:-1] + bytes([GOOD[-1] ^ 1]), "CRC mismatch"),
+    (GOOD[:40] + bytes([GOOD[40] ^ 0x80]) + GOOD[41:], "CRC mismatch"),
+    (_patch(GOOD, 5, "<B", 7), "unknown fit mode 7"),
+    (_patch(GOOD, 30, "<B", 5), "5 bits per id does not match codebook size 64"),
+    (_patch(GOOD, 30, "<B", 0), "out of range 1..32"),
+    (_patch(GOOD, 22, "<I", 1), "does not match codebook size 1"),
+    (_patch(GOOD, 31, "<I", 0), "empty file"),
+    (_patch(GOOD, 28, "<H", 0), "empty file"),
+    (_patch(GOOD, 35, "<H", 0), "image size 0x"),
+    (_patch(GOOD, 26, "<H", 0), "coded image size 0"),
+    (_patch(GOOD, 31, "<I", 3), "truncated file"),
+], ids=["empty", "magic", "png", "version", "short-header", "short-crc", "trailing", "crc", "crc-payload", "fit",
+        "bits", "zero-bits", "codebook", "zero-count", "zero-tokens", "zero-width", "zero-size", "count-mismatch"])
+def test_reader_rejects(data, message):
+    with pytest.raises(OtokError, match=message):
+        codec.loads(data, FP)
+
+
+def test_reader_rejects_ids_beyond_codebook():
+    f = _file(40, 1, 3)  # 6 bits per id hold 0..63, but only 0..39 are codes
+    data = bytearray(codec.dumps(f)[:-4])
+    data[39:42] = codec.pack_ids(np.array([[1, 45, 2]]), 6)
+    with pytest.raises(OtokError, match="token id 45 out of range for codebook size 40"):
+        codec.loads(_with_crc(bytes(data)), FP)
+
+
+def test_reader_rejects_nonzero_padding():
+    data = bytearray(GOOD[:-4])
+    data[-1] |= 1  # 5 ids x 6 bits = 30 bits in 4 bytes: the last 2 bits are padding
+    with pytest.raises(OtokError, match="padding"):
+        codec.loads(_with_crc(bytes(data)), FP)
+
+
+def test_reader_rejects_other_tokenizer():
+    with pytest.raises(OtokError, match="different tokenizer"):
+        codec.loads(GOOD, bytes(16))
+
+
+def test_huge_length_fields_allocate_nothing():
+    """Maximal count, tokens and bits with a valid CRC: rejected from the byte count alone."""
+    data = _patch(_patch(_patch(_patch(GOOD, 31, "<I", 2**32 - 1), 28, "<H", 2**16 - 1), 30, "<B", 32),
+                  22, "<I", 2**32 - 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(OtokError, match="truncated file"):
+            codec.loads(data, FP)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
+
+
+def test_writer_rejects_bad_contents():
+    f = _file(64, 2, 3)
+    for bad in (
+        OtokFile(FP, 64, 16, "pad", f.sizes, f.ids + 64),
+        OtokFile(FP, 64, 16, "pad", f.sizes, f.ids - 64),
+        OtokFile(FP, 64, 16, "pad", f.sizes[:1], f.ids),
+        OtokFile(FP, 64, 16, "fill", f.sizes, f.ids),
+        OtokFile(FP[:8], 64, 16, "pad", f.sizes, f.ids),
+        OtokFile(FP, 64, 16, "pad", ((0, 5), (5, 5)), f.ids),
+        OtokFile(FP, 1, 16, "pad", f.sizes, f.ids * 0),
+    ):
+        with pytest.raises(OtokError):
+            codec.dumps(bad)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fingerprint and the image round trip
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_fingerprint(tok, tmp_path):
+    fp = codec.fingerprint(tok)
+    assert len(fp) == 16 and codec.fingerprint(tok) == fp
+    tok.save_pretrained(tmp_path / "tok")
+    assert codec.fingerprint(Tokenizer.from_pretrained(tmp_path / "tok")) == fp
+    other = Tokenizer.from_pretrained(tmp_path / "tok")
+    with torch.no_grad():
+        w = next(other.parameters())
+        w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(math.inf))  # one ulp in one weight
+    assert codec.fingerprint(other) != fp
+    torch.manual_seed(0)
+    renamed = Tokenizer(PRESETS["tiny"])
+    renamed.load_state_dict(tok.state_dict())
+    renamed.config.full_length_prob = 0.5  # config only
+    assert codec.fingerprint(renamed) != fp
+
+
+def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
+    """decompress(compress(x)) is exactly tok.decode(tok.encode(x, k)), and the file has the promised size."""
+    images = [Image.fromarray(sq) for sq in squares]
+    x = codec.to_tensor(squares)  # (3, 3, S, S)
+    fp = codec.fingerprint(tok)
+    bits = codec.bits_per_id(tok.codebook_size)
+    for k in range(1, tok.num_latent_tokens + 1):
+        data = codec.compress(tok, images, k)
+        assert len(data) == 35 + 3 * 4 + 3 * math.ceil(k * bits / 8) + 4
+        expected = tok.decode(tok.encode(x, k))
+        f = codec.loads(data, fp)
+        assert f.num_tokens == k
+        assert torch.equal(codec.reconstruct(tok, f), expected)
+        decoded = codec.decompress(tok, data)
+        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), codec.to_uint8(expected))
+        single = codec.compress(tok, images[:1], k)
+        assert len(single) == 39 + math.ceil(k * bits / 8) + 4
+    assert len({codec.compress(tok, [im]) for im in images}) > 1  # the ids depend on the image
+
+
+def test_decompress_with_wrong_tokenizer(tok, squares):
+    data = codec.compress(tok, [Image.fromarray(squares[0])], 4)
+    torch.manual_seed(1)
+    with pytest.raises(OtokError, match="different tokenizer"):
+        codec.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop"])
+@pytest.mark.parametrize("size", [(16, 16), (40, 20), (13, 31), (5, 1)])
+def test_non_square_sizes_are_restored(tok, fit, size):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    f = codec.encode_images(tok, [image], 3, fit)
+    assert f.sizes == (size,) and f.fit == fit
+    [decoded] = codec.decompress(tok, codec.dumps(f))
+    assert decoded.size == size and decoded.mode == "RGB"
+
+
+def test_fit_geometry_is_exact_without_resampling():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)  # H=8, W=16 into S=16
+    padded = codec.fit_square(Image.fromarray(wide), 16, "pad")
+    np.testing.assert_array_equal(padded[4:12], wide)  # letterboxed in the middle
+    np.testing.assert_array_equal(padded[:4], np.repeat(wide[:1], 4, axis=0))  # edge padding
+    np.testing.assert_array_equal(np.asarray(codec.restore_size(padded, 16, 8, "pad")), wide)
+    tall = rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)  # H=32, W=16
+    cropped = codec.fit_square(Image.fromarray(tall), 16, "crop")
+    np.testing.assert_array_equal(cropped, tall[8:24])
+    restored = np.asarray(codec.restore_size(cropped, 16, 32, "crop"))
+    np.testing.assert_array_equal(restored[8:24], tall[8:24])  # the coded centre, in place
+    np.testing.assert_array_equal(restored[:8], np.repeat(tall[8:9], 8, axis=0))  # never coded: edge fill
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rate-distortion helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _ssim_loop(a: np.ndarray, b: np.ndarray) -> float:
+    """Direct per-window SSIM (11x11 Gaussian, sigma 1.5) of two (H, W) float64 images, written independently."""
+    x = np.arange(11) - 5
+    g = np.exp(-(x**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for i in range(a.shape[0] - 10):
+        for j in range(a.shape[1] - 10):
+            pa, pb = a[i:i + 11, j:j + 11], b[i:i + 11, j:j + 11]
+            ma, mb = (w * pa).sum(), (w * pb).sum()
+            va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
+            cov = (w * (pa - ma) * (pb - mb)).sum()
+            vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_direct_definition():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 3, 16, 14))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
+    got = rd.ssim(torch.from_numpy(a), torch.from_numpy(b))
+    for i in range(2):
+        want = np.mean([_ssim_loop(a[i, c], b[i, c]) for c in range(3)])
+        assert got[i].item() == pytest.approx(want, abs=1e-5)
+
+
+def test_ssim_properties():
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.random((2, 3, 12, 12)))
+    assert torch.allclose(rd.ssim(a, a), torch.ones(2))
+    noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
+    assert torch.allclose(rd.ssim(a, noisy), rd.ssim(noisy, a))
+    assert (rd.ssim(a, noisy) < 0.9).all()
+    flat_a, flat_b = torch.full((1, 3, 16, 16), 0.2), torch.full((1, 3, 16, 16), 0.6)
+    c1 = 0.01**2
+    assert rd.ssim(flat_a, flat_b).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-5)
+    assert rd.ssim(a[:, :, :5, :7], a[:, :, :5, :7]).shape == (2,)  # smaller than the window
+
+
+def test_token_counts():
+    assert rd.token_counts(8) == [1, 2, 4, 8]
+    assert rd.token_counts(12) == [1, 2, 4, 8, 12]
+    assert rd.token_counts(1) == [1]
+
+
+def test_evaluate_rows_and_nearest_size(tok, squares, tmp_path):
+    names = ["a", "b"]
+    rows = rd.evaluate(tok, names, [Image.fromarray(sq) for sq in squares[:2]])
+    counts = rd.token_counts(tok.num_latent_tokens)
+    assert len(rows) == 2 * len(counts) * 3
+    for row in rows:
+        if row.codec == "otok":
+            assert row.bytes == codec.file_size(1, row.tokens, tok.codebook_size).total
+            assert row.bpp == pytest.approx(8 * row.bytes / tok.image_size**2)
+    row = next(r for r in rows if r.codec == "webp" and r.image == "b" and r.tokens == counts[-1])
+    target = codec.file_size(1, row.tokens, tok.codebook_size).total
+    sizes = [rd.pillow_roundtrip(squares[1], "webp", q)[0] for q in rd.WEBP_QUALITIES]
+    assert abs(row.bytes - target) == min(abs(s - target) for s in sizes)
+    points = rd.summarize(rows)
+    assert [(p.codec, p.tokens) for p in points] == [(c, k) for c in rd.CODECS for k in counts]
+    rd.write_csv(rows, tmp_path / "rd.csv")
+    assert (tmp_path / "rd.csv").read_text().splitlines()[0] == ",".join(rd.CSV_FIELDS)
+    rd.plot(points, tmp_path / "rd.png")
+    assert Image.open(tmp_path / "rd.png").format == "PNG"
+    table = rd.format_table(points)
+    assert len(table.splitlines()) == 2 + len(counts)
+
+
+def test_pillow_roundtrip_decodes():
+    sq = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    n, decoded = rd.pillow_roundtrip(sq, "jpeg", 95)
+    assert decoded.shape == sq.shape and n > 0
+    buf = io.BytesIO()
+    Image.fromarray(sq).save(buf, format="JPEG", quality=95, optimize=True)
+    assert n == len(buf.getvalue())

@@ -1,0 +1,370 @@
+"""Kernels: Triton (run by the interpreter on CPU) against the pure-torch references, and the references
+against brute force and against the SJD semantics. Block sizes are shrunk so small inputs still span many tiles."""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import onetok.kernels as kernels
+from onetok.kernels import reference
+
+triton = pytest.importorskip("triton")
+tk_codebook = importlib.import_module("onetok.kernels.codebook")
+tk_sjd = importlib.import_module("onetok.kernels.sjd_verify")
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nearest code
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def brute_scores(z: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
+    """(N, K) distances in float64: squared euclidean, or 1 - cos."""
+    z, c = z.double(), codebook.double()
+    if metric == "cosine":
+        return 1.0 - torch.nn.functional.normalize(z, dim=1) @ torch.nn.functional.normalize(c, dim=1).t()
+    return (z[:, None, :] - c[None, :, :]).pow(2).sum(-1)
+
+
+def assert_same_choice(got, want, z, codebook, metric, tol=1e-4):
+    """Indices equal, except where the two picks are a near-tie in exact arithmetic; distances close."""
+    scores = brute_scores(z, codebook, metric)  # (N, K)
+    differ = got.indices != want.indices
+    if differ.any():
+        rows = differ.nonzero().squeeze(1)
+        gap = (scores[rows, got.indices[rows]] - scores[rows, want.indices[rows]]).abs()
+        assert (gap <= tol * (1 + scores[rows].abs().amax(1))).all(), f"rows {rows.tolist()} differ, gaps {gap}"
+        assert differ.float().mean() < 0.01
+    torch.testing.assert_close(got.distances, want.distances, rtol=1e-4, atol=1e-4)
+
+
+SHAPES = [  # N, K, D, (block_n, block_k, block_d)
+    (1, 1, 1, (16, 16, 16)),
+    (1, 5, 3, (16, 16, 16)),
+    (7, 1, 8, (16, 16, 16)),
+    (33, 70, 12, (16, 16, 16)),
+    (100, 257, 17, (16, 32, 16)),  # two D chunks
+    (130, 100, 40, (32, 16, 16)),  # three D chunks
+    (600, 1100, 64, (None, None, None)),  # default launch settings
+]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("n,k,d,blocks", SHAPES)
+def test_triton_nearest_code_matches_reference(n, k, d, blocks, metric):
+    z, codebook = torch.randn(n, d) * 2 + 0.5, torch.randn(k, d)
+    block_n, block_k, block_d = blocks
+    got = tk_codebook.nearest_code(z, codebook, metric, block_n=block_n, block_k=block_k, block_d=block_d)
+    want = reference.nearest_code(z, codebook, metric)
+    assert got.indices.dtype == torch.int64 and got.distances.dtype == torch.float32
+    assert got.indices.shape == got.distances.shape == (n,)
+    assert_same_choice(got, want, z, codebook, metric)
+
+
+def tie_problem(metric: str, n: int = 90, distinct: int = 6, k: int = 70, d: int = 5):
+    """Integer-valued codes with many duplicates spread across tiles, so exact ties exist and every dot product
+    is exact in fp32 whatever the summation order. Euclidean queries sit on codes and on midpoints between two
+    codes (ties across distinct codes too); cosine duplicates are rescaled by powers of two (same direction,
+    bit for bit, after normalising) and the distinct directions are pairwise non-parallel."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(1000):
+        base = torch.randint(-3, 4, (distinct, d), generator=g).double()
+        base[0] = base[1]  # a duplicate pair among the distinct ones too
+        unit = torch.nn.functional.normalize(base, dim=1)
+        cos = (unit @ unit.t()).fill_diagonal_(0.0)
+        cos[0, 1] = cos[1, 0] = 0.0  # only pairs other than (i, i) and the planted (0, 1) must be non-parallel
+        if base.abs().sum(1).min() > 0 and cos.abs().max() < 1 - 1e-6:
+            break
+    base = base.float()
+    codebook = base[torch.randint(0, distinct, (k,), generator=g)]
+    a, b = torch.randint(0, distinct, (2, n), generator=g)
+    if metric == "cosine":
+        codebook = codebook * 2.0 ** torch.randint(0, 3, (k, 1), generator=g).float()
+        return base[a], codebook
+    z = torch.where(torch.rand(n, 1, generator=g) < 0.5, base[a], (base[a] + base[b]) / 2)
+    return z, codebook
+
+
+def lowest_argmin(scores: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
+    best = scores.min(dim=1, keepdim=True).values
+    is_best = scores <= best + tol
+    return is_best.float().argmax(dim=1)  # first True
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_ties_pick_lowest_index(metric):
+    z, codebook = tie_problem(metric)
+    scores = brute_scores(z, codebook, metric)
+    want = lowest_argmin(scores)
+    ties = scores <= scores.min(dim=1, keepdim=True).values + 1e-9
+    assert (ties.sum(1) > 1).float().mean() > 0.5  # the problem really is full of ties
+    ref = reference.nearest_code(z, codebook, metric)
+    tri = tk_codebook.nearest_code(z, codebook, metric, block_n=16, block_k=16, block_d=16)
+    assert torch.equal(ref.indices, want)
+    assert torch.equal(tri.indices, want)
+
+
+def test_reference_matches_brute_force_across_chunks(monkeypatch):
+    monkeypatch.setattr(reference, "_CHUNK_ELEMENTS", 50 * 37)  # 50-row chunks
+    z, codebook = torch.randn(333, 9), torch.randn(37, 9)
+    for metric in ("euclidean", "cosine"):
+        got = reference.nearest_code(z, codebook, metric)
+        scores = brute_scores(z, codebook, metric)
+        want = reference.NearestCode(scores.argmin(1), scores.min(1).values.float())
+        assert_same_choice(got, want, z, codebook, metric)
+
+
+def test_nearest_code_leading_dims_strides_and_dtypes():
+    z = torch.randn(24, 3, 10).transpose(0, 1)  # (3, 24, 10), non-contiguous
+    codebook = torch.randn(10, 50).t()  # (50, 10), non-contiguous
+    want = reference.nearest_code(z.contiguous(), codebook.contiguous())
+    got = kernels.nearest_code(z, codebook, backend="triton")
+    assert got.indices.shape == (3, 24)
+    assert torch.equal(got.indices, want.indices)
+    idx, dist = kernels.nearest_code(z.double(), codebook, backend="torch")  # unpacks as a pair
+    assert torch.equal(idx, want.indices) and dist.dtype == torch.float32
+    assert kernels.nearest_code(torch.randn(0, 10), codebook, backend="triton").indices.shape == (0,)
+
+
+def test_nearest_code_bad_input():
+    with pytest.raises(ValueError, match="metric"):
+        kernels.nearest_code(torch.randn(4, 3), torch.randn(5, 3), metric="l1")
+    with pytest.raises(ValueError, match="D=3"):
+        kernels.nearest_code(torch.randn(4, 2), torch.randn(5, 3), backend="triton")
+    with pytest.raises(ValueError, match="codebook"):
+        kernels.nearest_code(torch.randn(4, 3), torch.randn(0, 3))
+
+
+def test_gather_codes():
+    codebook = torch.randn(40, 19)
+    for indices in (torch.randint(0, 40, (5, 13)), torch.randint(0, 40, (77,), dtype=torch.int32)):
+        want = codebook[indices.long()]
+        assert torch.equal(kernels.gather_codes(codebook, indices, backend="triton"), want)
+        assert torch.equal(tk_codebook.gather_codes(codebook, indices, block_n=16, block_d=16), want)
+        assert torch.equal(kernels.gather_codes(codebook, indices, backend="torch"), want)
+    trained = codebook.clone().requires_grad_(True)  # needs a backward: the torch path is taken
+    kernels.gather_codes(trained, torch.tensor([3, 3, 5]), backend="triton").sum().backward()
+    assert trained.grad[3].eq(2).all() and trained.grad[5].eq(1).all() and trained.grad[0].eq(0).all()
+
+
+def test_backend_dispatch(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+    assert kernels.resolve_backend("auto", cpu) == "torch"
+    assert kernels.resolve_backend("triton", cpu) == "triton"  # interpreter is on in tests
+    monkeypatch.setenv(kernels.BACKEND_ENV, "triton")
+    assert kernels.resolve_backend("auto", cpu) == "triton"
+    assert kernels.resolve_backend("torch", cpu) == "torch"  # an explicit argument wins
+    monkeypatch.setenv(kernels.BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match=kernels.BACKEND_ENV):
+        kernels.resolve_backend("auto", cpu)
+    with pytest.raises(ValueError, match="backend"):
+        kernels.resolve_backend("fast", cpu)
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            kernels.resolve_backend("triton", cpu)
+    assert callable(kernels.sjd_verify)  # the submodule import did not shadow the function
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_half_inputs_on_gpu(dtype, metric):
+    z = torch.randn(5000, 16, device="cuda").to(dtype)
+    codebook = torch.randn(3000, 16, device="cuda").to(dtype)
+    got = kernels.nearest_code(z, codebook, metric, backend="triton")
+    want = reference.nearest_code(z, codebook, metric)
+    assert_same_choice(got.__class__(*(t.cpu() for t in got)), want.__class__(*(t.cpu() for t in want)),
+                       z.float().cpu(), codebook.float().cpu(), metric, tol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SJD verify
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sjd_problem(B, W, V, seed=0, banned=0.0, one_hot=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, W + 1, V, generator=g) * 1.5
+    logits[torch.rand(B, W + 1, V, generator=g) < banned] = float("-inf")
+    logits[..., 0] = logits[..., 0].clamp(min=-5.0)  # at least one finite logit per row
+    q = torch.softmax(torch.randn(B, W, V, generator=g) * 1.5 + logits[:, :W].clamp(min=-9) * 0.5, dim=-1)
+    draft_ids = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, W)
+    if one_hot:
+        q = torch.nn.functional.one_hot(draft_ids, V).float()
+    u_accept, u_sample = torch.rand(B, W, generator=g), torch.rand(B, generator=g)
+    return logits, draft_ids, q, u_accept, u_sample
+
+
+def assert_sjd_equal(args, block_v=32):
+    want = reference.sjd_verify(*args)
+    got = tk_sjd.sjd_verify(*args, block_v=block_v)
+    assert torch.equal(got.accept_len, want.accept_len), (got.accept_len, want.accept_len)
+    assert torch.equal(got.token, want.token), (got.token, want.token)
+    return want
+
+
+@pytest.mark.parametrize(
+    "B,W,V,kwargs",
+    [(1, 1, 1, {}), (9, 3, 77, {}), (6, 4, 50, {"banned": 0.3}), (7, 3, 40, {"one_hot": True}), (5, 0, 33, {})],
+)
+def test_triton_sjd_verify_matches_reference(B, W, V, kwargs):
+    args = sjd_problem(B, W, V, **kwargs)
+    out = assert_sjd_equal(args)
+    assert ((out.accept_len >= 0) & (out.accept_len <= W)).all()
+    logits = args[0]
+    p_at_token = logits[torch.arange(B), out.accept_len, out.token]
+    assert torch.isfinite(p_at_token).all()  # never a banned token
+
+
+def test_sjd_all_accepted_and_first_rejected():
+    B, W, V = 6, 3, 45
+    logits, draft_ids, q, u_accept, u_sample = sjd_problem(B, W, V, one_hot=True)
+    confident = logits.clone()
+    confident[:, :W].scatter_(-1, draft_ids[..., None], 30.0)  # p(x_i) ≈ 1 > u * 1
+    out = assert_sjd_equal((confident, draft_ids, q, u_accept * 0.99, u_sample))
+    assert (out.accept_len == W).all()
+    torch.testing.assert_close(out.token, reference.inverse_cdf(torch.softmax(logits[:, W], -1), u_sample))
+    banned = logits.clone()
+    banned[:, 0].scatter_(-1, draft_ids[:, :1], float("-inf"))  # p_0(x_0) = 0: always rejected
+    out = assert_sjd_equal((banned, draft_ids, q, u_accept, u_sample))
+    assert (out.accept_len == 0).all()
+    assert (out.token != draft_ids[:, 0]).all()
+
+
+def test_sjd_all_zero_residual_falls_back_to_p():
+    B, W, V = 5, 2, 37
+    logits, draft_ids, _, u_accept, u_sample = sjd_problem(B, W, V)
+    p = torch.softmax(logits, dim=-1)
+    q = 2.0 * p[:, :W]  # q ≥ p everywhere: the residual is all zero; u ≥ 0.5 rejects draft 0
+    out = assert_sjd_equal((logits, draft_ids, q, 0.5 + 0.49 * u_accept, u_sample))
+    assert (out.accept_len == 0).all()
+    assert torch.equal(out.token, reference.inverse_cdf(p[:, 0], u_sample))
+
+
+def test_sjd_reference_by_hand():
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]]]))  # (1, 3, 3)
+    q = torch.tensor([[[0.25, 0.25, 0.5], [0.1, 0.6, 0.3]]])  # (1, 2, 3)
+    draft_ids = torch.tensor([[0, 1]])
+    # draft 0: 0.9 * 0.25 < 0.5 accepted; draft 1: 0.5 * 0.6 = 0.3 ≥ 0.1 rejected -> n = 1
+    # residual at 1: max(0, [0.1, 0.1, 0.8] - [0.1, 0.6, 0.3]) = [0, 0, 0.5] -> token 2 for any u
+    out = kernels.sjd_verify(logits, draft_ids, q, torch.tensor([[0.9, 0.5]]), torch.tensor([0.0]))
+    assert out.accept_len.tolist() == [1] and out.token.tolist() == [2]
+    # accept both (0.1 * 0.6 < 0.1) and sample from p_2 = [0.2, 0.2, 0.6]: u = 0.3 -> cumsum 0.4 > 0.3 -> token 1
+    out = kernels.sjd_verify(logits, draft_ids, q, torch.tensor([[0.9, 0.1]]), torch.tensor([0.3]))
+    assert out.accept_len.tolist() == [2] and out.token.tolist() == [1]
+
+
+def test_inverse_cdf_matches_a_loop():
+    g = torch.Generator().manual_seed(3)
+    weights = torch.rand(50, 13, generator=g) * (torch.rand(50, 13, generator=g) < 0.6)
+    weights[:, 5] += 0.01  # every row has mass
+    u = torch.rand(50, generator=g)
+    got = reference.inverse_cdf(weights, u)
+    for row in range(50):
+        total = weights[row].double().sum()
+        running, want = 0.0, None
+        for v in range(13):
+            running += weights[row, v].item()
+            if running > u[row].item() * total:
+                want = v
+                break
+        assert got[row].item() == want
+
+
+def test_sjd_output_marginal_is_the_target():
+    """Lossless: the token emitted at each position is distributed as p at that position, whatever q."""
+    B, W, V = 40000, 2, 6
+    g = torch.Generator().manual_seed(7)
+    p_logits = torch.randn(W + 1, V, generator=g) * 1.2
+    p_logits[0, 4] = float("-inf")  # a banned token
+    q = torch.softmax(torch.randn(W, V, generator=g), dim=-1)  # a poor draft that proposes the banned token
+    draft_ids = torch.multinomial(q, B, replacement=True, generator=g).t()  # (B, W)
+    logits = p_logits.expand(B, W + 1, V)
+    out = kernels.sjd_verify(
+        logits, draft_ids, q.expand(B, W, V), torch.rand(B, W, generator=g), torch.rand(B, generator=g)
+    )
+    p = torch.softmax(p_logits, dim=-1)
+    first = torch.where(out.accept_len >= 1, draft_ids[:, 0], out.token)  # the token at position 0
+    freq0 = torch.bincount(first, minlength=V).float() / B
+    assert 0.5 * (freq0 - p[0]).abs().sum() < 0.015
+    assert freq0[4] == 0
+    reached = out.accept_len >= 1  # position 1 is produced iff draft 0 was accepted
+    second = torch.where(out.accept_len[reached] >= 2, draft_ids[reached, 1], out.token[reached])
+    freq1 = torch.bincount(second, minlength=V).float() / reached.sum()
+    assert 0.5 * (freq1 - p[1]).abs().sum() < 0.025
+    assert 0.1 < (out.accept_len == 0).float().mean() < 0.9  # both branches were exercised
+
+
+def test_sjd_bad_input():
+    logits, draft_ids, q, u_accept, u_sample = sjd_problem(2, 3, 10)
+    with pytest.raises(ValueError, match="draft_probs"):
+        kernels.sjd_verify(logits, draft_ids, q[:, :2], u_accept, u_sample)
+    with pytest.raises(ValueError, match="logits"):
+        kernels.sjd_verify(logits[0], draft_ids, q, u_accept, u_sample)
+
+
+@pytest.mark.gpu
+def test_sjd_verify_bf16_on_gpu():
+    args = [t.cuda() for t in sjd_problem(16, 8, 5000, banned=0.2)]
+    args[0] = args[0].bfloat16()
+    want = reference.sjd_verify(*args)
+    got = kernels.sjd_verify(*args, backend="triton")
+    assert (got.accept_len == want.accept_len).float().mean() > 0.95
+    same = got.accept_len == want.accept_len
+    assert (got.token[same] == want.token[same]).float().mean() > 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The kernels compile for an H100 (sm_90) even without a GPU: catches what the interpreter lets through
+# ---------------------------------------------------------------------------------------------------------------
+
+_COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import importlib
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cb = importlib.import_module("onetok.kernels.codebook")
+    sj = importlib.import_module("onetok.kernels.sjd_verify")
+    target = GPUTarget("cuda", 90, 32)
+
+    def compile_(fn, ptrs, ints, consts):
+        sig = {**{n: t for n, t in ptrs}, **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts}}
+        return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
+
+    ints = ["N", "K", "D", "stride_zn", "stride_zd", "stride_ck", "stride_cd"]
+    for dt, half, cosine in [("fp32", False, False), ("fp32", False, True), ("bf16", True, False)]:
+        ptrs = [("z_ptr", "*" + dt), ("code_ptr", "*" + dt), ("code_sq_ptr", "*fp32"), ("index_ptr", "*i64"),
+                ("dist_ptr", "*fp32")]
+        consts = {"COSINE": cosine, "HALF_DOT": half, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 16}
+        ptx = compile_(cb._nearest_code_kernel, ptrs, ints, consts).asm["ptx"]
+        assert ("wgmma" in ptx) == half and ".local" not in ptx  # tensor cores only for half; no spills
+    compile_(cb._gather_kernel, [("code_ptr", "*fp32"), ("index_ptr", "*i64"), ("out_ptr", "*fp32")],
+             ["N", "D", "stride_ck", "stride_cd", "stride_on", "stride_od"], {"BLOCK_N": 64, "BLOCK_D": 16})
+    strides = ["stride_lb", "stride_lw", "stride_lv", "stride_ib", "stride_iw", "stride_qb", "stride_qw",
+               "stride_qv", "stride_ab", "stride_aw", "stride_sb"]
+    ptrs = [("logits_ptr", "*bf16"), ("draft_ids_ptr", "*i64"), ("draft_probs_ptr", "*fp32"),
+            ("u_accept_ptr", "*fp32"), ("u_sample_ptr", "*fp32"), ("accept_len_ptr", "*i64"), ("token_ptr", "*i64")]
+    compile_(sj._sjd_verify_kernel, ptrs, ["W", "V", *strides], {"BLOCK_V": 1024})
+    print("compiled")
+    """
+)
+
+
+def test_kernels_compile_for_sm90():
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]

@@ -1,0 +1,244 @@
+"""The 1D tokenizer model, its quantizers, losses and metrics (CPU, tiny sizes)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from onetok.tokenizers import PRESETS, Tokenizer, TokenizerConfig, preset
+from onetok.tokenizers.losses import TokenizerLoss
+from onetok.tokenizers.model import Decoder, Encoder
+from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
+from onetok.tokenizers.quantize import VectorQuantizer
+
+QUANTIZERS = {
+    "vq": dict(quantizer="vq", code_dim=8, codebook_size=64),
+    "fsq": dict(quantizer="fsq", fsq_levels=(4, 4, 4)),
+    "lfq": dict(quantizer="lfq", code_dim=6),
+}
+
+
+def tiny(kind: str = "vq", **overrides) -> Tokenizer:
+    return Tokenizer(preset("tiny", **QUANTIZERS[kind], **overrides))
+
+
+def images(batch: int = 3, size: int = 16) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size)
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_public_method_shapes(kind):
+    tok = tiny(kind)
+    B, L, S = 3, tok.num_latent_tokens, tok.image_size
+    assert (L, S, tok.codebook_size) == (8, 16, 64)
+    x = images(B)
+    out = tok.train()(x)
+    assert out.reconstruction.shape == (B, 3, S, S)
+    assert out.quantizer.quantized.shape == (B, L, tok.config.code_dim)
+    assert out.quantizer.indices.shape == (B, L) and out.quantizer.indices.dtype == torch.int64
+    assert out.quantizer.loss.ndim == 0 and torch.isfinite(out.quantizer.loss)
+    assert out.keep.shape == (B,) and ((out.keep >= 1) & (out.keep <= L)).all()
+    (out.reconstruction.square().mean() + out.quantizer.loss).backward()
+    assert tok.encoder.patch_embed.weight.grad.abs().sum() > 0  # straight-through reaches the encoder
+    ids = tok.encode(x)
+    assert ids.shape == (B, L) and ids.dtype == torch.int64
+    assert 0 <= int(ids.min()) and int(ids.max()) < tok.codebook_size
+    assert tok.training  # encode restores the training flag
+    assert tok.encode(x, num_tokens=3).shape == (B, 3)
+    rec = tok.decode(ids)
+    assert rec.shape == (B, 3, S, S) and rec.dtype == torch.float32
+    assert 0 <= float(rec.min()) and float(rec.max()) <= 1
+    codes = tok.quantizer.codes_from_indices(ids)
+    assert codes.shape == (B, L, tok.config.code_dim)
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_prefix_decoding(kind):
+    tok = tiny(kind).eval()
+    x = images(2)
+    full = tok.encode(x)
+    decoded = []
+    for k in range(1, tok.num_latent_tokens + 1):
+        ids = tok.encode(x, num_tokens=k)
+        assert torch.equal(ids, full[:, :k])  # prefixes are prefixes of the full encoding
+        rec = tok.decode(ids)
+        with torch.no_grad():  # decode(k ids) == the training forward that keeps k tokens
+            forward = tok(x, keep=k).reconstruction.clamp(0, 1)
+        torch.testing.assert_close(rec, forward, atol=1e-5, rtol=1e-5)
+        decoded.append(rec)
+    assert not torch.allclose(decoded[0], decoded[-1])  # the tail tokens matter
+
+
+def test_decoder_ignores_dropped_tail():
+    tok = tiny().eval()
+    codes = torch.randn(2, 8, 8)
+    other = codes.clone()
+    other[:, 3:] = torch.randn(2, 5, 8)
+    keep = torch.tensor([3, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(tok.decoder(codes, keep), tok.decoder(other, keep))
+        assert not torch.allclose(tok.decoder(codes, keep + 1), tok.decoder(other, keep + 1))
+
+
+def test_nested_dropout_distributions():
+    L = 8
+    uniform = tiny(token_drop="uniform").sample_keep(4000, "cpu")
+    assert set(uniform.tolist()) == set(range(1, L + 1))
+    pow2 = tiny(token_drop="pow2").sample_keep(4000, "cpu")
+    assert set(pow2.tolist()) == {1, 2, 4, 8}
+    assert tiny(token_drop="none").sample_keep(5, "cpu").tolist() == [L] * 5
+    mostly_full = tiny(token_drop="uniform", full_length_prob=0.5).sample_keep(4000, "cpu")
+    assert 0.5 < float((mostly_full == L).float().mean()) < 0.65
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_save_load_round_trip(kind, tmp_path):
+    tok = tiny(kind).eval()
+    tok.save_pretrained(tmp_path / "tok")
+    meta = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert meta["format"] == "onetok-tokenizer" and meta["config"]["quantizer"] == kind
+    loaded = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded.config == tok.config and not loaded.training
+    x = images(2)
+    ids = tok.encode(x)
+    assert torch.equal(loaded.encode(x), ids)
+    assert torch.equal(loaded.decode(ids[:, :5]), tok.decode(ids[:, :5]))
+
+
+def test_bad_inputs_raise():
+    tok = tiny()
+    with pytest.raises(ValueError, match="expected images"):
+        tok.encode(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="num_tokens"):
+        tok.encode(images(1), num_tokens=9)
+    with pytest.raises(ValueError, match="tokens per image"):
+        tok.decode(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="token ids"):
+        tok.decode(torch.full((1, 2), 64))
+    with pytest.raises(ValueError, match="quantizer"):
+        TokenizerConfig(quantizer="rvq")
+    with pytest.raises(ValueError, match="unknown"):
+        TokenizerConfig.from_dict({"width": 3})
+
+
+def test_config_round_trip_and_derived_sizes():
+    cfg = preset("tiny", quantizer="fsq", fsq_levels=[8, 5, 5])
+    assert cfg.code_dim == 3 and cfg.codebook_size == 200 and cfg.fsq_levels == (8, 5, 5)
+    assert TokenizerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert preset("tiny", quantizer="lfq", code_dim=5).codebook_size == 32
+
+
+def test_presets_build_with_expected_sizes():
+    def size(cfg):
+        with torch.device("meta"):  # no memory, no init cost (the quantizers are built for real: they are small)
+            parts = [Encoder(cfg), Decoder(cfg)]
+        return sum(p.numel() for part in parts for p in part.parameters())
+
+    sizes = {name: size(cfg) for name, cfg in PRESETS.items()}
+    assert sizes["tiny"] < 100_000 < sizes["shapes"] < 5_000_000
+    assert 30e6 < sizes["titok-s-128"] < sizes["titok-b-64"] < sizes["titok-l-32"] < 1e9
+    assert PRESETS["titok-l-32"].num_latent_tokens == 32 and PRESETS["flextok-256"].codebook_size == 64000
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Quantizers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_vq_indices_match_vector_quantize_pytorch():
+    from vector_quantize_pytorch import VectorQuantize
+
+    ours = VectorQuantizer(dim=8, codebook_size=64).eval()
+    theirs = VectorQuantize(dim=8, codebook_size=64, use_cosine_sim=True).eval()
+    with torch.no_grad():
+        # vector-quantize-pytorch keeps its cosine codebook l2-normalised; ours normalises on use
+        theirs._codebook.embed.copy_(ours.normalized_codebook()[None])  # (1, K, D): one head
+    z = torch.randn(4, 50, 8)
+    _, their_indices, _ = theirs(z)
+    assert torch.equal(ours(z).indices, their_indices)
+
+
+def test_vq_losses_and_straight_through():
+    vq = VectorQuantizer(dim=8, codebook_size=16, commitment_weight=0.25).train()
+    z = torch.randn(2, 10, 8, requires_grad=True)
+    out = vq(z)
+    zn = torch.nn.functional.normalize(z.detach(), dim=-1)
+    zq = vq.codes_from_indices(out.indices)
+    torch.testing.assert_close(out.quantized, zq)  # forward value is the code
+    mse = (zn - zq).pow(2).mean()
+    torch.testing.assert_close(out.breakdown["commitment"], 0.25 * mse)
+    torch.testing.assert_close(out.breakdown["codebook"], mse)
+    (out.quantized.sum() + out.loss).backward()  # the codebook learns through the codebook loss only
+    assert z.grad.abs().sum() > 0 and vq.codebook.grad.abs().sum() > 0
+
+
+def test_vq_dead_code_restart():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(dim=4, codebook_size=32, dead_code_threshold=0.6, usage_decay=0.5).train()
+    z = torch.nn.functional.normalize(torch.randn(1, 8, 4), dim=-1)
+    before = vq.codebook.detach().clone()
+    vq(z)
+    replaced = ~(vq.codebook == before).all(dim=1)
+    assert 20 <= int(replaced.sum()) <= 32  # at most 8 codes were used, the rest were dead
+    new = torch.nn.functional.normalize(vq.codebook[replaced].detach(), dim=-1)
+    assert (new @ z[0].T).max(dim=1).values.min() > 0.99  # restarted at batch latents
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZERS))
+def test_quantizer_runs_fp32_under_autocast(kind):
+    tok = tiny(kind)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tok.quantizer(torch.randn(2, 8, tok.config.code_dim).bfloat16())
+    assert out.quantized.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Losses and metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recon", ["l1", "l2"])
+def test_generator_loss_breakdown(recon):
+    loss = TokenizerLoss(recon=recon, quantizer_weight=2.0)
+    pred, target = torch.full((2, 3, 8, 8), 0.25), torch.full((2, 3, 8, 8), 0.75)
+    out = loss.generator_loss(pred, target, torch.tensor(0.5), step=0)
+    assert set(out.parts) == {"recon", "quantizer"}
+    expected = 0.5 if recon == "l1" else 0.25
+    torch.testing.assert_close(out.parts["recon"], torch.tensor(expected))
+    torch.testing.assert_close(out.total, torch.tensor(expected + 1.0))
+
+
+def test_gan_and_perceptual_terms():
+    feature_net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    loss = TokenizerLoss(perceptual_weight=0.5, perceptual_net=feature_net, gan_weight=0.1, gan_start=10,
+                         disc_channels=8, disc_layers=2)
+    last = torch.nn.Conv2d(3, 3, 1)
+    target = torch.rand(2, 3, 32, 32)
+    pred = last(torch.rand(2, 3, 32, 32))
+    early = loss.generator_loss(pred, target, torch.tensor(0.0), step=9, last_layer=last.weight)
+    assert set(early.parts) == {"recon", "quantizer", "perceptual"} and early.parts["perceptual"] > 0
+    late = loss.generator_loss(pred, target, torch.tensor(0.0), step=10, last_layer=last.weight)
+    assert {"gan", "gan_adaptive_weight"} <= set(late.parts) and late.parts["gan_adaptive_weight"] > 0
+    late.total.backward()
+    assert all(p.grad is None for p in loss.discriminator.parameters())  # generator step leaves D alone
+    disc = loss.discriminator_loss(pred, target)
+    disc.total.backward()
+    assert all(p.grad is not None for p in loss.discriminator.parameters())
+    assert all(p.grad is None for p in feature_net.parameters())
+    with pytest.raises(ValueError, match="perceptual_net"):
+        TokenizerLoss(perceptual_weight=1.0)
+
+
+def test_psnr_and_codebook_metrics():
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[0] += 0.1
+    b[1] += 0.01
+    torch.testing.assert_close(psnr(a, b), torch.tensor([20.0, 40.0]))
+    assert math.isinf(float(psnr(a, a)[0]))
+    counts = code_counts(torch.tensor([[0, 1], [1, 3]]), codebook_size=8)
+    assert counts.tolist() == [1, 2, 0, 1, 0, 0, 0, 0]
+    assert codebook_usage(counts) == 3 / 8
+    assert perplexity(torch.tensor([5, 5, 5, 5])) == pytest.approx(4.0)
+    assert perplexity(torch.tensor([7, 0, 0])) == pytest.approx(1.0)

@@ -1,0 +1,131 @@
+"""Training the tokenizer through the Lightning CLI: configs, fast_dev_run, DDP on CPU, checkpoints and export."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from onetok.fileio import UserError
+from onetok.tokenizers import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+TOKENIZER_CONFIGS = sorted((REPO / "configs" / "tokenizer").glob("*.yaml"))
+TINY_MODEL = ["--model.init_args.preset=tiny", "--model.init_args.config={}"]
+
+
+@pytest.fixture(scope="module")
+def shapes16(tmp_path_factory) -> Path:
+    from onetok.data.shapes import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes16")
+    write_shapes_dataset(root, size=16, train=96, val=40, seed=0, shard_size=50)
+    return root
+
+
+def tiny_overrides(data: Path, root: Path) -> list[str]:
+    """Shrink any tokenizer config to the tiny preset on 16 px shapes, one CPU process."""
+    return [
+        *TINY_MODEL,
+        f"--data.init_args.train_shards={data / 'train'}", f"--data.init_args.val_shards={data / 'val'}",
+        "--data.init_args.image_size=16", "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=20",
+        "--data.init_args.num_workers=0", "--data.init_args.in_memory=true", "--data.init_args.epoch_samples=96",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}",
+    ]
+
+
+def cli(args: list[str]):
+    """`onetok-train ARGS` in this process (sys.argv is set to match, as LightningCLI expects)."""
+    from onetok.scripts.train import main
+
+    argv, sys.argv = sys.argv, ["onetok-train", *args]
+    try:
+        return main(args)
+    finally:
+        sys.argv = argv
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in ALL_CONFIGS])
+def test_every_config_instantiates(config, monkeypatch):
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    args = ["--config", str(config)]
+    if "tokenizer" in config.parts:  # the GPU-sized models are big; the class path and arguments are what is checked
+        args += TINY_MODEL
+    monkeypatch.setattr(sys, "argv", ["onetok-train", *args])
+    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       args=args, run=False, auto_configure_optimizers=False)
+    assert isinstance(cli.model, LightningModule) and isinstance(cli.datamodule, LightningDataModule)
+
+
+@pytest.mark.parametrize("config", TOKENIZER_CONFIGS, ids=[p.stem for p in TOKENIZER_CONFIGS])
+def test_fast_dev_run(config, shapes16, tmp_path):
+    cli(["fit", "--config", str(config), *tiny_overrides(shapes16, tmp_path), "--trainer.fast_dev_run=2"])
+
+
+def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
+    from onetok.scripts.cmd_export import export
+    from onetok.scripts.cli import main as onetok
+
+    root = tmp_path / "run"
+    cli(["fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"), *tiny_overrides(shapes16, root),
+         "--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--model.init_args.ema_decay=0.9"])
+    ckpt_path = next(root.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["onetok_system"] == "tokenizer" and ckpt["global_step"] == 3
+    assert any(k.startswith("ema.") for k in ckpt["state_dict"])
+    out = tmp_path / "tok"
+    assert onetok(["export", str(ckpt_path), "--out", str(out)]) == 0
+    tok = Tokenizer.from_pretrained(out)
+    ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
+    torch.testing.assert_close(tok.state_dict()["decoder.grid_pos"], ema["decoder.grid_pos"])  # EMA weights exported
+    assert tok.decode(tok.encode(torch.rand(2, 3, 16, 16))).shape == (2, 3, 16, 16)
+    assert onetok(["export", str(ckpt_path), "--out", str(out)]) == 2  # exists, no --force
+    assert onetok(["export", str(ckpt_path), "--out", str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run", "tok"]  # no temp dirs left behind
+    # eval-tokenizer on the exported directory
+    metrics = tmp_path / "metrics.json"
+    assert onetok(["eval-tokenizer", "--tokenizer", str(out), "--data", str(shapes16 / "val"),
+                   "--json", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["images"] == 40 and list(result["psnr"]) == ["1", "2", "4", "8"]
+    assert 0 < result["codebook_usage"] <= 1 and result["perplexity"] >= 1
+    # bad checkpoints: one-line errors
+    with pytest.raises(UserError, match="no such checkpoint"):
+        export(tmp_path / "missing.ckpt", tmp_path / "x")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a loadable checkpoint"):
+        export(tmp_path / "junk.ckpt", tmp_path / "x")
+    torch.save({"onetok_system": "mystery"}, tmp_path / "other.ckpt")
+    with pytest.raises(UserError, match="unknown checkpoint kind"):
+        export(tmp_path / "other.ckpt", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_from_checkpoint(shapes16, tmp_path):
+    root = tmp_path / "run"
+    base = ["fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"), *tiny_overrides(shapes16, root),
+            "--trainer.limit_val_batches=0"]
+    cli([*base, "--trainer.max_steps=2"])
+    ckpt_path = next(root.rglob("last.ckpt"))
+    cli([*base, "--trainer.max_steps=4", f"--ckpt_path={ckpt_path}"])
+    assert torch.load(next(root.rglob("last.ckpt")), weights_only=True)["global_step"] == 4
+
+
+def test_ddp_two_cpu_processes(shapes16, tmp_path):
+    """2 processes, gloo, a few steps of the vq tokenizer (dead-code restart syncs codebooks across ranks)."""
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "onetok.scripts.train", "fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"),
+           *tiny_overrides(shapes16, root), "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=3",
+           "--trainer.limit_val_batches=1", '--model.init_args.config={"dead_code_threshold": 0.5}']
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["onetok_system"] == "tokenizer"

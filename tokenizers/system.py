@@ -1,0 +1,242 @@
+"""TokenizerSystem: the LightningModule that trains a `Tokenizer` (optimizer, schedule, EMA, losses, logging),
+and `export_checkpoint`, which turns its `.ckpt` into an inference directory.
+
+    onetok-train fit --config configs/tokenizer/shapes.yaml
+    onetok export runs/.../last.ckpt --out models/tokenizer
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from onetok.tokenizers.losses import TokenizerLoss
+from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
+from onetok.tokenizers.model import Tokenizer, TokenizerConfig, preset as preset_config
+
+SYSTEM_NAME = "tokenizer"
+
+
+def token_counts(num_latent_tokens: int) -> list[int]:
+    """1, 2, 4, ..., L (L included even when it is not a power of two)."""
+    counts = [2**i for i in range(num_latent_tokens.bit_length()) if 2**i <= num_latent_tokens]
+    return counts if counts[-1] == num_latent_tokens else counts + [num_latent_tokens]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio` at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_config(preset: str | None, config: dict | TokenizerConfig | None) -> TokenizerConfig:
+    """A preset with `config` fields replaced, or `config` alone when no preset is named."""
+    if isinstance(config, TokenizerConfig):
+        config = config.to_dict()
+    config = dict(config or {})
+    return preset_config(preset, **config) if preset else TokenizerConfig.from_dict(config)
+
+
+class TokenizerSystem(L.LightningModule):
+    """Trains a Tokenizer on image batches {"image": (B, 3, S, S) in [0, 1], ...}."""
+
+    def __init__(
+        self,
+        preset: str | None = "shapes",
+        config: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        grad_clip: float = 1.0,
+        ema_decay: float = 0.0,
+        recon_loss: str = "l1",
+        recon_weight: float = 1.0,
+        quantizer_weight: float = 1.0,
+        perceptual_weight: float = 0.0,
+        perceptual_net: str | None = None,
+        gan_weight: float = 0.0,
+        gan_start: int = 0,
+        disc_lr: float | None = None,
+        grid_images: int = 8,
+        matmul_precision: str | None = "high",
+    ):
+        """`preset` names a size in `onetok.tokenizers.model.PRESETS`; `config` replaces some of its fields (or, with
+        preset=None, is the whole TokenizerConfig). `perceptual_net` is a local TorchScript feature network file."""
+        super().__init__()
+        if isinstance(config, TokenizerConfig):
+            config = config.to_dict()
+        # every argument is a plain type, so the .ckpt loads with torch.load(weights_only=True) and resuming through
+        # the CLI (which re-reads these hyper-parameters) works; the resolved config is also stored by itself
+        self.save_hyperparameters()
+        cfg = resolve_config(preset, config)
+        self.automatic_optimization = False  # the optional GAN alternates two optimizers
+        self.model = Tokenizer(cfg)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
+        feature_net = torch.jit.load(perceptual_net, map_location="cpu") if perceptual_net else None
+        self.loss = TokenizerLoss(recon_loss, recon_weight, quantizer_weight, perceptual_weight, feature_net,
+                                  gan_weight, gan_start)
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.warmup_steps, self.min_lr_ratio, self.grad_clip = warmup_steps, min_lr_ratio, grad_clip
+        self.ema_decay, self.disc_lr, self.grid_images = ema_decay, disc_lr, grid_images
+        self.matmul_precision = matmul_precision
+        self._val: dict[str, torch.Tensor] = {}
+
+    @property
+    def eval_model(self) -> Tokenizer:
+        """The weights to evaluate and export: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | int | None = None):
+        return self.model(images, keep)
+
+    # ---- training ---------------------------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        if self.matmul_precision:
+            torch.set_float32_matmul_precision(self.matmul_precision)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        optimizers = self.optimizers()
+        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        step = self.global_step if opt_d is None else self.global_step // 2  # Lightning counts every optimizer step
+        out = self.model(images)
+        last_layer = self.model.decoder.head.last_layer_weight()
+        gen = self.loss.generator_loss(out.reconstruction, images, out.quantizer.loss, step, last_layer)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(gen.total)
+        self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip or None, gradient_clip_algorithm="norm")
+        opt_g.step()
+        self.lr_schedulers().step()
+        if opt_d is not None:  # stepped every batch (a no-op before gan_start) so global_step is 2 x batches
+            opt_d.zero_grad(set_to_none=True)
+            if self.loss.gan_active(step):
+                disc = self.loss.discriminator_loss(out.reconstruction, images)
+                self.manual_backward(disc.total)
+                self.log_dict({f"train/{k}": v for k, v in disc.parts.items()})
+            opt_d.step()
+        self._update_ema()
+        with torch.no_grad():
+            full = out.keep == self.model.num_latent_tokens
+            train_psnr = psnr(out.reconstruction[full], images[full]).mean() if full.any() else None
+        self.log_dict({f"train/{k}": v.detach() for k, v in gen.parts.items()})
+        self.log("train/loss", gen.total.detach(), prog_bar=True)
+        if train_psnr is not None:
+            self.log("train/psnr_full", train_psnr, prog_bar=True)
+        self.log("train/lr", opt_g.param_groups[0]["lr"])
+        return gen.total.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        ema_params, params = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, params, 1 - self.ema_decay)
+        for ema_buf, buf in zip(self.ema.buffers(), self.model.buffers()):
+            ema_buf.copy_(buf)
+
+    # ---- validation -------------------------------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        L_ = self.model.num_latent_tokens
+        self._val = {
+            "psnr_sum": torch.zeros(len(token_counts(L_)), device=self.device, dtype=torch.float64),
+            "images": torch.zeros((), device=self.device, dtype=torch.float64),
+            "counts": torch.zeros(self.model.codebook_size, device=self.device, dtype=torch.float64),
+        }
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        model = self.eval_model
+        quant = model.quantizer(model.encoder(images))
+        reconstructions = []
+        for i, k in enumerate(token_counts(model.num_latent_tokens)):
+            keep = torch.full((images.shape[0],), k, device=images.device, dtype=torch.long)
+            rec = model.decoder(quant.quantized, keep).float().clamp(0, 1)
+            self._val["psnr_sum"][i] += psnr(rec, images).double().sum()
+            reconstructions.append(rec)
+        self._val["images"] += images.shape[0]
+        self._val["counts"] += code_counts(quant.indices, model.codebook_size).double()
+        if batch_idx == 0 and self.grid_images > 0:
+            self._log_grid(images, reconstructions)
+
+    def on_validation_epoch_end(self) -> None:
+        totals = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val.items()}
+        n = totals["images"].clamp(min=1)
+        metrics = {f"val/psnr@{k}": totals["psnr_sum"][i] / n
+                   for i, k in enumerate(token_counts(self.model.num_latent_tokens))}
+        metrics["val/psnr"] = metrics[f"val/psnr@{self.model.num_latent_tokens}"]
+        metrics["val/codebook_usage"] = torch.tensor(codebook_usage(totals["counts"]))
+        metrics["val/perplexity"] = torch.tensor(perplexity(totals["counts"]))
+        self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
+
+    def _log_grid(self, images: torch.Tensor, reconstructions: list[torch.Tensor]) -> None:
+        """Rows: the originals, then reconstructions from 1, 2, 4, ..., L tokens."""
+        experiment = getattr(self.logger, "experiment", None)
+        if self.global_rank != 0 or not hasattr(experiment, "add_image"):
+            return
+        from torchvision.utils import make_grid
+
+        n = min(self.grid_images, images.shape[0])
+        rows = torch.cat([images[:n].float()] + [r[:n] for r in reconstructions])  # ((1 + len(ks)) * n, 3, S, S)
+        experiment.add_image("val/reconstructions", make_grid(rows.cpu(), nrow=n, padding=1), self.global_step)
+
+    # ---- optimizers and checkpoints ---------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (decay if param.ndim >= 2 and "token" not in name and "pos" not in name else no_decay).append(param)
+        opt_g = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
+        optimizer_count = 1 if self.loss.discriminator is None else 2  # manual optimization counts each one's steps
+        total = max(1, int(self.trainer.estimated_stepping_batches) // optimizer_count) if self._trainer else 1
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt_g, lambda s: warmup_cosine(s, self.warmup_steps, total, self.min_lr_ratio))
+        if self.loss.discriminator is None:
+            return {"optimizer": opt_g, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), lr=self.disc_lr or self.lr,
+                                  betas=self.betas, weight_decay=self.weight_decay)
+        return [opt_g, opt_d], [{"scheduler": schedule, "interval": "step"}]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["onetok_system"] = SYSTEM_NAME
+        checkpoint["tokenizer_config"] = self.model.config.to_dict()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def tokenizer_from_checkpoint(ckpt: dict) -> Tokenizer:
+    """Rebuild the Tokenizer from a TokenizerSystem checkpoint dict, preferring the EMA weights."""
+    if "tokenizer_config" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError("not a tokenizer training checkpoint (no tokenizer_config or state_dict)")
+    cfg = TokenizerConfig.from_dict(ckpt["tokenizer_config"])
+    state = ckpt["state_dict"]
+    prefix = "ema." if any(k.startswith("ema.") for k in state) else "model."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    model = Tokenizer(cfg)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the inference directory (config.json + model.safetensors) for a tokenizer `.ckpt` dict."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir}: already exists (use --force to overwrite)")
+    tokenizer_from_checkpoint(ckpt).save_pretrained(out_dir)
+    return out_dir
