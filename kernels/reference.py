@@ -195,7 +195,7 @@ def sjd_verify(
     weights = p_n
     if W > 0:
         q_n = draft_probs[rows, accept_len.clamp(max=W - 1)].float()  # (B, V); unused where n == W
-        residual = (p_n - q_n).abs()
+        residual = (p_n - q_n).clamp(min=0.0)
         rejected = accept_len < W
         weights = torch.where(rejected[:, None], residual, p_n)
         weights = torch.where((weights.sum(dim=-1) > 0)[:, None], weights, p_n)  # all-zero residual -> p_n

@@ -76,7 +76,7 @@ def _sjd_verify_kernel(
     # 1. accepted prefix length n
     n = tl.full((), 0, dtype=tl.int32)
     alive = tl.full((), 1, dtype=tl.int32)
-    for i in range(0, W):
+    for i in range(W):
         if alive != 0:
             m, s = _softmax_stats(logit_rows + i * stride_lw, V, stride_lv, BLOCK_V)
             x = tl.load(draft_ids_ptr + b * stride_ib + i * stride_iw).to(tl.int64)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-import onetok.kernels as kernels
+from onetok import kernels
 from onetok.kernels import reference
 
 triton = pytest.importorskip("triton")
@@ -18,7 +18,18 @@ tk_codebook = importlib.import_module("onetok.kernels.codebook")
 tk_sjd = importlib.import_module("onetok.kernels.sjd_verify")
 
 CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
+DEVICE = "cuda" if CUDA else "cpu"  # where the Triton backend runs: compiled on CUDA, else the interpreter
+
+
+def dev(*tensors):
+    """Inputs for a Triton call on DEVICE."""
+    moved = tuple(t.to(DEVICE) for t in tensors)
+    return moved if len(moved) > 1 else moved[0]
+
+
+def cpu(result):
+    """A Triton result (tensor or NamedTuple of tensors) back on the CPU."""
+    return result.cpu() if isinstance(result, torch.Tensor) else type(result)(*(t.cpu() for t in result))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,7 +61,7 @@ SHAPES = [  # N, K, D, (block_n, block_k, block_d)
     (1, 1, 1, (16, 16, 16)),
     (1, 5, 3, (16, 16, 16)),
     (7, 1, 8, (16, 16, 16)),
-    (33, 70, 12, (16, 16, 16)),
+    (33, 70, 12, (16, 16, 8)),  # two D chunks of 8
     (100, 257, 17, (16, 32, 16)),  # two D chunks
     (130, 100, 40, (32, 16, 16)),  # three D chunks
     (600, 1100, 64, (None, None, None)),  # default launch settings
@@ -62,7 +73,7 @@ SHAPES = [  # N, K, D, (block_n, block_k, block_d)
 def test_triton_nearest_code_matches_reference(n, k, d, blocks, metric):
     z, codebook = torch.randn(n, d) * 2 + 0.5, torch.randn(k, d)
     block_n, block_k, block_d = blocks
-    got = tk_codebook.nearest_code(z, codebook, metric, block_n=block_n, block_k=block_k, block_d=block_d)
+    got = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=block_n, block_k=block_k, block_d=block_d))
     want = reference.nearest_code(z, codebook, metric)
     assert got.indices.dtype == torch.int64 and got.distances.dtype == torch.float32
     assert got.indices.shape == got.distances.shape == (n,)
@@ -107,7 +118,7 @@ def test_ties_pick_lowest_index(metric):
     ties = scores <= scores.min(dim=1, keepdim=True).values + 1e-9
     assert (ties.sum(1) > 1).float().mean() > 0.5  # the problem really is full of ties
     ref = reference.nearest_code(z, codebook, metric)
-    tri = tk_codebook.nearest_code(z, codebook, metric, block_n=16, block_k=16, block_d=16)
+    tri = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=16, block_k=16, block_d=16))
     assert torch.equal(ref.indices, want)
     assert torch.equal(tri.indices, want)
 
@@ -126,19 +137,19 @@ def test_nearest_code_leading_dims_strides_and_dtypes():
     z = torch.randn(24, 3, 10).transpose(0, 1)  # (3, 24, 10), non-contiguous
     codebook = torch.randn(10, 50).t()  # (50, 10), non-contiguous
     want = reference.nearest_code(z.contiguous(), codebook.contiguous())
-    got = kernels.nearest_code(z, codebook, backend="triton")
+    got = cpu(kernels.nearest_code(*dev(z, codebook), backend="triton"))
     assert got.indices.shape == (3, 24)
     assert torch.equal(got.indices, want.indices)
     idx, dist = kernels.nearest_code(z.double(), codebook, backend="torch")  # unpacks as a pair
     assert torch.equal(idx, want.indices) and dist.dtype == torch.float32
-    assert kernels.nearest_code(torch.randn(0, 10), codebook, backend="triton").indices.shape == (0,)
+    assert kernels.nearest_code(*dev(torch.randn(0, 10), codebook), backend="triton").indices.shape == (0,)
 
 
 def test_nearest_code_bad_input():
     with pytest.raises(ValueError, match="metric"):
         kernels.nearest_code(torch.randn(4, 3), torch.randn(5, 3), metric="l1")
     with pytest.raises(ValueError, match="D=3"):
-        kernels.nearest_code(torch.randn(4, 2), torch.randn(5, 3), backend="triton")
+        kernels.nearest_code(*dev(torch.randn(4, 2), torch.randn(5, 3)), backend="triton")
     with pytest.raises(ValueError, match="codebook"):
         kernels.nearest_code(torch.randn(4, 3), torch.randn(0, 3))
 
@@ -147,31 +158,34 @@ def test_gather_codes():
     codebook = torch.randn(40, 19)
     for indices in (torch.randint(0, 40, (5, 13)), torch.randint(0, 40, (77,), dtype=torch.int32)):
         want = codebook[indices.long()]
-        assert torch.equal(kernels.gather_codes(codebook, indices, backend="triton"), want)
-        assert torch.equal(tk_codebook.gather_codes(codebook, indices, block_n=16, block_d=16), want)
+        assert torch.equal(cpu(kernels.gather_codes(*dev(codebook, indices), backend="triton")), want)
+        assert torch.equal(cpu(tk_codebook.gather_codes(*dev(codebook, indices), block_n=16, block_d=16)), want)
         assert torch.equal(kernels.gather_codes(codebook, indices, backend="torch"), want)
-    trained = codebook.clone().requires_grad_(True)  # needs a backward: the torch path is taken
-    kernels.gather_codes(trained, torch.tensor([3, 3, 5]), backend="triton").sum().backward()
-    assert trained.grad[3].eq(2).all() and trained.grad[5].eq(1).all() and trained.grad[0].eq(0).all()
+    trained = dev(codebook).requires_grad_(True)  # needs a backward: the torch path is taken
+    kernels.gather_codes(trained, dev(torch.tensor([3, 3, 5])), backend="triton").sum().backward()
+    grad = trained.grad.cpu()
+    assert grad[3].eq(2).all() and grad[5].eq(1).all() and grad[0].eq(0).all()
 
 
 def test_backend_dispatch(monkeypatch):
-    cpu = torch.zeros(1)
+    host, where = torch.zeros(1), torch.zeros(1, device=DEVICE)
     monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
-    assert kernels.resolve_backend("auto", cpu) == "torch"
-    assert kernels.resolve_backend("triton", cpu) == "triton"  # interpreter is on in tests
+    assert kernels.resolve_backend("auto", host) == "torch"
+    assert kernels.resolve_backend("auto", where) == ("triton" if CUDA else "torch")
+    assert kernels.resolve_backend("triton", where) == "triton"  # CUDA, or the interpreter in tests
     monkeypatch.setenv(kernels.BACKEND_ENV, "triton")
-    assert kernels.resolve_backend("auto", cpu) == "triton"
-    assert kernels.resolve_backend("torch", cpu) == "torch"  # an explicit argument wins
+    assert kernels.resolve_backend("auto", where) == "triton"
+    assert kernels.resolve_backend("torch", where) == "torch"  # an explicit argument wins
+    monkeypatch.setenv(kernels.BACKEND_ENV, "torch")
+    assert kernels.resolve_backend("auto", where) == "torch"
     monkeypatch.setenv(kernels.BACKEND_ENV, "cuda")
     with pytest.raises(ValueError, match=kernels.BACKEND_ENV):
-        kernels.resolve_backend("auto", cpu)
+        kernels.resolve_backend("auto", host)
     with pytest.raises(ValueError, match="backend"):
-        kernels.resolve_backend("fast", cpu)
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-            kernels.resolve_backend("triton", cpu)
+        kernels.resolve_backend("fast", host)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        kernels.resolve_backend("triton", host)
     assert callable(kernels.sjd_verify)  # the submodule import did not shadow the function
 
 
@@ -207,7 +221,7 @@ def sjd_problem(B, W, V, seed=0, banned=0.0, one_hot=False):
 
 def assert_sjd_equal(args, block_v=32):
     want = reference.sjd_verify(*args)
-    got = tk_sjd.sjd_verify(*args, block_v=block_v)
+    got = cpu(tk_sjd.sjd_verify(*dev(*args), block_v=block_v))
     assert torch.equal(got.accept_len, want.accept_len), (got.accept_len, want.accept_len)
     assert torch.equal(got.token, want.token), (got.token, want.token)
     return want
@@ -251,17 +265,28 @@ def test_sjd_all_zero_residual_falls_back_to_p():
     assert torch.equal(out.token, reference.inverse_cdf(p[:, 0], u_sample))
 
 
-def test_sjd_reference_by_hand():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sjd_by_hand(backend):
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]]]))  # (1, 3, 3)
     q = torch.tensor([[[0.25, 0.25, 0.5], [0.1, 0.6, 0.3]]])  # (1, 2, 3)
     draft_ids = torch.tensor([[0, 1]])
+
+    def verify(u_accept, u_sample):
+        args = dev(logits, draft_ids, q, torch.tensor([u_accept]), torch.tensor([u_sample]))
+        out = kernels.sjd_verify(*args, backend)
+        return out.accept_len.item(), out.token.item()
+
     # draft 0: 0.9 * 0.25 < 0.5 accepted; draft 1: 0.5 * 0.6 = 0.3 ≥ 0.1 rejected -> n = 1
-    # residual at 1: max(0, [0.1, 0.1, 0.8] - [0.1, 0.6, 0.3]) = [0, 0, 0.5] -> token 2 for any u
-    out = kernels.sjd_verify(logits, draft_ids, q, torch.tensor([[0.9, 0.5]]), torch.tensor([0.0]))
-    assert out.accept_len.tolist() == [1] and out.token.tolist() == [2]
+    # residual at 1: max(0, [0.1, 0.1, 0.8] - [0.1, 0.6, 0.3]) = [0, 0, 0.5] -> token 2 for any u, even u = 0
+    assert verify([0.9, 0.5], 0.0) == (1, 2)
     # accept both (0.1 * 0.6 < 0.1) and sample from p_2 = [0.2, 0.2, 0.6]: u = 0.3 -> cumsum 0.4 > 0.3 -> token 1
-    out = kernels.sjd_verify(logits, draft_ids, q, torch.tensor([[0.9, 0.1]]), torch.tensor([0.3]))
-    assert out.accept_len.tolist() == [2] and out.token.tolist() == [1]
+    assert verify([0.9, 0.1], 0.3) == (2, 1)
+    assert verify([0.9, 0.1], 0.0) == (2, 0)
+    # a banned draft (p = 0) is rejected even with u = 0, and never sampled
+    banned = logits.clone()
+    banned[0, 0, 0] = float("-inf")
+    out = kernels.sjd_verify(*dev(banned, draft_ids, q, torch.zeros(1, 2), torch.zeros(1)), backend)
+    assert out.accept_len.item() == 0 and out.token.item() == 1  # residual [0, .6, .4] - [.25, .25, .5] -> [0, .35, 0]
 
 
 def test_inverse_cdf_matches_a_loop():
@@ -290,9 +315,8 @@ def test_sjd_output_marginal_is_the_target():
     q = torch.softmax(torch.randn(W, V, generator=g), dim=-1)  # a poor draft that proposes the banned token
     draft_ids = torch.multinomial(q, B, replacement=True, generator=g).t()  # (B, W)
     logits = p_logits.expand(B, W + 1, V)
-    out = kernels.sjd_verify(
-        logits, draft_ids, q.expand(B, W, V), torch.rand(B, W, generator=g), torch.rand(B, generator=g)
-    )
+    u_accept, u_sample = torch.rand(B, W, generator=g), torch.rand(B, generator=g)
+    out = kernels.sjd_verify(logits, draft_ids, q.expand(B, W, V), u_accept, u_sample, backend="torch")
     p = torch.softmax(p_logits, dim=-1)
     first = torch.where(out.accept_len >= 1, draft_ids[:, 0], out.token)  # the token at position 0
     freq0 = torch.bincount(first, minlength=V).float() / B
@@ -347,7 +371,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
     for dt, half, cosine in [("fp32", False, False), ("fp32", False, True), ("bf16", True, False)]:
         ptrs = [("z_ptr", "*" + dt), ("code_ptr", "*" + dt), ("code_sq_ptr", "*fp32"), ("index_ptr", "*i64"),
                 ("dist_ptr", "*fp32")]
-        consts = {"COSINE": cosine, "HALF_DOT": half, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 16}
+        consts = {"COSINE": cosine, "HALF_DOT": half, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 16 if half else 8}
         ptx = compile_(cb._nearest_code_kernel, ptrs, ints, consts).asm["ptx"]
         assert ("wgmma" in ptx) == half and ".local" not in ptx  # tensor cores only for half; no spills
     compile_(cb._gather_kernel, [("code_ptr", "*fp32"), ("index_ptr", "*i64"), ("out_ptr", "*fp32")],
@@ -366,5 +390,7 @@ def test_kernels_compile_for_sm90():
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    run = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]
