@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 T2I, I2T = 0, 1  # task ids per row
 IGNORE = -100  # target value without loss (torch cross_entropy's ignore_index)
 META_FORMAT = "onetok-tokens"
+MAX_WORDS = 50000  # larger caption vocabularies are not kept in meta.json (use text="bytes")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Token shards: writing, reading, meta.json
@@ -129,24 +130,25 @@ class TokenizeSummary(NamedTuple):
 
 
 def tokenize_dataset(
-    tokenizer_dir: str | os.PathLike, data: str, out: str | os.PathLike, batch_size: int = 64,
-    shard_size: int = 5000, progress: Callable[[int], None] | None = None,
+    tokenizer_dir: str | os.PathLike, data: str, out: str | os.PathLike, batch_size: int = 256,
+    shard_size: int = 5000, progress: Callable[[int], None] | None = None, device: str = "cpu",
 ) -> TokenizeSummary:
     """Encode the image shards of `data` (a dataset root with train/ and val/, or one shard spec) into token shards
     in `out` (which must not exist yet: callers build into a temporary folder and rename it)."""
     from onetok.data.shards import SkipCounter
     from onetok.tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
     out = Path(out)
-    counts, captions = {}, set()
+    counts, words = {}, set()
     skips = SkipCounter()
     for split, spec in image_splits(data).items():
         samples = iter_samples(spec, size=tokenizer.image_size, skips=skips)
         with ShardWriter(out / split, shard_size) as writer:
             for sample, codes in encode_samples(tokenizer, samples, batch_size):
                 caption = sample["caption"] or ""
-                captions.add(caption)
+                if len(words) <= MAX_WORDS:
+                    words.update(caption.split())
                 writer.write(sample["key"], {
                     "codes.npy": encode_codes(codes),
                     "txt": caption.encode("utf-8"),
@@ -164,7 +166,7 @@ def tokenize_dataset(
         "codebook_size": tokenizer.codebook_size,
         "image_size": tokenizer.image_size,
         "counts": counts,
-        "words": WordText.from_captions(captions).words,
+        "words": sorted(words) if len(words) <= MAX_WORDS else None,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return TokenizeSummary(counts, skips.count, meta)
@@ -427,6 +429,8 @@ class ARDataModule(L.LightningDataModule):
                                      f"{self.tokenizer_dir} (fingerprint {self.meta['tokenizer']['fingerprint']} "
                                      f"!= {found})")
             codebook, words = self.meta["codebook_size"], self.meta["words"]
+            if words is None and self.text == "words":
+                raise ValueError(f"{self.data}: too many distinct caption words for text='words'; use text='bytes'")
         else:
             from onetok.tokenizers import Tokenizer
 

@@ -92,6 +92,16 @@ def _prompt_words(model, prompts: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device available")
+    return name
+
+
 def _expected_count(data: str) -> int | None:
     """Sample count from a shapes dataset.json (for the progress bar), else None."""
     path = Path(data) / "dataset.json"
@@ -121,7 +131,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     try:
         total = _expected_count(args.data) if len(splits) == 2 else None
         with tqdm(total=total, desc="tokenize", unit="img", disable=args.quiet) as bar:
-            summary = tokenize_dataset(args.tokenizer, args.data, tmp, args.batch_size, args.shard_size, bar.update)
+            summary = tokenize_dataset(args.tokenizer, args.data, tmp, args.batch_size, args.shard_size, bar.update,
+                                       device=_device(args.device))
         if sum(summary.counts.values()) == 0:
             raise UserError(f"{args.data}: no readable images")
         replace_dir(tmp, out)
@@ -130,8 +141,9 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp)
     meta = summary.meta
     counts = ", ".join(f"{n} {split}" for split, n in summary.counts.items())
+    words = "too many caption words for text=words" if meta["words"] is None else f"{len(meta['words'])} caption words"
     print(f"tokenized {counts} images into {out} in {time.time() - start:.1f}s: {meta['num_latent_tokens']} codes "
-          f"each (codebook {meta['codebook_size']}), {len(meta['words'])} caption words"
+          f"each (codebook {meta['codebook_size']}), {words}"
           + (f"; skipped {summary.skipped} unreadable sample(s)" if summary.skipped else ""))
     return 0
 
@@ -296,6 +308,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the token folder to write (OUT/train, OUT/val, OUT/meta.json)")
     p.add_argument("--batch-size", type=int, default=256, help="images encoded per forward pass")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per output shard")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tokenize)

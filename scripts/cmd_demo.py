@@ -43,8 +43,11 @@ class Demo:
     def run(self, *argv: str, module: str = "onetok.scripts.cli", stdout: Path | None = None) -> None:
         cmd = [sys.executable, "-m", module, *argv]
         print(f"$ {'onetok-train' if module.endswith('train') else 'onetok'} {' '.join(argv)}", flush=True)
-        with open(stdout, "w") if stdout else open(sys.devnull, "w") as sink:
-            proc = subprocess.run(cmd, stdout=sink if stdout else None)
+        if stdout is None:
+            proc = subprocess.run(cmd)
+        else:
+            with open(stdout, "w") as sink:
+                proc = subprocess.run(cmd, stdout=sink)
         if proc.returncode != 0:
             raise UserError(f"step failed (exit {proc.returncode}): {' '.join(argv)}")
 
@@ -93,7 +96,7 @@ class Demo:
 
     def eval_tokenizer(self) -> None:
         self.run("eval-tokenizer", "--tokenizer", str(self.models / "tokenizer"), "--data", str(self.data / "val"),
-                 "--json", str(self.out / "tokenizer_metrics.json"))
+                 "--json", str(self.out / "tokenizer_metrics.json"), "--force")
 
     def tokenize(self) -> None:
         self.run("tokenize", "--tokenizer", str(self.models / "tokenizer"), "--data", str(self.data),
@@ -117,11 +120,11 @@ class Demo:
     def eval_ar(self) -> None:
         n = "40" if self.quick else "300"
         self.run("eval-ar", "--model", str(self.models / "unified"), "--data", str(self.data / "val"), "--n", n,
-                 "--json", str(self.out / "ar_metrics.json"))
+                 "--json", str(self.out / "ar_metrics.json"), "--force")
 
     def bench_sjd(self) -> None:
         n = "4" if self.quick else "32"
-        self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--json",
+        self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--threads", "1", "--json",
                  stdout=self.out / "sjd_metrics.json")
 
     def compression(self) -> None:

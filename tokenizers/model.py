@@ -45,6 +45,10 @@ class TokenizerConfig:
     dec_heads: int = 4
     mlp_ratio: float = 4.0
     qk_norm: bool = False  # LayerNorm on queries and keys (steadier at high learning rates)
+    # a learned linear token-mixing path (MLP-Mixer, arXiv:2105.01601) beside attention: the encoder's latent tokens
+    # start as L learned spatial poolings of the patch embeddings, the decoder's grid tokens as N learned mixtures of
+    # the latents; with it the model leaves the "background colour only" plateau in a few hundred steps
+    token_mixing: bool = False
     # pixel head: linear -> (p, p, head_channels) -> pixel shuffle -> refine_layers 3x3 conv blocks -> RGB
     head_channels: int = 3
     refine_layers: int = 0
@@ -57,6 +61,9 @@ class TokenizerConfig:
     codebook_weight: float = 1.0
     dead_code_threshold: float = 0.0  # vq: restart codes whose EMA use per step falls below this (0 = off)
     lfq_entropy_weight: float = 0.1
+    # standardise each latent (token, dim) over the batch before quantizing (BatchNorm, running stats at inference):
+    # keeps the codes image-dependent and spread over the codebook from the first step (no early code collapse)
+    latent_batchnorm: bool = False
     # nested dropout: per-sample keep length k ~ "uniform" over 1..L, "pow2" over 1,2,4..,L, or "none";
     # with probability full_length_prob a sample keeps all L tokens
     token_drop: str = "uniform"
@@ -130,17 +137,26 @@ class Encoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.enc_width, cfg.patch_size, stride=cfg.patch_size)
         self.pos_embed = nn.Parameter(sincos_2d(cfg.grid_size, cfg.enc_width))  # (1, N, D)
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
+        n, L = cfg.grid_size**2, cfg.num_latent_tokens
+        self.pool = nn.Parameter(torch.randn(L, n) / n**0.5) if cfg.token_mixing else None  # (L, N)
         self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.enc_width)
         self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
+        n_latent_features = cfg.num_latent_tokens * cfg.code_dim
+        self.latent_norm = nn.BatchNorm1d(n_latent_features, affine=False) if cfg.latent_batchnorm else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images * 2 - 1)  # (B, D, h, w)
-        x = rearrange(x, "b d h w -> b (h w) d") + self.pos_embed  # (B, N, D)
+        x = rearrange(self.patch_embed(images * 2 - 1), "b d h w -> b (h w) d")  # (B, N, D)
         latents = self.latent_tokens.expand(x.shape[0], -1, -1)  # (B, L, D)
+        if self.pool is not None:
+            latents = latents + torch.einsum("ln,bnd->bld", self.pool.to(x.dtype), x)  # (B, L, D)
+        x = x + self.pos_embed  # (B, N, D)
         x = self.blocks(torch.cat([x, latents], dim=1))  # (B, N + L, D)
         x = self.norm(x[:, -latents.shape[1]:])  # (B, L, D) read out at the latent positions
-        return self.to_code(x)  # (B, L, code_dim)
+        z = self.to_code(x)  # (B, L, code_dim)
+        if self.latent_norm is not None:
+            z = self.latent_norm(z.flatten(1).float()).view_as(z)  # per (token, dim) over the batch
+        return z
 
 
 class PixelHead(nn.Module):
@@ -178,6 +194,8 @@ class Decoder(nn.Module):
         self.latent_pos = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.dec_width))
         self.grid_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))
         self.grid_pos = nn.Parameter(sincos_2d(self.grid, cfg.dec_width))  # (1, N, D)
+        n, L = self.grid**2, cfg.num_latent_tokens
+        self.broadcast = nn.Parameter(torch.randn(n, L) / L**0.5) if cfg.token_mixing else None  # (N, L)
         self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.dec_width)
         self.head = PixelHead(cfg.dec_width, cfg.patch_size, cfg.head_channels, cfg.refine_layers)
@@ -186,8 +204,11 @@ class Decoder(nn.Module):
         B, L, _ = codes.shape
         x = self.from_code(codes.to(self.from_code.weight.dtype))  # (B, L, D)
         kept = torch.arange(L, device=codes.device)[None, :] < keep[:, None]  # (B, L)
-        x = torch.where(kept[..., None], x, self.drop_token) + self.latent_pos[:, :L]  # (B, L, D)
+        x = torch.where(kept[..., None], x, self.drop_token)  # (B, L, D)
         grid = (self.grid_token + self.grid_pos).expand(B, -1, -1)  # (B, N, D)
+        if self.broadcast is not None:
+            grid = grid + torch.einsum("nl,bld->bnd", self.broadcast.to(x.dtype), x)  # (B, N, D)
+        x = x + self.latent_pos[:, :L]  # (B, L, D)
         x = self.blocks(torch.cat([grid, x], dim=1))  # (B, N + L, D)
         x = self.norm(x[:, : self.grid**2])  # (B, N, D) read out at the grid positions
         return (self.head(x, self.grid) + 1) / 2  # (B, 3, H, W)
