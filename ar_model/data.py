@@ -402,17 +402,26 @@ class ARDataModule(L.LightningDataModule):
         self.t2i_ratio, self.cond_dropout = t2i_ratio, cond_dropout
         self.val_samples, self.max_text_tokens, self.in_memory = val_samples, max_text_tokens, in_memory
         self.encode_batch, self.shuffle_buffer, self.num_workers, self.seed = encode_batch, shuffle_buffer, num_workers, seed
-        if self.tokens and not is_token_dir(tokens):
-            raise FileNotFoundError(f"{tokens}: not a token folder (no meta.json; make one with `onetok tokenize`)")
-        self.meta = read_meta(tokens) if self.tokens else None
         if tokenizer is None and not self.tokens:
             raise ValueError(f"{images}: raw image shards need `tokenizer` (a tokenizer directory)")
-        self.tokenizer_dir = str(Path(tokenizer if tokenizer is not None else self.meta["tokenizer"]["path"]).resolve())
+        self._tokenizer_arg, self._meta = tokenizer, None  # the token folder is read at first use, not here
         self._vocab: Vocab | None = None
         self.train_pairs: TokenPairs | None = None
         self.val_pairs: TokenPairs | None = None
 
     # ---- what the system needs -------------------------------------------------------------------------------------
+
+    @property
+    def meta(self) -> dict | None:
+        if self._meta is None and self.tokens:
+            if not is_token_dir(self.data):
+                raise FileNotFoundError(f"{self.data}: not a token folder (no meta.json; make one with `onetok tokenize`)")
+            self._meta = read_meta(self.data)
+        return self._meta
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return str(Path(self._tokenizer_arg if self._tokenizer_arg is not None else self.meta["tokenizer"]["path"]).resolve())
 
     @property
     def vocab(self) -> Vocab:

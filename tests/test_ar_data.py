@@ -159,8 +159,9 @@ def test_datamodule_rejects_other_tokenizer(tiny, tmp_path):
         _ = dm.vocab
     with pytest.raises(ValueError, match="exactly one"):
         ARDataModule()
-    with pytest.raises(FileNotFoundError):
-        ARDataModule(tokens=str(tmp_path))
+    missing = ARDataModule(tokens=str(tmp_path))  # configs instantiate without data; the folder is checked at use
+    with pytest.raises(FileNotFoundError, match="not a token folder"):
+        _ = missing.vocab
 
 
 def test_collate_is_picklable_for_loader_workers():

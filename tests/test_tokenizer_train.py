@@ -58,6 +58,8 @@ def test_every_config_instantiates(config, monkeypatch):
     args = ["--config", str(config)]
     if "tokenizer" in config.parts:  # the GPU-sized models are big; the class path and arguments are what is checked
         args += TINY_MODEL
+    args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+             "--trainer.precision=32-true"]  # GPU configs must still parse and build on a CPU-only machine
     monkeypatch.setattr(sys, "argv", ["onetok-train", *args])
     cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        args=args, run=False, auto_configure_optimizers=False)
@@ -66,7 +68,9 @@ def test_every_config_instantiates(config, monkeypatch):
 
 @pytest.mark.parametrize("config", TOKENIZER_CONFIGS, ids=[p.stem for p in TOKENIZER_CONFIGS])
 def test_fast_dev_run(config, shapes16, tmp_path):
-    cli(["fit", "--config", str(config), *tiny_overrides(shapes16, tmp_path), "--trainer.fast_dev_run=2"])
+    # the GPU configs carry a LearningRateMonitor, which needs a logger: keep the default TensorBoard one (in tmp)
+    cli(["fit", "--config", str(config), *tiny_overrides(shapes16, tmp_path), "--trainer.logger=true",
+         "--trainer.fast_dev_run=2"])
 
 
 def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
