@@ -36,9 +36,10 @@ from typing import NamedTuple
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
 from onetok.ar_model.vocab import ByteText, Vocab, WordText
 from onetok.data.shards import ShardWriter, expand_shards, iter_raw_samples, iter_samples
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 T2I, I2T = 0, 1  # task ids per row
 IGNORE = -100  # target value without loss (torch cross_entropy's ignore_index)
@@ -50,19 +51,15 @@ MAX_WORDS = 50000  # larger caption vocabularies are not kept in meta.json (use 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def state_fingerprint(tokenizer) -> str:
-    """sha256 (first 16 hex digits) of a tokenizer's config and weights (independent of how they were saved)."""
-    digest = hashlib.sha256(json.dumps(tokenizer.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
-    from onetok.tokenizers import Tokenizer
+    """sha256 (first 16 hex digits) of a tokenizer directory's weights (names and bytes, not the file's layout)."""
+    from safetensors.torch import load_file
 
-    return state_fingerprint(Tokenizer.from_pretrained(tokenizer_dir))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(Path(tokenizer_dir) / "model.safetensors")).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def encode_codes(codes: np.ndarray) -> bytes:
@@ -160,7 +157,7 @@ def tokenize_dataset(
     meta = {
         "format": META_FORMAT,
         "version": 1,
-        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "fingerprint": state_fingerprint(tokenizer),
+        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "fingerprint": tokenizer_fingerprint(tokenizer_dir),
                       "config": tokenizer.config.to_dict()},
         "num_latent_tokens": tokenizer.num_latent_tokens,
         "codebook_size": tokenizer.codebook_size,
@@ -431,7 +428,7 @@ class ARDataModule(L.LightningDataModule):
 
     def _build_vocab(self) -> Vocab:
         if self.tokens:
-            if (Path(self.tokenizer_dir) / "config.json").is_file():
+            if (Path(self.tokenizer_dir) / "model.safetensors").is_file():
                 found = tokenizer_fingerprint(self.tokenizer_dir)
                 if found != self.meta["tokenizer"]["fingerprint"]:
                     raise ValueError(f"{self.data}: token shards were made by another tokenizer than "

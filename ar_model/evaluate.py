@@ -41,17 +41,18 @@ def val_spec(data: str | os.PathLike) -> str:
     return str(data)
 
 
-def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, batch_size: int = 64) -> EvalItems:
-    """The first `n` val samples of `data`: token shards (checked against the model's tokenizer) or image shards
-    (encoded with the model's tokenizer)."""
-    from onetok.ar_model.data import encode_samples, is_token_dir, iter_token_samples, read_meta, state_fingerprint
+def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, model_dir: str | os.PathLike | None = None,
+                    batch_size: int = 64) -> EvalItems:
+    """The first `n` val samples of `data`: token shards (made by the model's tokenizer, checked when `model_dir` is
+    given) or image shards (encoded with the model's tokenizer)."""
+    from onetok.ar_model.data import encode_samples, is_token_dir, iter_token_samples, read_meta, tokenizer_fingerprint
     from onetok.data.shards import iter_samples
 
     spec = val_spec(data)
     if is_token_dir(data):
         expected = read_meta(data)["tokenizer"]["fingerprint"]
-        if state_fingerprint(model.tokenizer) != expected:
-            raise ValueError(f"{data}: token shards were made with another tokenizer than the model's")
+        if model_dir is not None and tokenizer_fingerprint(Path(model_dir) / "tokenizer") != expected:
+            raise ValueError("token shards made with another tokenizer than the model's")
         pairs = ((s, s["codes"]) for s in iter_token_samples(spec))
     else:
         samples = iter_samples(spec, model.tokenizer.image_size)

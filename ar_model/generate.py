@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
 from onetok.ar_model.model import KVCache, Transformer
 from onetok.ar_model.vocab import Vocab
 

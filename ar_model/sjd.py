@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
 from onetok.ar_model.generate import (
     SamplingSettings,
     guided,

@@ -212,9 +212,7 @@ def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = Fals
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
     expected = hp.get("tokenizer_fingerprint")
     if expected is not None:
-        from onetok.ar_model.data import state_fingerprint
-
-        if state_fingerprint(tokenizer) != expected:
+        if tokenizer_fingerprint(tokenizer_dir) != expected:
             raise UserError(f"{tokenizer_dir}: this tokenizer changed since the model was trained on its codes")
     return UnifiedModel(transformer, vocab, tokenizer).save_pretrained(out_dir, force=force)
 

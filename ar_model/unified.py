@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch import nn
+
 from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import Vocab
-from onetok.tokenizers import Tokenizer
-from torch import nn
-
 from onetok.fileio import UserError
+from onetok.tokenizers import Tokenizer
 
 FORMAT, VERSION = "onetok-unified", 1
 

@@ -45,6 +45,7 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
             raise UserError(f"{path}: no prompts")
         return lines[: args.prompts]
     import numpy as np
+
     from onetok.data.shapes import all_combos, caption_of, sample_attributes
 
     rng = np.random.default_rng(args.seed)
@@ -69,6 +70,7 @@ def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
     from onetok.ar_model.evaluate import DEFAULT_SETTINGS
     from onetok.ar_model.generate import SamplingSettings
     from onetok.ar_model.unified import UnifiedModel

@@ -25,7 +25,8 @@ def _time_per_call(fn, warmup: int, iters: int, sync) -> float:
 def bench_device(preset: str, device: str, dtype_name: str, batch: int, warmup: int, iters: int) -> dict:
     import torch
 
-    from onetok.tokenizers import Tokenizer, preset as preset_config
+    from onetok.tokenizers import Tokenizer
+    from onetok.tokenizers import preset as preset_config
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)

@@ -274,7 +274,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_image_tokens(model, args.image_tokens)
     try:
-        items = evaluate.load_eval_items(args.data, args.n, model)
+        items = evaluate.load_eval_items(args.data, args.n, model, args.model)
     except (OSError, ValueError) as err:
         raise UserError(f"{args.data}: {err}") from None
     _prompt_words(model, items.captions)

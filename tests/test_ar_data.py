@@ -9,8 +9,20 @@ import pytest
 import torch
 
 from onetok.ar_model.data import (
-    I2T, IGNORE, T2I, ARDataModule, Collate, SequenceBuilder, collate_examples, encode_codes, i2t_example,
-    iter_token_samples, read_meta, state_fingerprint, t2i_example, tokenize_dataset,
+    I2T,
+    IGNORE,
+    T2I,
+    ARDataModule,
+    Collate,
+    SequenceBuilder,
+    collate_examples,
+    encode_codes,
+    i2t_example,
+    iter_token_samples,
+    read_meta,
+    tokenizer_fingerprint,
+    t2i_example,
+    tokenize_dataset,
 )
 from onetok.ar_model.vocab import ByteText, Vocab, WordText
 from onetok.data.shapes import write_shapes_dataset
@@ -103,7 +115,9 @@ def test_token_shards_round_trip(tiny):
     meta = read_meta(root / "tokens")
     tokenizer = Tokenizer.from_pretrained(root / "tok")
     assert meta["num_latent_tokens"] == tokenizer.num_latent_tokens and meta["codebook_size"] == 64
-    assert meta["tokenizer"]["fingerprint"] == state_fingerprint(tokenizer)
+    assert meta["tokenizer"]["fingerprint"] == tokenizer_fingerprint(root / "tok")
+    tokenizer.save_pretrained(root / "tok_copy")  # a re-saved copy has the same fingerprint
+    assert tokenizer_fingerprint(root / "tok_copy") == tokenizer_fingerprint(root / "tok")
     from onetok.ar_model.data import images_to_tensor
     from onetok.data.shards import iter_samples
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from onetok.ar_model.model import PRESETS, ARConfig, Transformer, config_from_preset
 
 

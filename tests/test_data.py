@@ -15,7 +15,15 @@ from PIL import Image
 
 from onetok.data.datamodule import ImageShardDataModule
 from onetok.data.shapes import (
-    ATTRIBUTES, BACKGROUNDS, COLORS, POSITIONS, SIZES, caption_of, parse_caption, parse_image, render,
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLORS,
+    POSITIONS,
+    SIZES,
+    caption_of,
+    parse_caption,
+    parse_image,
+    render,
     write_shapes_dataset,
 )
 from onetok.data.shards import ShardWriter, encode_png, expand_shards, iter_samples

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from onetok.ar_model.generate import (
     SamplingSettings,
     cfg_logits,
@@ -143,7 +144,6 @@ def tiny_unified(text=None):
 
 def test_unified_save_load_round_trip_generate_and_caption(tmp_path):
     from onetok.ar_model.unified import UnifiedModel
-
     from onetok.fileio import UserError
 
     model = tiny_unified(WordText(["a", "red", "circle"]))
@@ -177,7 +177,6 @@ def test_unified_save_load_round_trip_generate_and_caption(tmp_path):
 
 def test_from_pretrained_rejects_other_directories(tmp_path):
     from onetok.ar_model.unified import UnifiedModel
-
     from onetok.fileio import UserError
 
     with pytest.raises(UserError, match="no config.json"):

@@ -18,9 +18,10 @@ import itertools
 import json
 import math
 
-import onetok.ar_model.sjd as sjd_module
 import pytest
 import torch
+
+import onetok.ar_model.sjd as sjd_module
 from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, guided, process_logits
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd

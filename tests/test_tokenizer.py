@@ -8,8 +8,8 @@ import torch
 
 from onetok.tokenizers import PRESETS, Tokenizer, TokenizerConfig, preset
 from onetok.tokenizers.losses import TokenizerLoss
-from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
+from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.quantize import VectorQuantizer
 
 QUANTIZERS = {

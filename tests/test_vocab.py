@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from onetok.ar_model.vocab import SPECIALS, ByteText, Vocab, WordText
 
 

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,7 +87,7 @@ class TokenizerConfig:
         return self.image_size // self.patch_size
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenizerConfig":
+    def from_dict(cls, d: dict) -> TokenizerConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -342,7 +342,7 @@ class Tokenizer(nn.Module):
         save_file(state, str(directory / "model.safetensors"), metadata={"format": CONFIG_FORMAT})
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Tokenizer":
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:
         from safetensors.torch import load_file
 
         directory = Path(directory)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch import nn
 
 from onetok.tokenizers.losses import TokenizerLoss
 from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
-from onetok.tokenizers.model import Tokenizer, TokenizerConfig, preset as preset_config
+from onetok.tokenizers.model import Tokenizer, TokenizerConfig
+from onetok.tokenizers.model import preset as preset_config
 
 SYSTEM_NAME = "tokenizer"
 
