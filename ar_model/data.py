@@ -27,8 +27,6 @@ import io
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -179,17 +177,6 @@ def read_meta(token_dir: str | os.PathLike) -> dict:
 
 def is_token_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "meta.json").is_file()
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder `tmp` onto `out`, removing an old `out` only after the new one is in place."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -51,3 +51,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False
     with atomic_output(path, force) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def staging_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """A new temporary folder beside `out` to build an output folder in; refuses a non-empty `out` unless `force`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out}: already exists and is not empty (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)
+    return tmp
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` onto `out`; an old `out` is removed only after the new one is in place."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)

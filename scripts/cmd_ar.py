@@ -15,25 +15,14 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError, atomic_output, check_writable
+from onetok.fileio import UserError, atomic_output, check_writable, replace_dir, staging_dir
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _prepare_out_dir(out: Path, force: bool) -> Path:
-    """Refuse a non-empty `out` unless `force`; return a temporary sibling folder to build into."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"{out}: already exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)
-    return tmp
 
 
 def _load_model(path: str):
@@ -115,7 +104,7 @@ def _expected_count(data: str) -> int | None:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from onetok.ar_model.data import image_splits, replace_dir, tokenize_dataset
+    from onetok.ar_model.data import image_splits, tokenize_dataset
 
     if not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"{args.tokenizer}: not a tokenizer directory (no config.json)")
@@ -126,7 +115,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
     out = Path(args.out)
-    tmp = _prepare_out_dir(out, args.force)
+    tmp = staging_dir(out, args.force)
     start = time.time()
     try:
         total = _expected_count(args.data) if len(splits) == 2 else None
@@ -186,7 +175,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_image_tokens(model, args.image_tokens)
     _prompt_words(model, prompts)
     out = Path(args.out)
-    tmp = _prepare_out_dir(out, args.force)
+    tmp = staging_dir(out, args.force)
     try:
         images, lines = [], []
         for i, prompt in enumerate(prompts):  # one batch per prompt: its n images, seed + i
@@ -208,8 +197,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         grid = make_grid(torch.stack(images), nrow=args.n if len(prompts) > 1 else min(args.n, 8), padding=2)
         _save_png(grid, tmp / "grid.png")
         (tmp / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-        from onetok.ar_model.data import replace_dir
-
         replace_dir(tmp, out)
     finally:
         if tmp.exists():

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError
-
-
-def _prepare_out(out: Path, force: bool) -> Path:
-    """Refuse a non-empty output unless --force; return a temporary sibling folder to build into."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"{out}: already exists and is not empty (use --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
+from onetok.fileio import UserError, replace_dir, staging_dir
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -39,13 +22,13 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if not 0.0 <= args.holdout_combos < 1.0:
         raise UserError(f"--holdout-combos {args.holdout_combos}: must be in [0, 1)")
     out = Path(args.out)
-    tmp = _prepare_out(out, args.force)
+    tmp = staging_dir(out, args.force)
     start = time.time()
     try:
         with tqdm(total=args.train + args.val, desc="shapes", unit="img", disable=args.quiet) as bar:
             summary = write_shapes_dataset(tmp, args.size, args.train, args.val, args.seed, args.shard_size,
                                            args.holdout_combos, progress=bar.update)
-        _commit(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -66,13 +49,13 @@ def cmd_images(args: argparse.Namespace) -> int:
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     out = Path(args.out)
-    tmp = _prepare_out(out, args.force)
+    tmp = staging_dir(out, args.force)
     try:
         total = len(list_inputs(src)[0])
         with tqdm(total=total, desc="images", unit="file", disable=args.quiet) as bar:
             summary = convert_images(src, tmp, args.size, args.shard_size, args.val_fraction, args.format,
                                      progress=bar.update)
-        _commit(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from onetok.fileio import UserError
+from onetok.fileio import UserError, replace_dir
 
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
@@ -35,17 +35,6 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: not a Lightning checkpoint (got {type(ckpt).__name__})")
     return ckpt
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` onto `out`; an old `out` is set aside first and removed only after the move."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
 def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:

@@ -20,9 +20,9 @@ from onetok.ar_model.data import (
     i2t_example,
     iter_token_samples,
     read_meta,
-    tokenizer_fingerprint,
     t2i_example,
     tokenize_dataset,
+    tokenizer_fingerprint,
 )
 from onetok.ar_model.vocab import ByteText, Vocab, WordText
 from onetok.data.shapes import write_shapes_dataset

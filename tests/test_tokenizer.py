@@ -70,8 +70,32 @@ def test_prefix_decoding(kind):
     assert not torch.allclose(decoded[0], decoded[-1])  # the tail tokens matter
 
 
-def test_decoder_ignores_dropped_tail():
-    tok = tiny().eval()
+def test_token_mixing_and_latent_batchnorm(tmp_path):
+    tok = tiny("fsq", token_mixing=True, latent_batchnorm=True).train()
+    x = images(4)
+    for _ in range(2):  # move the BatchNorm running statistics away from their initial values
+        tok(x).reconstruction.mean().backward()
+    assert tok.encoder.pool.grad is not None and tok.decoder.broadcast.grad is not None
+    tok.eval()
+    z = tok.encoder(x)  # (B, L, D)
+    with torch.no_grad():
+        tok.train()
+        z_train = tok.encoder(x)
+        tok.eval()
+    torch.testing.assert_close(z_train.flatten(1).mean(0), torch.zeros(8 * 3), atol=1e-5, rtol=0)  # batch-normalised
+    assert not torch.allclose(z, z_train)  # eval uses the running statistics
+    ids = tok.encode(x)
+    for k in (1, 4, 8):
+        with torch.no_grad():
+            torch.testing.assert_close(tok.decode(ids[:, :k]), tok(x, keep=k).reconstruction.clamp(0, 1))
+    tok.save_pretrained(tmp_path / "tok")
+    loaded = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(loaded.encode(x), ids) and torch.equal(loaded.decode(ids), tok.decode(ids))
+
+
+@pytest.mark.parametrize("token_mixing", [False, True])
+def test_decoder_ignores_dropped_tail(token_mixing):
+    tok = tiny(token_mixing=token_mixing).eval()
     codes = torch.randn(2, 8, 8)
     other = codes.clone()
     other[:, 3:] = torch.randn(2, 5, 8)
