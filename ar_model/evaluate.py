@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from onetok.ar_model.generate import SamplingSettings, generate_text
+from onetok.ar_model.model import Transformer
 from onetok.ar_model.unified import UnifiedModel
+from onetok.ar_model.vocab import Vocab
 from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
 
 # The stated defaults of the shapes recipe (docs/benchmarks.md): guided sampling at low temperature.
@@ -120,22 +122,23 @@ def text_to_image(model: UnifiedModel, prompts: list[str], settings: SamplingSet
 
 
 @torch.no_grad()
-def caption_codes(model: UnifiedModel, codes: torch.Tensor, batch_size: int = 100, max_len: int = 64) -> list[str]:
+def caption_codes(transformer: Transformer, vocab: Vocab, codes: torch.Tensor, batch_size: int = 100,
+                  max_len: int = 64) -> list[str]:
     """Greedy captions of image codes (N, L)."""
-    max_len = max(1, min(max_len, model.transformer.config.max_seq_len - codes.shape[1] - 3))
+    max_len = max(1, min(max_len, transformer.config.max_seq_len - codes.shape[1] - 3))
     greedy = SamplingSettings(temperature=0.0)
+    device = transformer.output.weight.device
     captions = []
     for start in range(0, len(codes), batch_size):
-        result = generate_text(model.transformer, model.vocab, codes[start : start + batch_size].to(model.device),
-                               max_len, greedy)
-        captions += [model.vocab.decode_text(ids) for ids in result.ids]
+        result = generate_text(transformer, vocab, codes[start : start + batch_size].to(device), max_len, greedy)
+        captions += [vocab.decode_text(ids) for ids in result.ids]
     return captions
 
 
 def image_to_text(model: UnifiedModel, codes: torch.Tensor, truths: list[str], holdout: list[bool] | None = None,
                   batch_size: int = 100) -> dict:
     """Exact-match accuracy of greedy captions (plus per-attribute accuracy of the parsed captions)."""
-    predicted = caption_codes(model, codes, batch_size)
+    predicted = caption_codes(model.transformer, model.vocab, codes, batch_size)
     rows = []
     for pred, truth in zip(predicted, truths):
         got, want = parse_caption(pred), parse_caption(truth)

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from onetok.ar_model.data import I2T, IGNORE, T2I, tokenizer_fingerprint
 from onetok.ar_model.generate import SamplingSettings
@@ -88,6 +89,10 @@ class ARSystem(L.LightningModule):
             self._build(datamodule.vocab)
         elif datamodule is not None and hasattr(datamodule, "vocab") and datamodule.vocab != self.vocab:
             raise ValueError(f"the data's vocabulary {datamodule.vocab} differs from the model's {self.vocab}")
+        if self.hparams.tokenizer_dir is not None and not (Path(self.hparams.tokenizer_dir) / "model.safetensors").is_file():
+            rank_zero_warn(f"tokenizer {self.hparams.tokenizer_dir} not found: no sampled images at validation, "
+                           "and this run's checkpoints cannot be exported")
+            self.hparams.tokenizer_dir = None
         if stage == "fit" and self.hparams.tokenizer_dir is not None:
             self.hparams["tokenizer_fingerprint"] = tokenizer_fingerprint(self.hparams.tokenizer_dir)
 
@@ -124,36 +129,39 @@ class ARSystem(L.LightningModule):
             self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=B, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        """Draw images for val captions and caption val images; log accuracies, a grid and a text table."""
+        """Caption val images and (with a tokenizer) draw images for val captions; log accuracies, grid and table."""
         datamodule = getattr(self.trainer, "datamodule", None)
         pairs = getattr(datamodule, "val_pairs", None)
-        if self.trainer.sanity_checking or pairs is None or self.hparams.tokenizer_dir is None:
+        if self.trainer.sanity_checking or pairs is None or self.hparams.eval_samples < 1:
             return
-        if not self.trainer.is_global_zero or self.hparams.eval_samples < 1:
+        if not self.trainer.is_global_zero:
             return
         from onetok.ar_model import evaluate
 
-        model = self.unified_model()
         n = min(self.hparams.eval_samples, len(pairs.captions))
-        settings = SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
         prompts, codes = pairs.captions[:n], pairs.codes[:n]
-        images = model.generate_images(prompts, settings=settings, seed=0).images  # (n, 3, S, S)
-        captions = evaluate.caption_codes(model, codes)
+        captions = evaluate.caption_codes(self.transformer, self.vocab, codes)
         metrics = {"val/caption_exact": sum(c == t for c, t in zip(captions, prompts)) / n}
-        if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
-            metrics["val/t2i_exact"] = evaluate.summarize(evaluate.attribute_scores(prompts, images))["exact"]
+        images = None
+        if self.hparams.tokenizer_dir is not None:
+            settings = SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
+            images = self.unified_model().generate_images(prompts, settings=settings, seed=0).images  # (n, 3, S, S)
+            if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
+                metrics["val/t2i_exact"] = evaluate.summarize(evaluate.attribute_scores(prompts, images))["exact"]
         self.log_dict(metrics, rank_zero_only=True)
         self._log_samples(prompts, images, captions)
 
-    def _log_samples(self, prompts: list[str], images: torch.Tensor, captions: list[str]) -> None:
+    def _log_samples(self, prompts: list[str], images: torch.Tensor | None, captions: list[str]) -> None:
         experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_image"):
+        if not hasattr(experiment, "add_text"):
             return
         from torchvision.utils import make_grid
 
         k = min(self.hparams.sample_prompts, len(prompts))
-        experiment.add_image("val/samples", make_grid(images[:k].float().cpu(), nrow=k, padding=1), self.global_step)
-        table = "| prompt | image (in the grid) | caption of the real image |\n|---|---|---|\n"
+        if images is not None:
+            grid = make_grid(images[:k].float().cpu(), nrow=k, padding=1)
+            experiment.add_image("val/samples", grid, self.global_step)
+        table = "| # (grid column) | prompt = true caption of val image # | model's caption of val image # |\n|---|---|---|\n"
         table += "".join(f"| {p} | {i} | {c} |\n" for i, (p, c) in enumerate(zip(prompts[:k], captions[:k])))
         experiment.add_text("val/samples", table, self.global_step)
 

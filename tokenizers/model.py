@@ -49,6 +49,9 @@ class TokenizerConfig:
     # start as L learned spatial poolings of the patch embeddings, the decoder's grid tokens as N learned mixtures of
     # the latents; with it the model leaves the "background colour only" plateau in a few hundred steps
     token_mixing: bool = False
+    # patch embedding: a linear patch projection (stem_channels=0) or a convolutional stem of stride-2 3x3 convs
+    # ("Early convolutions help transformers see better", arXiv:2106.14881) starting at stem_channels wide
+    stem_channels: int = 0
     # pixel head: linear -> (p, p, head_channels) -> pixel shuffle -> refine_layers 3x3 conv blocks -> RGB
     head_channels: int = 3
     refine_layers: int = 0
@@ -129,12 +132,26 @@ def sincos_2d(grid: int, width: int) -> torch.Tensor:
     return table.float()[None]
 
 
+def patch_embedding(patch_size: int, width: int, stem_channels: int) -> nn.Module:
+    """(B, 3, H, W) -> (B, width, H/p, W/p): one strided linear projection, or a conv stem (p a power of two)."""
+    if stem_channels <= 0:
+        return nn.Conv2d(3, width, patch_size, stride=patch_size)
+    if patch_size & (patch_size - 1):
+        raise ValueError(f"a conv stem needs a power-of-two patch_size, not {patch_size}")
+    layers, channels = [], 3
+    for i in range(patch_size.bit_length() - 1):
+        out = stem_channels * 2**i
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
 class Encoder(nn.Module):
     """Image (B, 3, H, W) in [0, 1] -> latents (B, L, code_dim)."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        self.patch_embed = nn.Conv2d(3, cfg.enc_width, cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = patch_embedding(cfg.patch_size, cfg.enc_width, cfg.stem_channels)
         self.pos_embed = nn.Parameter(sincos_2d(cfg.grid_size, cfg.enc_width))  # (1, N, D)
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
         n, L = cfg.grid_size**2, cfg.num_latent_tokens
