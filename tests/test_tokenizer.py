@@ -70,12 +70,18 @@ def test_prefix_decoding(kind):
     assert not torch.allclose(decoded[0], decoded[-1])  # the tail tokens matter
 
 
-def test_token_mixing_and_latent_batchnorm(tmp_path):
-    tok = tiny("fsq", token_mixing=True, latent_batchnorm=True).train()
+@pytest.mark.parametrize("upsample_channels", [0, 4])
+def test_shapes_recipe_options(tmp_path, upsample_channels):
+    """token mixing, latent BatchNorm, a conv stem, a finer decoder grid and the conv upsampler head."""
+    tok = tiny("fsq", token_mixing=True, latent_batchnorm=True, stem_channels=8, dec_patch_size=2,
+               upsample_channels=upsample_channels).train()
+    assert tok.decoder.grid == 8 and tok.decoder.drop_code.shape == (1, 8, 3)
     x = images(4)
     for _ in range(2):  # move the BatchNorm running statistics away from their initial values
-        tok(x).reconstruction.mean().backward()
-    assert tok.encoder.pool.grad is not None and tok.decoder.broadcast.grad is not None
+        out = tok(x, keep=torch.tensor([1, 3, 8, 8]))
+        out.reconstruction.mean().backward()
+    assert tok.encoder.pool.grad is not None and tok.decoder.drop_code.grad is not None
+    assert tok.decoder.drop_code.grad[0, 1:].abs().sum() > 0 and tok.decoder.drop_code.grad[0, 0].abs().sum() == 0
     tok.eval()
     z = tok.encoder(x)  # (B, L, D)
     with torch.no_grad():
