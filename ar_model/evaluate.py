@@ -24,7 +24,7 @@ from onetok.ar_model.vocab import Vocab
 from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
 
 # The stated defaults of the shapes recipe (docs/benchmarks.md): guided sampling at low temperature.
-DEFAULT_SETTINGS = SamplingSettings(temperature=1.0, top_k=None, top_p=None, cfg_scale=3.0)
+DEFAULT_SETTINGS = SamplingSettings(temperature=0.7, top_k=None, top_p=None, cfg_scale=2.0)
 
 
 class EvalItems(NamedTuple):

@@ -60,8 +60,8 @@ class ARSystem(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         sample_prompts: int = 8,
         eval_samples: int = 64,
-        sample_cfg: float = 3.0,
-        sample_temperature: float = 1.0,
+        sample_cfg: float = 2.0,
+        sample_temperature: float = 0.7,
     ):
         super().__init__()
         self.save_hyperparameters()

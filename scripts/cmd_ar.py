@@ -5,7 +5,7 @@
     onetok caption --model models/unified a.png b.png
     onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json
 
-Sampling defaults (cfg 3, temperature 1, no top-k/top-p) are those of the shapes recipe, stated in
+Sampling defaults (cfg 2, temperature 0.7, no top-k/top-p) are those of the shapes recipe, stated in
 docs/benchmarks.md (`onetok.ar_model.evaluate.DEFAULT_SETTINGS`).
 """
 

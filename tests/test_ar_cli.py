@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from onetok.ar_model.data import read_meta
-from onetok.ar_model.evaluate import attribute_scores, summarize
+from onetok.ar_model.evaluate import DEFAULT_SETTINGS, attribute_scores, summarize
 from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
@@ -65,8 +65,8 @@ def test_sample_outputs(setup, tmp_path):
     assert {line["prompt"] for line in lines[3:]} == {"a small blue square in the top left on a white background"}
     assert [line["seed"] for line in lines] == [5, 5, 5, 6, 6, 6]
     first = lines[0]
-    assert first["settings"] == {"temperature": 1.0, "top_k": 10, "top_p": None, "cfg": 2.0, "image_tokens": 8,
-                                 "sjd": False, "window": None}
+    assert first["settings"] == {"temperature": DEFAULT_SETTINGS.temperature, "top_k": 10, "top_p": None, "cfg": 2.0,
+                                 "image_tokens": 8, "sjd": False, "window": None}
     assert first["forward_passes"] == 8 and first["seconds"] > 0
     # same seed -> same images; --force is needed to replace
     again = tmp_path / "again"
@@ -117,7 +117,7 @@ def test_eval_ar_json(setup, tmp_path, data):
     report = json.loads(out.read_text())
     assert report["text_to_image"]["n"] == 6 and report["image_to_text"]["n"] == 6
     assert set(report["text_to_image"]["per_attribute"]) == {"size", "color", "shape", "position", "background"}
-    assert report["settings"]["cfg"] == 3.0
+    assert report["settings"]["cfg"] == DEFAULT_SETTINGS.cfg_scale
     assert main(["eval-ar", "--model", str(setup / "model"), "--data", str(setup / data), "--json", str(out)]) == 2
 
 
