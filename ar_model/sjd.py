@@ -4,8 +4,9 @@ Reference: Teng et al., "Accelerating Auto-regressive Text-to-Image Generation w
 Jacobi Decoding", ICLR 2025 (tyshiwo1/Accelerating-T2I-AR-with-SJD, `scheduler/jacobi_iteration_lumina_mgpt.py`).
 See docs/sjd.md for the algorithm and why it samples exactly the distribution of `generate_image_tokens`.
 
-One pass per iteration: the input is each row's last accepted token followed by a window of w draft tokens, and
-the w + 1 output logits are the target distributions at the w draft positions and the one after them. After
+One pass per iteration: the input is each row's last accepted token (in the first pass: the prompt itself, so there
+is no separate prefill pass; its drafts are uniform) followed by a window of w draft tokens, and the w + 1 output
+logits are the target distributions at the w draft positions and the one after them. After
 guidance and `process_logits` (the same as plain sampling), `onetok.kernels.sjd_verify` accepts a prefix of
 n drafts (draft x_i with probability min(1, p_i(x_i) / q_i(x_i))) and draws one more token, from
 norm(max(0, p_n - q_n)) after a rejection or from p_w when all were accepted: n + 1 >= 1 tokens per pass.
@@ -24,7 +25,6 @@ from onetok.ar_model.generate import (
     guided,
     image_prompts,
     left_pad,
-    prefill,
     process_logits,
     sample_from_logits,
 )
@@ -37,7 +37,7 @@ DRAFT_INITS = ("uniform", "prev")
 
 class SJDResult(NamedTuple):
     codes: torch.Tensor  # (B, k) tokenizer code ids
-    forward_passes: int  # prefill included
+    forward_passes: int  # every model call (the first one also reads the prompts)
     tokens_per_pass: list[int]  # new tokens each unfinished row gained in each verify pass (for histograms)
 
 
@@ -111,24 +111,28 @@ def generate_image_tokens_sjd(
         return process_logits(guided(raw, settings, cfg)[..., vocab.image_offset :], settings)
 
     ids, starts = left_pad(image_prompts(vocab, prompt_ids, cfg), vocab.pad_id, device)
-    logits, cache = prefill(model, ids, starts, max_new=k + window + 1)
-    first = target(logits)  # (B, K)
+    cache = model.new_cache(ids.shape[0], ids.shape[1] + k + window + 1, starts)
     codes = torch.zeros(B, k, dtype=torch.long, device=device)
-    codes[:, 0] = sample_from_logits(first, generator)
-    count = torch.ones(B, dtype=torch.long, device=device)  # accepted tokens per row
-    drafts = fresh_drafts(first, window, init, generator)
-    passes, tokens_per_pass = 1, []
+    count = torch.zeros(B, dtype=torch.long, device=device)  # accepted tokens per row
+    # pass 1 runs the prompts and a window of uniform drafts together: no separate prefill pass
+    drafts = fresh_drafts(torch.zeros(B, vocab.codebook_size, device=device), window, "uniform", generator)
+    passes, tokens_per_pass = 0, []
     while True:
         remaining = k - count  # (B,)
         active = remaining > 0
         if not bool(active.any()):
             break
         w = min(window, int(remaining.max()) - 1)  # never draft past the k-th token
-        last = codes.gather(1, (count - 1)[:, None])  # (B, 1)
-        inputs = vocab.image_to_vocab(torch.cat([last, drafts.ids[:, :w]], dim=1))  # (B, w+1)
-        before = torch.where(active.repeat(2) if cfg else active, cache.lengths, cache.starts)  # finished rows reset
-        cache.rollback(before)
-        processed = target(model(inputs.repeat(2, 1) if cfg else inputs, cache))  # (B, w+1, K)
+        if passes == 0:
+            head, before = ids, cache.lengths.clone()  # (B', T) prompts into the empty cache
+        else:  # each row's last accepted token; finished rows are reset
+            last = vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None]))  # (B, 1)
+            head = last.repeat(2, 1) if cfg else last
+            before = torch.where(active.repeat(2) if cfg else active, cache.lengths, cache.starts)
+            cache.rollback(before)
+        window_ids = vocab.image_to_vocab(drafts.ids[:, :w])  # (B, w)
+        inputs = torch.cat([head, window_ids.repeat(2, 1) if cfg else window_ids], dim=1)
+        processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, w+1, K)
         passes += 1
         u_accept = torch.rand(B, w, generator=generator, device=device)
         u_sample = torch.rand(B, generator=generator, device=device)
@@ -140,6 +144,6 @@ def generate_image_tokens_sjd(
         codes[rows, count[rows] + j] = new[rows, j]
         tokens_per_pass += gained[active].tolist()
         count = count + gained
-        cache.rollback(before + (1 + n).repeat(2 if cfg else 1))  # last token + accepted drafts stay cached
+        cache.rollback(before + head.shape[1] + n.repeat(2 if cfg else 1))  # head + accepted drafts stay cached
         drafts = carry_over(processed, n, window, init, generator)
     return SJDResult(codes, passes, tokens_per_pass)

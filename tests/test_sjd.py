@@ -137,12 +137,12 @@ def test_greedy_sjd_equals_greedy_plain(model, cfg_scale):
 
 @pytest.mark.parametrize(("num_tokens", "window"), [(10, 2), (9, 2), (5, 16), (1, 4)])
 def test_stops_at_k_tokens_and_counts_passes(model, monkeypatch, num_tokens, window):
-    """With every draft accepted a pass yields window + 1 tokens: 1 + ceil((k - 1) / (W + 1)) passes in all."""
+    """With every draft accepted a pass yields window + 1 tokens (the first pass reads the prompt too): ceil(k / (W + 1))."""
     monkeypatch.setattr(sjd_module, "sjd_verify", always_accept)
     out = generate_image_tokens_sjd(model, VOCAB, PROMPTS, num_tokens, SamplingSettings(), window=window)
     assert out.codes.shape == (2, num_tokens) and out.codes.max() < K
-    assert out.forward_passes == 1 + math.ceil((num_tokens - 1) / (window + 1))
-    assert sum(out.tokens_per_pass) == 2 * (num_tokens - 1)
+    assert out.forward_passes == math.ceil(num_tokens / (window + 1))
+    assert sum(out.tokens_per_pass) == 2 * num_tokens
 
 
 def test_rejects_bad_window_and_init(model):
@@ -171,7 +171,7 @@ def test_bench_sjd_json(tmp_path, capsys):
     assert report["plain"]["forward_passes_per_image"] == tokenizer.num_latent_tokens
     assert report["forward_pass_ratio"] >= 1 and report["wall_clock_ratio"] > 0
     hist = report["sjd"]["tokens_per_pass_histogram"]
-    assert sum(int(n) * c for n, c in hist.items()) == 2 * (tokenizer.num_latent_tokens - 1)
+    assert sum(int(n) * c for n, c in hist.items()) == 2 * tokenizer.num_latent_tokens
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\nblue\n")
     args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2"])
