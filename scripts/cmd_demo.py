@@ -123,7 +123,7 @@ class Demo:
                  "--json", str(self.out / "ar_metrics.json"), "--force")
 
     def bench_sjd(self) -> None:
-        n = "4" if self.quick else "32"
+        n = "4" if self.quick else "128"
         self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--threads", "1", "--json",
                  stdout=self.out / "sjd_metrics.json")
 
