@@ -127,7 +127,8 @@ def test_ddp_two_cpu_processes(shapes16, tmp_path):
     root = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "onetok.scripts.train", "fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"),
            *tiny_overrides(shapes16, root), "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=3",
-           "--trainer.limit_val_batches=1", '--model.init_args.config={"dead_code_threshold": 0.5}']
+           "--trainer.limit_val_batches=1",  # the shapes-recipe options too: DDP fails on any parameter without a gradient
+           '--model.init_args.config={"dead_code_threshold": 0.5, "token_mixing": true, "upsample_channels": 4}']
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

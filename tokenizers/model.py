@@ -249,11 +249,12 @@ class Decoder(nn.Module):
         self.from_code = nn.Linear(cfg.code_dim, cfg.dec_width)
         self.drop_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))  # replaces dropped tail latents
         self.latent_pos = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.dec_width))
-        self.grid_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))
         self.grid_pos = nn.Parameter(sincos_2d(self.grid, cfg.dec_width))  # (1, N, D)
         n, L = self.grid**2, cfg.num_latent_tokens
-        self.mix = None
-        if cfg.token_mixing:
+        self.grid_token, self.mix = None, None  # one shared mask token for the grid, or (token mixing) a map of codes
+        if not cfg.token_mixing:
+            self.grid_token = nn.Parameter(0.02 * torch.randn(1, 1, cfg.dec_width))
+        else:
             self.drop_code = nn.Parameter(torch.zeros(1, L, cfg.code_dim))  # stands in for dropped codes
             self.mix = nn.Sequential(nn.Linear(L * cfg.code_dim, n * cfg.dec_width),
                                      nn.Unflatten(1, (n, cfg.dec_width)), nn.LayerNorm(cfg.dec_width))
