@@ -153,7 +153,7 @@ def patch_embedding(patch_size: int, width: int, stem_channels: int) -> nn.Modul
     layers, channels = [], 3
     for i in range(patch_size.bit_length() - 1):
         out = stem_channels * 2**i
-        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GroupNorm(min(8, out), out), nn.GELU()]
+        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, out), out), nn.GELU()]
         channels = out
     return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
 
@@ -224,8 +224,8 @@ class ConvUpsampler(nn.Module):
         self.proj = nn.Conv2d(width, widths[0], 1)
         self.stages = nn.ModuleList(
             nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1),
-                          nn.GroupNorm(min(8, c_out), c_out), nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
-                          nn.GroupNorm(min(8, c_out), c_out), nn.GELU())
+                          nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                          nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU())
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
