@@ -51,6 +51,14 @@ class Drafts(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def uniform_drafts(
+    batch: int, codes: int, window: int, device: torch.device, generator: torch.Generator | None
+) -> Drafts:
+    """(B, W) drafts drawn uniformly over the K codes, q = 1/K."""
+    ids = torch.randint(0, codes, (batch, window), generator=generator, device=device)
+    return Drafts(ids, torch.full((batch, window, codes), 1.0 / codes, device=device))
+
+
 def fresh_drafts(
     processed: torch.Tensor, window: int, init: str, generator: torch.Generator | None
 ) -> Drafts:
@@ -58,9 +66,7 @@ def fresh_drafts(
     the latest predicted distribution of the row, processed (B, K)."""
     B, K = processed.shape
     if init == "uniform":
-        ids = torch.randint(0, K, (B, window), generator=generator, device=processed.device)
-        probs = torch.full((B, window, K), 1.0 / K, device=processed.device)
-        return Drafts(ids, probs)
+        return uniform_drafts(B, K, window, processed.device, generator)
     latest = processed[:, None].expand(B, window, K)  # (B, W, K)
     return Drafts(sample_from_logits(latest, generator), latest.softmax(-1))
 
@@ -104,6 +110,7 @@ def generate_image_tokens_sjd(
     if window < 1 or init not in DRAFT_INITS:
         raise ValueError(f"SJD needs window >= 1 and init in {DRAFT_INITS}, got {window}, {init!r}")
     cfg = settings.cfg_scale != 1.0
+    reps = 2 if cfg else 1  # model rows per prompt: conditional (+ unconditional)
     device = model.output.weight.device
     B, k = len(prompt_ids), num_tokens
 
@@ -115,7 +122,7 @@ def generate_image_tokens_sjd(
     codes = torch.zeros(B, k, dtype=torch.long, device=device)
     count = torch.zeros(B, dtype=torch.long, device=device)  # accepted tokens per row
     # pass 1 runs the prompts and a window of uniform drafts together: no separate prefill pass
-    drafts = fresh_drafts(torch.zeros(B, vocab.codebook_size, device=device), window, "uniform", generator)
+    drafts = uniform_drafts(B, vocab.codebook_size, window, device, generator)
     passes, tokens_per_pass = 0, []
     while True:
         remaining = k - count  # (B,)
@@ -126,12 +133,11 @@ def generate_image_tokens_sjd(
         if passes == 0:
             head, before = ids, cache.lengths.clone()  # (B', T) prompts into the empty cache
         else:  # each row's last accepted token; finished rows are reset
-            last = vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None]))  # (B, 1)
-            head = last.repeat(2, 1) if cfg else last
-            before = torch.where(active.repeat(2) if cfg else active, cache.lengths, cache.starts)
+            head = vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None])).repeat(reps, 1)  # (B', 1)
+            before = torch.where(active.repeat(reps), cache.lengths, cache.starts)
             cache.rollback(before)
         window_ids = vocab.image_to_vocab(drafts.ids[:, :w])  # (B, w)
-        inputs = torch.cat([head, window_ids.repeat(2, 1) if cfg else window_ids], dim=1)
+        inputs = torch.cat([head, window_ids.repeat(reps, 1)], dim=1)
         processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, w+1, K)
         passes += 1
         u_accept = torch.rand(B, w, generator=generator, device=device)
@@ -144,6 +150,6 @@ def generate_image_tokens_sjd(
         codes[rows, count[rows] + j] = new[rows, j]
         tokens_per_pass += gained[active].tolist()
         count = count + gained
-        cache.rollback(before + head.shape[1] + n.repeat(2 if cfg else 1))  # head + accepted drafts stay cached
+        cache.rollback(before + head.shape[1] + n.repeat(reps))  # head + accepted drafts stay cached
         drafts = carry_over(processed, n, window, init, generator)
     return SJDResult(codes, passes, tokens_per_pass)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from onetok.ar_model.data import I2T, IGNORE, T2I, tokenizer_fingerprint
+from onetok.ar_model.evaluate import DEFAULT_SETTINGS
 from onetok.ar_model.generate import SamplingSettings
 from onetok.ar_model.model import ARConfig, Transformer, config_from_preset
 from onetok.ar_model.vocab import Vocab
@@ -60,8 +61,8 @@ class ARSystem(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         sample_prompts: int = 8,
         eval_samples: int = 64,
-        sample_cfg: float = 2.0,
-        sample_temperature: float = 0.7,
+        sample_cfg: float = DEFAULT_SETTINGS.cfg_scale,
+        sample_temperature: float = DEFAULT_SETTINGS.temperature,
     ):
         super().__init__()
         self.save_hyperparameters()

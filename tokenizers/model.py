@@ -98,8 +98,13 @@ class TokenizerConfig:
         return self.image_size // self.patch_size
 
     @property
+    def dec_patch(self) -> int:
+        """The decoder's patch size: dec_patch_size, or patch_size when that is 0."""
+        return self.dec_patch_size or self.patch_size
+
+    @property
     def dec_grid_size(self) -> int:
-        return self.image_size // (self.dec_patch_size or self.patch_size)
+        return self.image_size // self.dec_patch
 
     @classmethod
     def from_dict(cls, d: dict) -> TokenizerConfig:
@@ -144,6 +149,11 @@ def sincos_2d(grid: int, width: int) -> torch.Tensor:
     return table.float()[None]
 
 
+def conv_norm_act(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    """3x3 conv + GroupNorm (up to 8 groups) + GELU, the unit of the conv stem and the conv upsampler."""
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU()]
+
+
 def patch_embedding(patch_size: int, width: int, stem_channels: int) -> nn.Module:
     """(B, 3, H, W) -> (B, width, H/p, W/p): one strided linear projection, or a conv stem (p a power of two)."""
     if stem_channels <= 0:
@@ -153,7 +163,7 @@ def patch_embedding(patch_size: int, width: int, stem_channels: int) -> nn.Modul
     layers, channels = [], 3
     for i in range(patch_size.bit_length() - 1):
         out = stem_channels * 2**i
-        layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GroupNorm(math.gcd(8, out), out), nn.GELU()]
+        layers += conv_norm_act(channels, out, stride=2)
         channels = out
     return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
 
@@ -223,9 +233,8 @@ class ConvUpsampler(nn.Module):
         widths = [channels * 2 ** (stages - i) for i in range(stages + 1)]  # coarse to fine, ends at `channels`
         self.proj = nn.Conv2d(width, widths[0], 1)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1),
-                          nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1),
-                          nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU())
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), *conv_norm_act(c_in, c_out),
+                          *conv_norm_act(c_out, c_out))
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
@@ -261,11 +270,10 @@ class Decoder(nn.Module):
             self.grid_pos.data.mul_(cfg.dec_width**-0.5)  # the unit-scale content must dominate the position code
         self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.dec_width)
-        p = cfg.dec_patch_size or cfg.patch_size
         if cfg.upsample_channels > 0:
-            self.head = ConvUpsampler(cfg.dec_width, p, cfg.upsample_channels)
+            self.head = ConvUpsampler(cfg.dec_width, cfg.dec_patch, cfg.upsample_channels)
         else:
-            self.head = PixelHead(cfg.dec_width, p, cfg.head_channels, cfg.refine_layers)
+            self.head = PixelHead(cfg.dec_width, cfg.dec_patch, cfg.head_channels, cfg.refine_layers)
 
     def forward(self, codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         B, L, _ = codes.shape
