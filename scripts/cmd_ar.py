@@ -53,8 +53,9 @@ def _settings(args: argparse.Namespace):
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 3; 1 = off)")
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 1)")
+    # the defaults named here are ar_model.evaluate.DEFAULT_SETTINGS (not imported: the parser must stay torch-free)
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 2; 1 = off)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.7)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (default: all; 0 = all)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: off)")
     p.add_argument("--seed", type=int, default=0)

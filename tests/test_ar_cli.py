@@ -146,3 +146,11 @@ def test_eval_ar_reports_holdout(tmp_path):
                  str(root / "r.json")]) == 0
     report = json.loads((root / "r.json").read_text())
     assert report["text_to_image"]["holdout"]["n"] == 6 and report["image_to_text"]["holdout"]["n"] == 6
+
+
+def test_sampling_help_names_the_default_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off)" in text
+    assert f"(default {DEFAULT_SETTINGS.temperature:g})" in text
