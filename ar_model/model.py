@@ -82,6 +82,13 @@ class KVCache:
             raise ValueError("rollback: new lengths must lie in [starts, lengths]")
         self.lengths = lengths.clone()
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row b becomes a copy of old row index[b] (keys, values, starts and lengths), as in beam search."""
+        index = index.to(device=self.starts.device, dtype=torch.long)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.starts, self.lengths = self.starts[index], self.lengths[index]
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks

@@ -31,6 +31,7 @@ from onetok.ar_model.generate import (
 from onetok.ar_model.model import Transformer
 from onetok.ar_model.vocab import Vocab
 from onetok.kernels import sjd_verify
+from onetok.kernels.reference import inverse_cdf
 
 DRAFT_INITS = ("uniform", "prev")
 
@@ -89,6 +90,91 @@ def carry_over(
     return Drafts(ids, torch.where(carried[..., None], probs, fresh.probs))
 
 
+def proposal(processed: torch.Tensor) -> torch.Tensor:
+    """Logits (B, w+1, K) to draft the next window from, given one pass's processed logits (B, C, w+1, K).
+
+    One chain: its own predictions. Several: the mean of the chains' predicted distributions at each position.
+    Each chain conditioned them on different candidate tokens, so the mixture is broader than any one of them and
+    covers the true next distribution (conditioned on a token no chain had) more often. Any proposal keeps SJD
+    lossless; this one only raises acceptance (docs/sjd.md)."""
+    if processed.shape[1] == 1:
+        return processed[:, 0]
+    return processed.float().softmax(-1).mean(1).log()
+
+
+def branch_first(drafts: Drafts, chains: int) -> Drafts:
+    """Turn C chains per prompt (rows b*C + c, all drafted from the same distributions) into a token tree.
+
+    Chain c's first draft becomes the c-th most likely code of that position's distribution, a deterministic draft
+    (one-hot q); its later drafts stay as drawn. Verified by `verify_chains`, the first position then accepts with
+    probability p(top C codes) instead of sum(min(p, q)) for a single sampled draft."""
+    BC, W, K = drafts.probs.shape
+    top = drafts.probs[::chains, 0].topk(chains, dim=-1).indices.flatten()  # (B*C,): chain c gets candidate c
+    ids, probs = drafts.ids.clone(), drafts.probs.clone()
+    ids[:, 0] = top
+    probs[:, 0] = torch.nn.functional.one_hot(top, K).to(probs.dtype)
+    return Drafts(ids, probs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Verification of several draft chains (a token tree)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ChainVerdict(NamedTuple):
+    accept_len: torch.Tensor  # (B,) accepted drafts n
+    token: torch.Tensor  # (B,) the one token drawn after them
+    winner: torch.Tensor  # (B,) a chain whose first n drafts are the accepted ones (its cache is kept)
+
+
+def residual(target: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, target - q)) per row (B, K); rows where that is all zero keep `target` (probability-0 case)."""
+    r = (target - q).clamp(min=0.0)
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), target)
+
+
+@torch.no_grad()
+def verify_chains(
+    processed: torch.Tensor, drafts: Drafts, u_accept: torch.Tensor, u_sample: torch.Tensor
+) -> ChainVerdict:
+    """Lossless multi-draft verification (recursive rejection sampling, SpecInfer) over C draft chains per row.
+
+    processed (B, C, w+1, K): each chain's processed logits; drafts.ids (B, C, w), drafts.probs (B, C, w, K);
+    u_accept (B, C, w), u_sample (B,). At position i only the chains whose drafts so far equal the accepted
+    tokens are alive; they share one target p_i (taken from the first alive chain). Their drafts are tried in
+    chain order: draft x of chain c is accepted iff u * q_c(x) < r(x), where r starts at p_i and after each
+    rejection becomes norm(max(0, r - q_c)). If every alive draft is rejected the token is drawn from the last r
+    (from p_w if all w positions accepted). With C = 1 this is exactly `onetok.kernels.sjd_verify`.
+    """
+    B, C, w1, K = processed.shape
+    p = processed.float().softmax(-1)  # (B, C, w+1, K)
+    rows = torch.arange(B, device=p.device)
+    alive = torch.ones(B, C, dtype=torch.bool, device=p.device)
+    open_ = torch.ones(B, dtype=torch.bool, device=p.device)  # still accepting
+    n = torch.zeros(B, dtype=torch.long, device=p.device)
+    weights = torch.zeros(B, K, device=p.device)  # what the final token is drawn from
+    for i in range(w1 - 1):
+        r = p[rows, alive.long().argmax(1), i]  # (B, K): the exact target at position i
+        accepted = torch.zeros(B, dtype=torch.bool, device=p.device)
+        token = torch.zeros(B, dtype=torch.long, device=p.device)
+        for c in range(C):
+            trying = open_ & alive[:, c] & ~accepted
+            x, q = drafts.ids[:, c, i], drafts.probs[:, c, i].float()  # (B,), (B, K)
+            ok = trying & (u_accept[:, c, i] * q.gather(1, x[:, None])[:, 0] < r.gather(1, x[:, None])[:, 0])
+            token, accepted = torch.where(ok, x, token), accepted | ok
+            r = torch.where((trying & ~ok)[:, None], residual(r, q), r)
+        stopped = open_ & ~accepted
+        weights = torch.where(stopped[:, None], r, weights)
+        alive = torch.where(accepted[:, None], alive & (drafts.ids[:, :, i] == token[:, None]), alive)
+        n, open_ = n + accepted.long(), accepted
+        if not bool(open_.any()):
+            break
+    winner = alive.long().argmax(1)  # (B,)
+    weights = torch.where(open_[:, None], p[rows, winner, w1 - 1], weights)
+    return ChainVerdict(n, inverse_cdf(weights, u_sample.float()), winner)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------------------------
@@ -105,24 +191,34 @@ def generate_image_tokens_sjd(
     window: int = 16,
     init: str = "uniform",
     backend: str = "auto",
+    chains: int = 1,
 ) -> SJDResult:
-    """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt with SJD; same law as plain sampling."""
-    if window < 1 or init not in DRAFT_INITS:
-        raise ValueError(f"SJD needs window >= 1 and init in {DRAFT_INITS}, got {window}, {init!r}")
+    """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt with SJD; same law as plain sampling.
+
+    `chains` > 1 drafts that many independent windows per prompt, runs them as extra batch rows of the same pass and
+    verifies them together (`verify_chains`); the winning chain's KV cache is copied to the others."""
+    if window < 1 or init not in DRAFT_INITS or not 1 <= chains <= vocab.codebook_size:
+        raise ValueError(f"SJD needs window >= 1, 1 <= chains <= {vocab.codebook_size} and init in {DRAFT_INITS}, "
+                         f"got {window}, {chains}, {init!r}")
     cfg = settings.cfg_scale != 1.0
-    reps = 2 if cfg else 1  # model rows per prompt: conditional (+ unconditional)
+    reps = 2 if cfg else 1  # model rows per chain: conditional (+ unconditional)
     device = model.output.weight.device
-    B, k = len(prompt_ids), num_tokens
+    B, C, k = len(prompt_ids), chains, num_tokens
 
-    def target(raw: torch.Tensor) -> torch.Tensor:  # model logits (B or 2B, ..., V) -> processed (B, ..., K)
-        return process_logits(guided(raw, settings, cfg)[..., vocab.image_offset :], settings)
+    def target(raw: torch.Tensor) -> torch.Tensor:  # model logits (reps*B*C, ..., V) -> processed (B, C, ..., K)
+        out = process_logits(guided(raw, settings, cfg)[..., vocab.image_offset :], settings)
+        return out.view(B, C, *out.shape[1:])
 
-    ids, starts = left_pad(image_prompts(vocab, prompt_ids, cfg), vocab.pad_id, device)
+    def per_row(x: torch.Tensor) -> torch.Tensor:  # (B, ...) per prompt -> (reps*B*C, ...) per model row
+        return x.repeat_interleave(C, 0).repeat(reps, *([1] * (x.dim() - 1)))
+
+    chained = [p for p in prompt_ids for _ in range(C)]  # model row r*B*C + b*C + c: prompt b, chain c
+    ids, starts = left_pad(image_prompts(vocab, chained, cfg), vocab.pad_id, device)
     cache = model.new_cache(ids.shape[0], ids.shape[1] + k + window + 1, starts)
     codes = torch.zeros(B, k, dtype=torch.long, device=device)
-    count = torch.zeros(B, dtype=torch.long, device=device)  # accepted tokens per row
+    count = torch.zeros(B, dtype=torch.long, device=device)  # accepted tokens per prompt
     # pass 1 runs the prompts and a window of uniform drafts together: no separate prefill pass
-    drafts = uniform_drafts(B, vocab.codebook_size, window, device, generator)
+    drafts = uniform_drafts(B * C, vocab.codebook_size, window, device, generator)
     passes, tokens_per_pass = 0, []
     while True:
         remaining = k - count  # (B,)
@@ -132,24 +228,37 @@ def generate_image_tokens_sjd(
         w = min(window, int(remaining.max()) - 1)  # never draft past the k-th token
         if passes == 0:
             head, before = ids, cache.lengths.clone()  # (B', T) prompts into the empty cache
-        else:  # each row's last accepted token; finished rows are reset
-            head = vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None])).repeat(reps, 1)  # (B', 1)
-            before = torch.where(active.repeat(reps), cache.lengths, cache.starts)
+        else:  # each prompt's last accepted token; finished rows are reset
+            head = per_row(vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None])))  # (B', 1)
+            before = torch.where(per_row(active), cache.lengths, cache.starts)
             cache.rollback(before)
-        window_ids = vocab.image_to_vocab(drafts.ids[:, :w])  # (B, w)
+        window_ids = vocab.image_to_vocab(drafts.ids[:, :w])  # (B*C, w)
         inputs = torch.cat([head, window_ids.repeat(reps, 1)], dim=1)
-        processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, w+1, K)
+        processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, C, w+1, K)
         passes += 1
-        u_accept = torch.rand(B, w, generator=generator, device=device)
+        u_accept = torch.rand(B * C, w, generator=generator, device=device)
         u_sample = torch.rand(B, generator=generator, device=device)
-        n, token = sjd_verify(processed, drafts.ids[:, :w], drafts.probs[:, :w], u_accept, u_sample, backend)
-        # the new tokens are drafts[:n] then `token`; keep those that fit in k
-        new = torch.cat([drafts.ids[:, :w], token[:, None]], dim=1).scatter(1, n[:, None], token[:, None])
+        window_drafts = Drafts(drafts.ids[:, :w], drafts.probs[:, :w])
+        if C == 1:
+            n, token = sjd_verify(processed[:, 0], *window_drafts, u_accept, u_sample, backend)
+            winner = torch.zeros_like(n)
+        else:
+            n, token, winner = verify_chains(
+                processed, Drafts(*(t.view(B, C, *t.shape[1:]) for t in window_drafts)), u_accept.view(B, C, w),
+                u_sample)
+            source = per_row(torch.arange(B, device=device) * C + winner)  # row b*C + winner[b] of each half
+            cache.reorder(source + torch.arange(reps, device=device).repeat_interleave(B * C) * (B * C))
+        accepted = window_drafts.ids.view(B, C, w)[torch.arange(B, device=device), winner]  # (B, w)
+        # the new tokens are the winner's drafts[:n] then `token`; keep those that fit in k
+        new = torch.cat([accepted, token[:, None]], dim=1).scatter(1, n[:, None], token[:, None])
         gained = torch.minimum(n + 1, remaining).clamp(min=0)  # (B,)
         rows, j = (torch.arange(w + 1, device=device) < gained[:, None]).nonzero(as_tuple=True)
         codes[rows, count[rows] + j] = new[rows, j]
         tokens_per_pass += gained[active].tolist()
         count = count + gained
-        cache.rollback(before + head.shape[1] + n.repeat(reps))  # head + accepted drafts stay cached
-        drafts = carry_over(processed, n, window, init, generator)
+        cache.rollback(before + head.shape[1] + per_row(n))  # head + accepted drafts stay cached
+        drafts = carry_over(proposal(processed).repeat_interleave(C, 0), n.repeat_interleave(C), window, init,
+                            generator)
+        if C > 1:
+            drafts = branch_first(drafts, C)
     return SJDResult(codes, passes, tokens_per_pass)

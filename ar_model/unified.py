@@ -121,6 +121,7 @@ class UnifiedModel(nn.Module):
         sjd: bool = False,
         window: int = 16,
         init: str = "uniform",
+        chains: int = 1,
     ) -> ImageResult:
         """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each."""
         settings = settings or SamplingSettings()
@@ -140,7 +141,7 @@ class UnifiedModel(nn.Module):
         start = time.perf_counter()
         if sjd:
             out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
-                                            window=window, init=init)
+                                            window=window, init=init, chains=chains)
             codes, passes, per_pass = out.codes, out.forward_passes, out.tokens_per_pass
         else:
             codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)

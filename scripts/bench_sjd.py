@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", help="text file, one prompt per line (default: shapes captions)")
     parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
     parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
+    parser.add_argument("--chains", type=int, default=1,
+                        help="SJD draft chains per image, verified together as a token tree (default 1)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
@@ -57,7 +59,8 @@ def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
     passes, seconds, per_pass = [], 0.0, []
     for i in range(0, len(prompts), args.batch):
         out = model.generate_images(prompts[i : i + args.batch], settings=settings, image_tokens=args.image_tokens,
-                                    seed=args.seed + i, sjd=sjd, window=args.window, init=args.init)
+                                    seed=args.seed + i, sjd=sjd, window=args.window, init=args.init,
+                                    chains=args.chains)
         passes.append(out.forward_passes)
         seconds += out.seconds
         per_pass += out.tokens_per_pass or []
@@ -75,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from onetok.ar_model.generate import SamplingSettings
     from onetok.ar_model.unified import UnifiedModel
 
-    if args.window < 1 or args.batch < 1:
-        raise UserError("--window and --batch must be >= 1")
+    if args.window < 1 or args.batch < 1 or args.chains < 1:
+        raise UserError("--window, --chains and --batch must be >= 1")
     try:
         given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg}
         settings = SamplingSettings(**{**vars(DEFAULT_SETTINGS), **{k: v for k, v in given.items() if v is not None}})
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
         "window": args.window,
         "init": args.init,
+        "chains": args.chains,
         "settings": vars(settings),
         "plain": plain,
         "sjd": sjd,

@@ -168,10 +168,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import make_grid
 
-    if args.n < 1 or (args.window is not None and args.window < 1):
-        raise UserError("-n and --window must be >= 1")
+    if args.n < 1 or (args.window is not None and args.window < 1) or args.chains < 1:
+        raise UserError("-n, --window and --chains must be >= 1")
     prompts = _read_prompts(args)
     model = _load_model(args.model)
+    if args.chains > model.tokenizer.codebook_size:
+        raise UserError(f"--chains must be <= the codebook size {model.tokenizer.codebook_size}, got {args.chains}")
     settings = _settings(args)
     _check_image_tokens(model, args.image_tokens)
     _prompt_words(model, prompts)
@@ -182,7 +184,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for i, prompt in enumerate(prompts):  # one batch per prompt: its n images, seed + i
             seed = args.seed + i
             result = model.generate_images([prompt], args.n, settings, args.image_tokens, seed, sjd=args.sjd,
-                                           window=args.window or 16)
+                                           window=args.window or 16, chains=args.chains)
             for j, image in enumerate(result.images):
                 name = f"{len(images):03d}.png"
                 _save_png(image, tmp / name)
@@ -192,7 +194,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     "settings": {"temperature": settings.temperature, "top_k": settings.top_k,
                                  "top_p": settings.top_p, "cfg": settings.cfg_scale,
                                  "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-                                 "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None},
+                                 "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None,
+                                 "chains": args.chains if args.sjd else None},
                     "forward_passes": result.forward_passes, "seconds": round(result.seconds, 4),
                 })
         grid = make_grid(torch.stack(images), nrow=args.n if len(prompts) > 1 else min(args.n, 8), padding=2)
@@ -309,6 +312,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
     p.add_argument("--window", type=int, default=None, help="SJD draft window (default 16)")
+    p.add_argument("--chains", type=int, default=1,
+                   help="SJD draft chains per image, verified together as a token tree (default 1; more chains: "
+                        "fewer passes, more rows per pass)")
     p.add_argument("--out", required=True, help="output folder: 000.png ..., grid.png, samples.jsonl")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_sample)

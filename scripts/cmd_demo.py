@@ -18,6 +18,7 @@ from pathlib import Path
 
 from onetok.fileio import UserError
 
+SJD_CHAINS = "8"  # draft chains for the demo's SJD (docs/sjd.md); the single-chain SJD is benchmarked beside it
 DEMO_PROMPTS = [
     "a large red circle in the center on a black background",
     "a small blue square in the top left on a white background",
@@ -113,7 +114,7 @@ class Demo:
     def sample(self) -> None:
         prompts = self.out / "prompts.txt"
         prompts.write_text("\n".join(DEMO_PROMPTS) + "\n")
-        for name, extra in (("samples_plain", []), ("samples_sjd", ["--sjd"])):
+        for name, extra in (("samples_plain", []), ("samples_sjd", ["--sjd", "--chains", SJD_CHAINS])):
             self.run("sample", "--model", str(self.models / "unified"), "--prompts-file", str(prompts), "-n", "2",
                      "--seed", "0", *extra, "--out", str(self.out / name), "--force")
 
@@ -124,8 +125,9 @@ class Demo:
 
     def bench_sjd(self) -> None:
         n = "4" if self.quick else "128"
-        self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--threads", "1", "--json",
-                 stdout=self.out / "sjd_metrics.json")
+        for chains, name in ((SJD_CHAINS, "sjd_metrics.json"), ("1", "sjd_single_chain_metrics.json")):
+            self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--chains", chains,
+                     "--threads", "1", "--json", stdout=self.out / name)
 
     def compression(self) -> None:
         images = self.out / "compress_in"

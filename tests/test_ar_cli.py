@@ -66,7 +66,7 @@ def test_sample_outputs(setup, tmp_path):
     assert [line["seed"] for line in lines] == [5, 5, 5, 6, 6, 6]
     first = lines[0]
     assert first["settings"] == {"temperature": DEFAULT_SETTINGS.temperature, "top_k": 10, "top_p": None, "cfg": 2.0,
-                                 "image_tokens": 8, "sjd": False, "window": None}
+                                 "image_tokens": 8, "sjd": False, "window": None, "chains": None}
     assert first["forward_passes"] == 8 and first["seconds"] > 0
     # same seed -> same images; --force is needed to replace
     again = tmp_path / "again"
@@ -83,11 +83,17 @@ def test_sample_sjd_and_image_tokens(setup, tmp_path):
                  "--image-tokens", "5", "--out", str(out)]) == 0
     line = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert line["settings"]["sjd"] and line["settings"]["window"] == 4 and line["settings"]["image_tokens"] == 5
-    assert 1 <= line["forward_passes"] <= 5
+    assert 1 <= line["forward_passes"] <= 5 and line["settings"]["chains"] == 1
+    tree = tmp_path / "tree"
+    assert main(["sample", "--model", str(root / "model"), "--prompt", PROMPT, "-n", "2", "--sjd", "--chains", "3",
+                 "--out", str(tree)]) == 0
+    line = json.loads((tree / "samples.jsonl").read_text().splitlines()[0])
+    assert line["settings"]["chains"] == 3 and 1 <= line["forward_passes"] <= 8
 
 
 @pytest.mark.parametrize("bad", [["--prompt", "a zebra"], ["--prompt", PROMPT, "--image-tokens", "99"],
-                                 ["--prompt", PROMPT, "--top-p", "1.5"], []])
+                                 ["--prompt", PROMPT, "--top-p", "1.5"], ["--prompt", PROMPT, "--sjd", "--chains", "0"],
+                                 ["--prompt", PROMPT, "--sjd", "--chains", "100000"], []])
 def test_sample_bad_input_is_one_line_error(setup, tmp_path, capsys, bad):
     assert main(["sample", "--model", str(setup / "model"), *bad, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

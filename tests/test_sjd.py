@@ -94,6 +94,8 @@ SETTINGS = [
     (SamplingSettings(temperature=1.3, top_p=0.8), {"init": "prev"}),
     (SamplingSettings(cfg_scale=3.0), {}),
     (SamplingSettings(temperature=1.5, top_k=4, top_p=0.9, cfg_scale=2.0), {"window": 3, "init": "prev"}),
+    (SamplingSettings(), {"chains": 3}),
+    (SamplingSettings(temperature=0.7, top_k=4, cfg_scale=2.0), {"chains": 4, "window": 2, "init": "prev"}),
 ]
 
 
@@ -125,12 +127,50 @@ def test_a_broken_acceptance_rule_fails_the_same_test(model, monkeypatch, broken
     assert stat > limit, f"{broken.__name__}: chi-square {stat:.1f} within bound {limit:.1f}"
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
-def test_greedy_sjd_equals_greedy_plain(model, cfg_scale):
+def longest_chain(processed, drafts, u_accept, u_sample):
+    """Each chain verified on its own (correctly), then the chain that accepted most is kept: best-of-C bias."""
+    B, C = drafts.ids.shape[:2]
+    verdicts = [reference.sjd_verify(processed[:, c], drafts.ids[:, c], drafts.probs[:, c], u_accept[:, c], u_sample)
+                for c in range(C)]
+    n = torch.stack([v.accept_len for v in verdicts], 1)  # (B, C)
+    winner = n.argmax(1)
+    token = torch.stack([v.token for v in verdicts], 1).gather(1, winner[:, None])[:, 0]
+    return sjd_module.ChainVerdict(n.amax(1), token, winner)
+
+
+def no_residual(target, q):
+    """After a rejection the next chain's draft is tested against the same target, not norm(max(0, target - q))."""
+    return target
+
+
+@pytest.mark.parametrize(("name", "broken"), [("verify_chains", longest_chain), ("residual", no_residual)])
+def test_a_broken_chain_rule_fails_the_same_test(model, monkeypatch, name, broken):
+    monkeypatch.setattr(sjd_module, name, broken)
+    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2, chains=3)
+    assert stat > limit, f"{broken.__name__}: chi-square {stat:.1f} within bound {limit:.1f}"
+
+
+def test_one_chain_verification_is_sjd_verify():
+    g = torch.Generator().manual_seed(0)
+    B, W, V = 64, 5, 7
+    logits = torch.randn(B, W + 1, V, generator=g) * 2
+    logits[:8, :, 3:] = float("-inf")  # banned codes, as top-k leaves them
+    q = torch.randn(B, W, V, generator=g).softmax(-1)
+    ids = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, W)
+    ids[16:24] = logits[16:24, :W].argmax(-1)  # some fully accepted windows
+    u, u_sample = torch.rand(B, W, generator=g), torch.rand(B, generator=g)
+    want = reference.sjd_verify(logits, ids, q, u, u_sample)
+    got = sjd_module.verify_chains(logits[:, None], sjd_module.Drafts(ids[:, None], q[:, None]), u[:, None], u_sample)
+    assert torch.equal(got.accept_len, want.accept_len) and torch.equal(got.token, want.token)
+    assert not bool(got.winner.any()) and 0 < want.accept_len.float().mean() < W
+
+
+@pytest.mark.parametrize(("cfg_scale", "chains"), [(1.0, 1), (2.5, 1), (1.0, 3), (2.5, 6)])
+def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
     settings = SamplingSettings(temperature=0, cfg_scale=cfg_scale)
     prompts = [PROMPTS[0], PROMPTS[1], [], PROMPTS[1]]
     plain = generate_image_tokens(model, VOCAB, prompts, 9, settings)
-    spec = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, window=3, init="prev")
+    spec = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, window=3, init="prev", chains=chains)
     assert torch.equal(plain.codes, spec.codes) and plain.forward_passes == 9
     assert 1 < spec.forward_passes <= 9
 
@@ -145,11 +185,14 @@ def test_stops_at_k_tokens_and_counts_passes(model, monkeypatch, num_tokens, win
     assert sum(out.tokens_per_pass) == 2 * num_tokens
 
 
-def test_rejects_bad_window_and_init(model):
+def test_rejects_bad_window_init_and_chains(model):
     with pytest.raises(ValueError):
         generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), window=0)
     with pytest.raises(ValueError):
         generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), init="zeros")
+    for chains in (0, K + 1):
+        with pytest.raises(ValueError):
+            generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), chains=chains)
 
 
 def test_bench_sjd_json(tmp_path, capsys):
@@ -174,6 +217,7 @@ def test_bench_sjd_json(tmp_path, capsys):
     assert sum(int(n) * c for n, c in hist.items()) == 2 * tokenizer.num_latent_tokens
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\nblue\n")
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2"])
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2",
+                              "--chains", "3"])
     assert bench_sjd.run(args) == 0 and "plain / sjd" in capsys.readouterr().out
     assert main(["bench", "sjd", "--model", str(tmp_path / "missing")]) == 2  # one-line error, exit 2
