@@ -34,6 +34,7 @@ from onetok.kernels import sjd_verify
 from onetok.kernels.reference import inverse_cdf
 
 DRAFT_INITS = ("uniform", "prev")
+DEFAULT_CHAINS = 8  # draft chains per image; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
 
 
 class SJDResult(NamedTuple):
@@ -191,7 +192,7 @@ def generate_image_tokens_sjd(
     window: int = 16,
     init: str = "uniform",
     backend: str = "auto",
-    chains: int = 1,
+    chains: int = DEFAULT_CHAINS,
 ) -> SJDResult:
     """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt with SJD; same law as plain sampling.
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
-from onetok.ar_model.sjd import generate_image_tokens_sjd
+from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
 from onetok.ar_model.vocab import Vocab
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
@@ -121,7 +121,7 @@ class UnifiedModel(nn.Module):
         sjd: bool = False,
         window: int = 16,
         init: str = "uniform",
-        chains: int = 1,
+        chains: int = DEFAULT_CHAINS,
     ) -> ImageResult:
         """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each."""
         settings = settings or SamplingSettings()

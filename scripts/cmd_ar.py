@@ -312,9 +312,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
     p.add_argument("--window", type=int, default=None, help="SJD draft window (default 16)")
-    p.add_argument("--chains", type=int, default=1,
-                   help="SJD draft chains per image, verified together as a token tree (default 1; more chains: "
-                        "fewer passes, more rows per pass)")
+    p.add_argument("--chains", type=int, default=8,  # = ar_model.sjd.DEFAULT_CHAINS (the parser stays torch-free)
+                   help="SJD draft chains per image, verified together as a token tree (default 8; 1 = the paper's "
+                        "single chain: more passes, fewer rows per pass)")
     p.add_argument("--out", required=True, help="output folder: 000.png ..., grid.png, samples.jsonl")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_sample)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from onetok.fileio import UserError
 
-SJD_CHAINS = "8"  # draft chains for the demo's SJD (docs/sjd.md); the single-chain SJD is benchmarked beside it
 DEMO_PROMPTS = [
     "a large red circle in the center on a black background",
     "a small blue square in the top left on a white background",
@@ -114,7 +113,7 @@ class Demo:
     def sample(self) -> None:
         prompts = self.out / "prompts.txt"
         prompts.write_text("\n".join(DEMO_PROMPTS) + "\n")
-        for name, extra in (("samples_plain", []), ("samples_sjd", ["--sjd", "--chains", SJD_CHAINS])):
+        for name, extra in (("samples_plain", []), ("samples_sjd", ["--sjd"])):
             self.run("sample", "--model", str(self.models / "unified"), "--prompts-file", str(prompts), "-n", "2",
                      "--seed", "0", *extra, "--out", str(self.out / name), "--force")
 
@@ -125,8 +124,8 @@ class Demo:
 
     def bench_sjd(self) -> None:
         n = "4" if self.quick else "128"
-        for chains, name in ((SJD_CHAINS, "sjd_metrics.json"), ("1", "sjd_single_chain_metrics.json")):
-            self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, "--chains", chains,
+        for extra, name in (([], "sjd_metrics.json"), (["--chains", "1"], "sjd_single_chain_metrics.json")):
+            self.run("bench", "sjd", "--model", str(self.models / "unified"), "--prompts", n, *extra,
                      "--threads", "1", "--json", stdout=self.out / name)
 
     def compression(self) -> None:

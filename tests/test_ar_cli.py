@@ -1,5 +1,6 @@
 """`onetok tokenize`, `sample`, `caption` and `eval-ar` on a tiny dataset with a tiny random model."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from onetok.ar_model.data import read_meta
 from onetok.ar_model.evaluate import DEFAULT_SETTINGS, attribute_scores, summarize
 from onetok.ar_model.model import Transformer, config_from_preset
+from onetok.ar_model.sjd import DEFAULT_CHAINS
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
 from onetok.data.shapes import render, write_shapes_dataset
@@ -83,7 +85,7 @@ def test_sample_sjd_and_image_tokens(setup, tmp_path):
                  "--image-tokens", "5", "--out", str(out)]) == 0
     line = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert line["settings"]["sjd"] and line["settings"]["window"] == 4 and line["settings"]["image_tokens"] == 5
-    assert 1 <= line["forward_passes"] <= 5 and line["settings"]["chains"] == 1
+    assert 1 <= line["forward_passes"] <= 5 and line["settings"]["chains"] == DEFAULT_CHAINS
     tree = tmp_path / "tree"
     assert main(["sample", "--model", str(root / "model"), "--prompt", PROMPT, "-n", "2", "--sjd", "--chains", "3",
                  "--out", str(tree)]) == 0
@@ -160,3 +162,14 @@ def test_sampling_help_names_the_default_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off)" in text
     assert f"(default {DEFAULT_SETTINGS.temperature:g})" in text
+    assert f"(default {DEFAULT_CHAINS};" in text
+
+
+def test_sjd_chain_defaults_agree():
+    from onetok.scripts import bench_sjd
+    from onetok.scripts.cli import build_parser
+
+    parser = argparse.ArgumentParser()
+    bench_sjd.add_arguments(parser)
+    assert parser.parse_args(["--model", "m"]).chains == DEFAULT_CHAINS
+    assert build_parser().parse_args(["sample", "--model", "m", "--out", "o"]).chains == DEFAULT_CHAINS

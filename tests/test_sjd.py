@@ -89,11 +89,11 @@ def statistic(model, sampler, settings: SamplingSettings, seed: int, **kwargs) -
 
 
 SETTINGS = [
-    (SamplingSettings(), {}),
-    (SamplingSettings(temperature=0.7, top_k=3), {"window": 2}),
-    (SamplingSettings(temperature=1.3, top_p=0.8), {"init": "prev"}),
-    (SamplingSettings(cfg_scale=3.0), {}),
-    (SamplingSettings(temperature=1.5, top_k=4, top_p=0.9, cfg_scale=2.0), {"window": 3, "init": "prev"}),
+    (SamplingSettings(), {"chains": 1}),
+    (SamplingSettings(temperature=0.7, top_k=3), {"window": 2, "chains": 1}),
+    (SamplingSettings(temperature=1.3, top_p=0.8), {"init": "prev", "chains": 1}),
+    (SamplingSettings(cfg_scale=3.0), {"chains": 1}),
+    (SamplingSettings(temperature=1.5, top_k=4, top_p=0.9, cfg_scale=2.0), {"window": 3, "init": "prev", "chains": 1}),
     (SamplingSettings(), {"chains": 3}),
     (SamplingSettings(temperature=0.7, top_k=4, cfg_scale=2.0), {"chains": 4, "window": 2, "init": "prev"}),
 ]
@@ -123,7 +123,7 @@ def resample_from_p(logits, draft_ids, draft_probs, u_accept, u_sample, backend=
 @pytest.mark.parametrize("broken", [always_accept, resample_from_p])
 def test_a_broken_acceptance_rule_fails_the_same_test(model, monkeypatch, broken):
     monkeypatch.setattr(sjd_module, "sjd_verify", broken)
-    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2)
+    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2, chains=1)
     assert stat > limit, f"{broken.__name__}: chi-square {stat:.1f} within bound {limit:.1f}"
 
 
@@ -179,7 +179,7 @@ def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
 def test_stops_at_k_tokens_and_counts_passes(model, monkeypatch, num_tokens, window):
     """With every draft accepted a pass yields window + 1 tokens (the first pass reads the prompt too): ceil(k / (W + 1))."""
     monkeypatch.setattr(sjd_module, "sjd_verify", always_accept)
-    out = generate_image_tokens_sjd(model, VOCAB, PROMPTS, num_tokens, SamplingSettings(), window=window)
+    out = generate_image_tokens_sjd(model, VOCAB, PROMPTS, num_tokens, SamplingSettings(), window=window, chains=1)
     assert out.codes.shape == (2, num_tokens) and out.codes.max() < K
     assert out.forward_passes == math.ceil(num_tokens / (window + 1))
     assert sum(out.tokens_per_pass) == 2 * num_tokens
