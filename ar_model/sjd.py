@@ -12,6 +12,11 @@ n drafts (draft x_i with probability min(1, p_i(x_i) / q_i(x_i))) and draws one 
 norm(max(0, p_n - q_n)) after a rejection or from p_w when all were accepted: n + 1 >= 1 tokens per pass.
 Each row's KV cache is cut back to its accepted prefix; the positions after the new token are re-drafted from
 this pass's predictions there (carry-over, their q the predicted distributions) and the window is refilled.
+
+With `chains` C > 1 (the default, `DEFAULT_CHAINS`) each prompt runs C draft windows as extra batch rows of the same
+pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the mean
+of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling, and every chain
+continues from the winning chain's KV cache.
 """
 
 from __future__ import annotations
