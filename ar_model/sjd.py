@@ -181,6 +181,21 @@ def verify_chains(
     return ChainVerdict(n, inverse_cdf(weights, u_sample.float()), winner)
 
 
+def verify_pass(
+    processed: torch.Tensor, drafts: Drafts, generator: torch.Generator | None, backend: str
+) -> ChainVerdict:
+    """Draw the uniforms and verify one pass: drafts (B*C, w) against processed (B, C, w+1, K), with the
+    `sjd_verify` kernel for one chain and `verify_chains` for several."""
+    B, C, w1, K = processed.shape
+    u_accept = torch.rand(B * C, w1 - 1, generator=generator, device=processed.device)
+    u_sample = torch.rand(B, generator=generator, device=processed.device)
+    if C == 1:
+        n, token = sjd_verify(processed[:, 0], drafts.ids, drafts.probs, u_accept, u_sample, backend)
+        return ChainVerdict(n, token, torch.zeros_like(n))
+    chains = Drafts(drafts.ids.view(B, C, w1 - 1), drafts.probs.view(B, C, w1 - 1, K))
+    return verify_chains(processed, chains, u_accept.view(B, C, w1 - 1), u_sample)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------------------------
@@ -242,18 +257,11 @@ def generate_image_tokens_sjd(
         inputs = torch.cat([head, window_ids.repeat(reps, 1)], dim=1)
         processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, C, w+1, K)
         passes += 1
-        u_accept = torch.rand(B * C, w, generator=generator, device=device)
-        u_sample = torch.rand(B, generator=generator, device=device)
         window_drafts = Drafts(drafts.ids[:, :w], drafts.probs[:, :w])
-        if C == 1:
-            n, token = sjd_verify(processed[:, 0], *window_drafts, u_accept, u_sample, backend)
-            winner = torch.zeros_like(n)
-        else:
-            n, token, winner = verify_chains(
-                processed, Drafts(*(t.view(B, C, *t.shape[1:]) for t in window_drafts)), u_accept.view(B, C, w),
-                u_sample)
-            source = per_row(torch.arange(B, device=device) * C + winner)  # row b*C + winner[b] of each half
-            cache.reorder(source + torch.arange(reps, device=device).repeat_interleave(B * C) * (B * C))
+        n, token, winner = verify_pass(processed, window_drafts, generator, backend)
+        if C > 1:  # every chain of a prompt continues from its winner's cache
+            rows = torch.arange(cache.batch, device=device)
+            cache.reorder(rows - rows % C + per_row(winner))
         accepted = window_drafts.ids.view(B, C, w)[torch.arange(B, device=device), winner]  # (B, w)
         # the new tokens are the winner's drafts[:n] then `token`; keep those that fit in k
         new = torch.cat([accepted, token[:, None]], dim=1).scatter(1, n[:, None], token[:, None])

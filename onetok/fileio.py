@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,8 +67,6 @@ def staging_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the finished folder `tmp` onto `out`; an old `out` is removed only after the new one is in place."""
-    import shutil
-
     tmp, out = Path(tmp), Path(out)
     old = None
     if out.exists():

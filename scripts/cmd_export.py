@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
-import tempfile
 from pathlib import Path
 
-from onetok.fileio import UserError, replace_dir
+from onetok.fileio import UserError, replace_dir, staging_dir
 
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
@@ -46,8 +45,7 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
     if system not in EXPORTERS:
         raise UserError(f"{ckpt_path}: unknown checkpoint kind {system!r} (expected one of {sorted(EXPORTERS)})")
     exporter = importlib.import_module(EXPORTERS[system]).export_checkpoint
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = staging_dir(out, force=True)  # existence was checked above
     try:
         exporter(ckpt, tmp, force=True)
         replace_dir(tmp, out)

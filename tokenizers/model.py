@@ -154,14 +154,19 @@ def conv_norm_act(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU()]
 
 
+def halvings(patch_size: int, what: str) -> int:
+    """log2(patch_size): the number of stride-2 (or x2) conv stages a conv stem or upsampler needs."""
+    if patch_size & (patch_size - 1):
+        raise ValueError(f"a conv {what} needs a power-of-two patch size, not {patch_size}")
+    return patch_size.bit_length() - 1
+
+
 def patch_embedding(patch_size: int, width: int, stem_channels: int) -> nn.Module:
     """(B, 3, H, W) -> (B, width, H/p, W/p): one strided linear projection, or a conv stem (p a power of two)."""
     if stem_channels <= 0:
         return nn.Conv2d(3, width, patch_size, stride=patch_size)
-    if patch_size & (patch_size - 1):
-        raise ValueError(f"a conv stem needs a power-of-two patch_size, not {patch_size}")
     layers, channels = [], 3
-    for i in range(patch_size.bit_length() - 1):
+    for i in range(halvings(patch_size, "stem")):
         out = stem_channels * 2**i
         layers += conv_norm_act(channels, out, stride=2)
         channels = out
@@ -227,9 +232,7 @@ class ConvUpsampler(nn.Module):
 
     def __init__(self, width: int, patch_size: int, channels: int):
         super().__init__()
-        if patch_size & (patch_size - 1):
-            raise ValueError(f"a conv upsampler needs a power-of-two patch size, not {patch_size}")
-        stages = patch_size.bit_length() - 1
+        stages = halvings(patch_size, "upsampler")
         widths = [channels * 2 ** (stages - i) for i in range(stages + 1)]  # coarse to fine, ends at `channels`
         self.proj = nn.Conv2d(width, widths[0], 1)
         self.stages = nn.ModuleList(
