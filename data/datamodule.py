@@ -75,7 +75,7 @@ def _not_none(x) -> bool:
     return x is not None
 
 
-class _ShardErrorHandler:
+class ShardErrorHandler:
     def __init__(self):
         self.skips = SkipCounter()
 
@@ -180,7 +180,7 @@ class ImageShardDataModule(L.LightningDataModule):
         urls = expand_shards(self.train_shards)
         dataset = (
             wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None,
-                           workersplitter=None, handler=_ShardErrorHandler(), empty_check=False, seed=self.seed)
+                           workersplitter=None, handler=ShardErrorHandler(), empty_check=False, seed=self.seed)
             .shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 500))
             .map(_DecodeSample(self.train_transform))
             .select(_not_none)
@@ -200,7 +200,7 @@ class ImageShardDataModule(L.LightningDataModule):
         dataset = wds.WebDataset(
             urls, resampled=False, shardshuffle=False,
             nodesplitter=wds.split_by_node if len(urls) >= world else None,
-            workersplitter=wds.split_by_worker, handler=_ShardErrorHandler(), empty_check=False,
+            workersplitter=wds.split_by_worker, handler=ShardErrorHandler(), empty_check=False,
         ).map(_DecodeSample(self.val_transform)).select(_not_none)
         if self.val_samples is not None:
             dataset = dataset.slice(self.val_samples)

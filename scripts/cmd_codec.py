@@ -1,5 +1,10 @@
 """`onetok compress`, `onetok decompress` and `onetok eval-compression`: images stored as tokenizer ids (.otok).
 
+Images are coded at their own resolution as tiles of the tokenizer's size, each tile with its own token count
+(`--tokens`, `--bpp` or `--psnr`; docs/format.md). Without `--tokenizer`, `compress` uses the built-in photo tokenizer
+and `decompress` finds the tokenizer by the fingerprint each file carries (built in, or registered by `onetok
+export` in $ONETOK_HOME/tokenizers).
+
 One input file -> one output file. Several inputs, or a folder -> an output folder mirroring the input names
 (`a.png` -> `a.otok` -> `a.png`); in that mode unreadable images and corrupt `.otok` files are skipped, listed and
 counted instead of stopping the run. `--batch` packs all inputs into one `.otok` file, which decompresses to
@@ -15,8 +20,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from onetok.fileio import UserError, atomic_output, check_writable
-
-CHUNK = 32  # images encoded / decoded per forward pass
 
 
 class Item(NamedTuple):
@@ -38,14 +41,18 @@ def _walk(folder: Path, suffix: str | None, skip_folder: Path | None) -> list[Pa
     files = []
     for root, dirs, names in os.walk(folder, onerror=fail):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip_folder)
-        files += [Path(root) / n for n in sorted(names)
-                  if not n.startswith(".") and (suffix is None or n.lower().endswith(suffix))]
+        files += [Path(root) / n for n in sorted(names) if not n.startswith(".")
+                  and (n.lower().endswith(suffix) if suffix else not n.lower().endswith(SIDECARS))]
     return files
 
 
+SIDECARS = (".txt", ".json")  # captions and metadata beside images (our layout, img2dataset's): not images
+
+
 def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | None = None) -> list[Item]:
-    """Files given directly, and every non-hidden file below each folder (only `suffix` files if given; never
-    below `skip_folder`, the output folder, so a second run does not read its own outputs)."""
+    """Files given directly, and every non-hidden file below each folder (only `suffix` files if given, else no
+    sidecar .txt/.json files; never below `skip_folder`, the output folder, so a second run does not read its own
+    outputs)."""
     skip_folder = skip_folder.resolve() if skip_folder is not None else None
     items = []
     for spec in inputs:
@@ -62,23 +69,29 @@ def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | No
 
 
 def read_image(path: Path):
-    """A fully decoded RGB PIL image, EXIF orientation applied; UserError naming the file otherwise."""
-    from PIL import Image, ImageOps
+    """The RGB image as displayed (`onetok.data.images.load_image`); notes on what was converted go to stderr."""
+    from onetok.data.images import ImageReadError, load_image
 
     try:
-        with Image.open(path) as im:
-            im.load()  # a truncated file fails here, not later
-            image = ImageOps.exif_transpose(im).convert("RGB")
-    except Exception as err:  # noqa: BLE001 - Pillow plugins raise many types for corrupt data
-        raise UserError(f"{path}: not a readable image ({type(err).__name__}: {err})".split("\n")[0]) from None
-    return image
+        loaded = load_image(path)
+    except ImageReadError as err:
+        raise UserError(str(err)) from None
+    for note in loaded.notes:
+        print(f"note: {path}: {note}", file=sys.stderr)
+    return loaded.image
 
 
-def load_tokenizer(directory: str):
-    from onetok.tokenizers import Tokenizer
+def load_tokenizer(directory: str | Path | None):
+    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
+    from onetok.tokenizers import Tokenizer, registry
 
+    if directory is None:
+        try:
+            directory = registry.builtin()
+        except FileNotFoundError as err:
+            raise UserError(f"{err}; pass --tokenizer DIR") from None
     path = Path(directory)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if not registry.is_tokenizer_dir(path):
         raise UserError(f"{path}: not a tokenizer folder (needs config.json and model.safetensors)")
     try:
         return Tokenizer.from_pretrained(path).eval()
@@ -106,55 +119,60 @@ def _report_skipped(skipped: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _encode(tok, items: list[Item], k: int, fit: str, fp: bytes, single: bool, quiet: bool, skipped: list[str]):
-    """Yield (item, single-image OtokFile) in input order, CHUNK images per forward pass. Unreadable images are
-    appended to `skipped`, or raised when `single`."""
+def rate_control(args: argparse.Namespace, num_tokens: int):
+    from onetok.tokenizers.compress import RateControl
+
+    if args.tokens is not None and not 1 <= args.tokens <= num_tokens:
+        raise UserError(f"--tokens {args.tokens}: must be in 1..{num_tokens} (L) for this tokenizer")
+    if args.bpp is not None and not args.bpp > 0:
+        raise UserError(f"--bpp {args.bpp}: must be positive")
+    if not 0 < args.scale <= 1:
+        raise UserError(f"--scale {args.scale}: must be in (0, 1]")
+    return RateControl(args.tokens, args.bpp, args.psnr, args.scale)
+
+
+def _encode(tok, items: list[Item], rate, single: bool, quiet: bool, skipped: list[str]):
+    """Yield (item, TiledImage) in input order. Unreadable images are appended to `skipped`, or raised when
+    `single`."""
     from tqdm import tqdm
 
     from onetok.tokenizers import codec
+    from onetok.tokenizers.compress import encode_image
 
     with tqdm(total=len(items), desc="compress", unit="img", disable=quiet or single) as bar:
-        for start in range(0, len(items), CHUNK):
-            chunk = items[start:start + CHUNK]
-            good, images = [], []
-            for item in chunk:
-                try:
-                    image = read_image(item.src)
-                    if max(image.size) > codec.MAX_SIDE:
-                        raise UserError(f"{item.src}: {image.size[0]}x{image.size[1]} px, the format allows "
-                                        f"at most {codec.MAX_SIDE} px a side")
-                except UserError as err:
-                    if single:
-                        raise
-                    skipped.append(str(err))
-                    continue
-                good.append(item)
-                images.append(image)
-            if images:
-                f = codec.encode_images(tok, images, k, fit, fp)
-                yield from ((item, f.select(slice(i, i + 1))) for i, item in enumerate(good))
-            bar.update(len(chunk))
+        for item in items:
+            try:
+                image = read_image(item.src)
+                if max(image.size) > codec.MAX_SIDE:
+                    raise UserError(f"{item.src}: {image.size[0]}x{image.size[1]} px, the format allows "
+                                    f"at most {codec.MAX_SIDE} px a side")
+            except UserError as err:
+                if single:
+                    raise
+                skipped.append(str(err))
+                bar.update(1)
+                continue
+            encoded = encode_image(tok, image, rate)
+            if not encoded.reached:
+                print(f"note: {item.src}: --bpp {rate.bpp} is below the smallest file at this scale (1 token per "
+                      f"tile); try --scale < {rate.scale:g}", file=sys.stderr)
+            yield item, encoded.image
+            bar.update(1)
 
 
-def _summary(n: int, k: int, codebook_size: int, total: int, pixels: int, skipped: int, batch: bool) -> str:
-    from onetok.tokenizers import codec
-
-    size = codec.file_size(n if batch else 1, k, codebook_size)
-    layout = f"{size.header} header + {size.payload} ids + {size.crc} CRC"
+def _summary(n: int, total: int, pixels: int, tokens: int, tiles: int, skipped: int) -> str:
     bpp = 8 * total / pixels if pixels else float("nan")
-    return (f"compressed {n} image(s) at {k} tokens x {codec.bits_per_id(codebook_size)} bits: {total} bytes "
-            f"({'one file: ' if batch else 'per file: '}{layout}), {bpp:.4f} bits per original pixel; "
-            f"skipped {skipped}")
+    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, "
+            f"{tokens / max(tiles, 1):.2f} tokens per tile on average; skipped {skipped}")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from onetok.fileio import atomic_write_bytes
     from onetok.tokenizers import codec
+    from onetok.tokenizers.compress import new_file
 
     tok = load_tokenizer(args.tokenizer)
-    k = tok.num_latent_tokens if args.tokens is None else args.tokens
-    if not 1 <= k <= tok.num_latent_tokens:
-        raise UserError(f"--tokens {k}: must be in 1..{tok.num_latent_tokens} for this tokenizer")
+    rate = rate_control(args, tok.num_latent_tokens)
     out = Path(args.out)
     items = collect(args.inputs, skip_folder=out)
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not args.batch
@@ -163,24 +181,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if single or args.batch:  # one output file
         target = out / (items[0].src.stem + ".otok") if out.is_dir() else out
         check_writable(target, args.force)
-        encoded = [f for _, f in _encode(tok, items, k, args.fit, fp, single, args.quiet, skipped)]
+        images = [im for _, im in _encode(tok, items, rate, single, args.quiet, skipped)]
         _report_skipped(skipped)
-        if not encoded:
+        if not images:
             raise UserError(f"{' '.join(args.inputs)}: no readable images")
-        f = codec.concat(encoded)
-        data = codec.dumps(f)
+        data = codec.dumps(new_file(tok, images, fp))
         atomic_write_bytes(target, data, args.force)
-        pixels = sum(w * h for w, h in f.sizes)
-        print(_summary(f.num_images, k, f.codebook_size, len(data), pixels, len(skipped), args.batch) + f" -> {target}")
+        print(_summary(len(images), len(data), sum(im.width * im.height for im in images),
+                       sum(int(im.counts.sum()) for im in images), sum(len(im.counts) for im in images),
+                       len(skipped)) + f" -> {target}")
         return 0
     _unique([out / item.rel.with_suffix(".otok") for item in items], args.force)
-    total = pixels = written = 0
-    for item, f in _encode(tok, items, k, args.fit, fp, False, args.quiet, skipped):
-        data = codec.dumps(f)
+    total = pixels = written = tokens = tiles = 0
+    for item, im in _encode(tok, items, rate, False, args.quiet, skipped):
+        data = codec.dumps(new_file(tok, [im], fp))
         atomic_write_bytes(out / item.rel.with_suffix(".otok"), data, args.force)
-        total, pixels, written = total + len(data), pixels + f.sizes[0][0] * f.sizes[0][1], written + 1
+        total, pixels, written = total + len(data), pixels + im.width * im.height, written + 1
+        tokens, tiles = tokens + int(im.counts.sum()), tiles + len(im.counts)
     _report_skipped(skipped)
-    print(_summary(written, k, tok.codebook_size, total, pixels, len(skipped), False) + f" -> {out}")
+    print(_summary(written, total, pixels, tokens, tiles, len(skipped)) + f" -> {out}")
     return 0 if written else 1
 
 
@@ -189,7 +208,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def read_otok(path: Path, fp: bytes):
+def read_otok(path: Path, fp: bytes | None):
     from onetok.tokenizers import codec
 
     try:
@@ -200,6 +219,30 @@ def read_otok(path: Path, fp: bytes):
         raise UserError(f"{path}: {err}") from None
 
 
+class Tokenizers:
+    """The tokenizer for each file: the one given by --tokenizer, or found by the file's fingerprint (cached)."""
+
+    def __init__(self, directory: str | None):
+        from onetok.tokenizers import codec
+
+        self.fixed = load_tokenizer(directory) if directory else None
+        self.fp = codec.fingerprint(self.fixed) if self.fixed is not None else None
+        self.cache: dict[bytes, object] = {}
+
+    def for_file(self, path: Path, fp: bytes):
+        from onetok.tokenizers import registry
+
+        if self.fixed is not None:
+            return self.fixed
+        if fp not in self.cache:
+            found = registry.find(fp)
+            if found is None:
+                raise UserError(f"{path}: made with tokenizer {fp.hex()[:12]}, which is neither built in nor "
+                                f"registered in {registry.registry_dir()}; pass --tokenizer DIR")
+            self.cache[fp] = load_tokenizer(found)
+        return self.cache[fp]
+
+
 def _png_names(base: Path, stem: str, n: int) -> list[Path]:
     """`stem.png` for a one-image file, `stem_000.png ...` for a batch."""
     if n == 1:
@@ -208,20 +251,13 @@ def _png_names(base: Path, stem: str, n: int) -> list[Path]:
     return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
 
 
-def cmd_decompress(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from onetok.tokenizers import codec
-
-    tok = load_tokenizer(args.tokenizer)
-    fp = codec.fingerprint(tok)
-    items = collect(args.inputs, suffix=".otok")
-    out = Path(args.out)
-    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-    plans, skipped = [], []  # pass 1: validate every file and name every output before writing anything
+def _plan(items: list[Item], tokenizers: Tokenizers, out: Path, single: bool, skipped: list[str]) -> list:
+    """Validate every file and name every output before anything is written: [(file, tokenizer, targets)]."""
+    plans = []
     for item in items:
         try:
-            f = read_otok(item.src, fp)
+            f = read_otok(item.src, tokenizers.fp)
+            tok = tokenizers.for_file(item.src, f.fingerprint)
         except UserError as err:
             if single:
                 raise
@@ -232,21 +268,38 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         else:
             base = out if single else out / item.rel.parent
             targets = _png_names(base, item.src.stem, f.num_images)
-        plans.append((f, targets))
-    _unique([t for _, targets in plans for t in targets], args.force)
+        plans.append((f, tok, targets))
+    return plans
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from onetok.tokenizers import codec
+    from onetok.tokenizers.compress import decode_file
+
+    tokenizers = Tokenizers(args.tokenizer)
+    items = collect(args.inputs, suffix=".otok")
+    out = Path(args.out)
+    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    skipped: list[str] = []
+    plans = _plan(items, tokenizers, out, single, skipped)
+    _unique([t for _, _, targets in plans for t in targets], args.force)
     written = 0
-    with tqdm(total=sum(f.num_images for f, _ in plans), desc="decompress", unit="img",
+    with tqdm(total=sum(f.num_images for f, _, _ in plans), desc="decompress", unit="img",
               disable=args.quiet or single) as bar:
-        for f, targets in plans:  # pass 2: decode and write
-            for start in range(0, f.num_images, CHUNK):
-                for image, target in zip(codec.decode_images(tok, f.select(slice(start, start + CHUNK))),
-                                         targets[start:start + CHUNK]):
-                    with atomic_output(target, args.force) as tmp:
-                        image.save(tmp, format="PNG")
-                    written += 1
-                    bar.update(1)
+        for f, tok, targets in plans:
+            try:
+                images = decode_file(tok, f)
+            except codec.OtokError as err:
+                raise UserError(f"{targets[0]}: {err}") from None
+            for image, target in zip(images, targets):
+                with atomic_output(target, args.force) as tmp:
+                    image.save(tmp, format="PNG")
+                written += 1
+                bar.update(1)
     _report_skipped(skipped)
-    where = plans[0][1][0] if written == 1 else out
+    where = plans[0][2][0] if written == 1 else out
     print(f"decompressed {len(plans)} file(s) into {written} PNG image(s) -> {where}; skipped {len(skipped)}")
     return 0 if written else 1
 
@@ -257,18 +310,23 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_compression(args: argparse.Namespace) -> int:
+    import json
+
     from tqdm import tqdm
 
+    from onetok.fileio import atomic_write_bytes
     from onetok.tokenizers import rd
 
     tok = load_tokenizer(args.tokenizer)
     if not Path(args.images).is_dir():
         raise UserError(f"{args.images}: not a folder")
+    if args.max_images < 0:
+        raise UserError(f"--max-images {args.max_images}: must be 0 (all) or positive")
     items = collect([args.images])[: args.max_images or None]
     report = Path(args.out)
-    csv_path, png_path = report / "rd.csv", report / "rd.png"
-    check_writable(csv_path, args.force)
-    check_writable(png_path, args.force)
+    outputs = {name: report / name for name in ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")}
+    for path in outputs.values():
+        check_writable(path, args.force)
     names, images, skipped = [], [], []
     for item in items:
         try:
@@ -279,17 +337,24 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     _report_skipped(skipped)
     if not images:
         raise UserError(f"{args.images}: no readable images")
+    codecs = tuple(c for c in rd.pillow_codecs() if c in args.codecs.split(","))
     with tqdm(total=len(images), desc="eval-compression", unit="img", disable=args.quiet) as bar:
-        rows = rd.evaluate(tok, names, images, args.fit, progress=bar.update)
+        rows = rd.evaluate(tok, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
     points = rd.summarize(rows)
-    with atomic_output(csv_path, args.force) as tmp:
+    rates = rd.bd_rates(points)
+    with atomic_output(outputs["rd.csv"], args.force) as tmp:
         rd.write_csv(rows, tmp)
-    with atomic_output(png_path, args.force) as tmp:
-        rd.plot(points, tmp, title=f"{len(images)} images from {args.images}, tokenizer {args.tokenizer} "
-                                  f"({tok.image_size}px, K={tok.codebook_size})")
+    title = f"{len(images)} images from {args.images} at native resolution, tokenizer {args.tokenizer or 'photo'}"
+    with atomic_output(outputs["rd.png"], args.force) as tmp:
+        rd.plot(points, tmp, title=title)
+    summary = {"images": len(images), "points": [p._asdict() for p in points], "bd_rate_percent": rates}
+    atomic_write_bytes(outputs["rd.json"], (json.dumps(summary, indent=1) + "\n").encode(), args.force)
+    panels = rd.equal_bytes(tok, images[0], args.compare_bpp, codecs)
+    with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:
+        rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
     print(rd.format_table(points))
-    print(f"{len(images)} image(s) at {tok.image_size}px ({args.fit}), skipped {len(skipped)}; JPEG/WebP at the "
-          f"grid quality nearest in bytes -> {csv_path}, {png_path}")
+    print(rd.format_bd(rates))
+    print(f"{len(images)} image(s), skipped {len(skipped)} -> {', '.join(str(p) for p in outputs.values())}")
     return 0
 
 
@@ -298,32 +363,55 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"need positive numbers, got {text!r}")
+    return values
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids only)")
+    p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids, native resolution, tiled)",
+                       description="Code images at their own resolution as tiles of tokenizer ids.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     p.add_argument("-o", "--out", required=True, help="output .otok file (one input image) or folder")
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder (config.json + weights)")
-    p.add_argument("--tokens", type=int, metavar="K", help="tokens per image, 1..L (default L): the rate control")
-    p.add_argument("--fit", choices=["pad", "crop"], default="pad",
-                   help="non-square images: letterbox (pad, default) or centre-crop to the tokenizer's square")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--tokens", type=int, metavar="K", help="the same K tokens for every tile, 1..L (default L)")
+    rate.add_argument("--bpp", type=float, metavar="B",
+                      help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
+    rate.add_argument("--psnr", type=float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
+    p.add_argument("--scale", type=float, default=1.0, metavar="S",
+                   help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help=".otok files -> PNG images at their original size")
+    p = sub.add_parser("decompress", help=".otok files -> PNG images at their original size",
+                       description="Decode .otok files; the tokenizer is found by each file's fingerprint.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=".otok files and/or folders of them")
     p.add_argument("-o", "--out", required=True, help="output PNG (one single-image input) or folder")
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="the tokenizer the files were made with")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="the tokenizer the files were made with (default: found by fingerprint)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decompress)
 
-    p = sub.add_parser("eval-compression", help="rate-distortion of .otok vs JPEG and WebP (rd.csv, rd.png)")
+    p = sub.add_parser("eval-compression", help="rate-distortion of .otok vs JPEG, WebP and AVIF at native size",
+                       description="Rate-distortion at each image's own resolution, every file byte counted.")
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for rd.csv and rd.png")
-    p.add_argument("--tokenizer", required=True, metavar="DIR")
-    p.add_argument("--fit", choices=["pad", "crop"], default="pad")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR",
+                   help="folder for rd.csv, rd.png, rd.json and equal_bytes.png")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
+    p.add_argument("--bpp", type=_float_list, metavar="B1,B2,...",
+                   help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
+    p.add_argument("--codecs", default="jpeg,webp,avif", help="Pillow codecs to compare (default jpeg,webp,avif)")
+    p.add_argument("--compare-bpp", type=float, default=0.1, metavar="B",
+                   help="target of the equal-bytes picture of the first image (default 0.1)")
     p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (0 = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

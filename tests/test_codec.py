@@ -1,5 +1,6 @@
-"""The `.otok` format (bit packing, layout, every reader error), the tokenizer fingerprint, the exact image round
-trip through a tiny tokenizer, and the rate-distortion helpers (SSIM, codec matching)."""
+"""The version-1 `.otok` format (bit packing, layout, every reader error), the tokenizer fingerprint, the exact
+image round trip of legacy square files through a tiny tokenizer, and the rate-distortion helpers (SSIM, BD-rate,
+rows and report). The tiled version 2 is tested in test_tiled_codec.py."""
 
 import io
 import math
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from onetok.tokenizers import PRESETS, Tokenizer, codec, rd
+from onetok.tokenizers import compress as C
 from onetok.tokenizers.codec import OtokError, OtokFile
 
 FP = bytes(range(16))
@@ -120,7 +122,7 @@ GOOD = codec.dumps(_file(64, 2, 5))
     (b"", "truncated"),
     (b"PNG\x89" + GOOD[4:], "bad magic"),
     (b"\x89PNG\r\n\x1a\n", "bad magic"),
-    (GOOD[:4] + bytes([2]) + GOOD[5:], "unsupported format version 2"),
+    (GOOD[:4] + bytes([3]) + GOOD[5:], "unsupported format version 3"),
     (GOOD[:20], "truncated file"),
     (GOOD[:-1], "truncated file"),
     (GOOD + b"\0", "trailing bytes"),
@@ -214,53 +216,52 @@ def test_fingerprint(tok, tmp_path):
 
 
 def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
-    """decompress(compress(x)) is exactly tok.decode(tok.encode(x, k)), and the file has the promised size."""
+    """A version-1 file decodes to exactly tok.decode(tok.encode(x, k)), and has the promised size."""
     images = [Image.fromarray(sq) for sq in squares]
-    x = codec.to_tensor(squares)  # (3, 3, S, S)
+    x = C.to_tensor(squares)  # (3, 3, S, S)
     fp = codec.fingerprint(tok)
     bits = codec.bits_per_id(tok.codebook_size)
     for k in range(1, tok.num_latent_tokens + 1):
-        data = codec.compress(tok, images, k)
+        data = codec.dumps(C.encode_squares(tok, images, k))
         assert len(data) == 35 + 3 * 4 + 3 * math.ceil(k * bits / 8) + 4
         expected = tok.decode(tok.encode(x, k))
         f = codec.loads(data, fp)
         assert f.num_tokens == k
-        assert torch.equal(codec.reconstruct(tok, f), expected)
-        decoded = codec.decompress(tok, data)
-        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), codec.to_uint8(expected))
-        single = codec.compress(tok, images[:1], k)
+        decoded = C.decompress(tok, data)
+        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), C.to_uint8(expected))
+        single = codec.dumps(C.encode_squares(tok, images[:1], k))
         assert len(single) == 39 + math.ceil(k * bits / 8) + 4
-    assert len({codec.compress(tok, [im]) for im in images}) > 1  # the ids depend on the image
+    assert len({codec.dumps(C.encode_squares(tok, [im])) for im in images}) > 1  # the ids depend on the image
 
 
 def test_decompress_with_wrong_tokenizer(tok, squares):
-    data = codec.compress(tok, [Image.fromarray(squares[0])], 4)
+    data = codec.dumps(C.encode_squares(tok, [Image.fromarray(squares[0])], 4))
     torch.manual_seed(1)
     with pytest.raises(OtokError, match="different tokenizer"):
-        codec.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
+        C.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
 
 
 @pytest.mark.parametrize("fit", ["pad", "crop"])
 @pytest.mark.parametrize("size", [(16, 16), (40, 20), (13, 31), (5, 1)])
 def test_non_square_sizes_are_restored(tok, fit, size):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    f = codec.encode_images(tok, [image], 3, fit)
+    f = C.encode_squares(tok, [image], 3, fit)
     assert f.sizes == (size,) and f.fit == fit
-    [decoded] = codec.decompress(tok, codec.dumps(f))
+    [decoded] = C.decompress(tok, codec.dumps(f))
     assert decoded.size == size and decoded.mode == "RGB"
 
 
 def test_fit_geometry_is_exact_without_resampling():
     rng = np.random.default_rng(0)
     wide = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)  # H=8, W=16 into S=16
-    padded = codec.fit_square(Image.fromarray(wide), 16, "pad")
+    padded = C.fit_square(Image.fromarray(wide), 16, "pad")
     np.testing.assert_array_equal(padded[4:12], wide)  # letterboxed in the middle
     np.testing.assert_array_equal(padded[:4], np.repeat(wide[:1], 4, axis=0))  # edge padding
-    np.testing.assert_array_equal(np.asarray(codec.restore_size(padded, 16, 8, "pad")), wide)
+    np.testing.assert_array_equal(np.asarray(C.restore_size(padded, 16, 8, "pad")), wide)
     tall = rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)  # H=32, W=16
-    cropped = codec.fit_square(Image.fromarray(tall), 16, "crop")
+    cropped = C.fit_square(Image.fromarray(tall), 16, "crop")
     np.testing.assert_array_equal(cropped, tall[8:24])
-    restored = np.asarray(codec.restore_size(cropped, 16, 32, "crop"))
+    restored = np.asarray(C.restore_size(cropped, 16, 32, "crop"))
     np.testing.assert_array_equal(restored[8:24], tall[8:24])  # the coded centre, in place
     np.testing.assert_array_equal(restored[:8], np.repeat(tall[8:9], 8, axis=0))  # never coded: edge fill
 
@@ -310,39 +311,69 @@ def test_ssim_properties():
     assert rd.ssim(a[:, :, :5, :7], a[:, :, :5, :7]).shape == (2,)  # smaller than the window
 
 
-def test_token_counts():
-    assert rd.token_counts(8) == [1, 2, 4, 8]
-    assert rd.token_counts(12) == [1, 2, 4, 8, 12]
-    assert rd.token_counts(1) == [1]
+def test_fixed_token_counts():
+    assert rd.fixed_token_counts(8) == (1, 2, 4, 8)
+    assert rd.fixed_token_counts(12) == (1, 2, 4, 8, 12)
+    assert rd.fixed_token_counts(1) == (1,)
 
 
-def test_evaluate_rows_and_nearest_size(tok, squares, tmp_path):
-    names = ["a", "b"]
-    rows = rd.evaluate(tok, names, [Image.fromarray(sq) for sq in squares[:2]])
-    counts = rd.token_counts(tok.num_latent_tokens)
-    assert len(rows) == 2 * len(counts) * 3
+def _points(name, bpps, psnrs):
+    return [rd.RDPoint(name, 0, 0, b, p, 0) for b, p in zip(bpps, psnrs)]
+
+
+def test_bd_rate_closed_forms():
+    """A curve that needs exactly 0.7x the rate at every PSNR is at -30%; identical curves at 0; disjoint NaN."""
+    psnrs = [20.0, 22.0, 24.0, 26.0, 28.0]
+    ref = _points("jpeg", [0.1 * 1.5**i for i in range(5)], psnrs)
+    cheaper = _points("otok", [0.07 * 1.5**i for i in range(5)], psnrs)
+    assert rd.bd_rate(ref, cheaper) == pytest.approx(-30.0, abs=1e-6)
+    assert rd.bd_rate(cheaper, ref) == pytest.approx(100 / 0.7 - 100, abs=1e-6)
+    assert rd.bd_rate(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(rd.bd_rate(ref, _points("otok", [0.1, 0.2], [40.0, 41.0])))
+    shifted = _points("otok", [0.1 * 1.5**i for i in range(5)], [p + 1 for p in psnrs])  # better: fewer bits
+    assert rd.bd_rate(ref, shifted) < 0
+
+
+def test_evaluate_rows_and_report(tok, tmp_path):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(40, 24), (17, 33)]]
+    rows = rd.evaluate(tok, ["a", "b"], images, bpps=(0.5, 2.0), codecs=("jpeg",))
+    tokens = rd.fixed_token_counts(tok.num_latent_tokens)
+    assert len(rows) == 2 * (len(tokens) + 2 + len(rd.JPEG_QUALITIES))
     for row in rows:
+        assert row.bpp == pytest.approx(8 * row.bytes / (row.width * row.height))
         if row.codec == "otok":
-            assert row.bytes == codec.file_size(1, row.tokens, tok.codebook_size).total
-            assert row.bpp == pytest.approx(8 * row.bytes / tok.image_size**2)
-    row = next(r for r in rows if r.codec == "webp" and r.image == "b" and r.tokens == counts[-1])
-    target = codec.file_size(1, row.tokens, tok.codebook_size).total
-    sizes = [rd.pillow_roundtrip(squares[1], "webp", q)[0] for q in rd.WEBP_QUALITIES]
-    assert abs(row.bytes - target) == min(abs(s - target) for s in sizes)
+            assert row.bpp <= row.setting or row.setting == 0.5  # 0.5 bpp is below 1 token per tile here
+        if row.codec == "otok-fixed":
+            f = C.new_file(tok, [C.encode_image(tok, images[row.image == "b"], C.RateControl(tokens=row.setting)).image])
+            assert row.bytes == len(codec.dumps(f))
+    jpeg = next(r for r in rows if r.codec == "jpeg" and r.image == "a" and r.setting == 50)
+    size, decoded = rd.pillow_roundtrip(np.asarray(images[0]), "jpeg", 50)
+    assert (jpeg.bytes, jpeg.psnr) == (size, rd.psnr(np.asarray(images[0]), decoded))
     points = rd.summarize(rows)
-    assert [(p.codec, p.tokens) for p in points] == [(c, k) for c in rd.CODECS for k in counts]
+    assert {p.codec for p in points} == {"otok", "otok-fixed", "jpeg"}
     rd.write_csv(rows, tmp_path / "rd.csv")
     assert (tmp_path / "rd.csv").read_text().splitlines()[0] == ",".join(rd.CSV_FIELDS)
     rd.plot(points, tmp_path / "rd.png")
     assert Image.open(tmp_path / "rd.png").format == "PNG"
-    table = rd.format_table(points)
-    assert len(table.splitlines()) == 2 + len(counts)
+    assert len(rd.format_table(points).splitlines()) == 1 + len(points)
+    assert set(rd.bd_rates(points)) == {"otok vs otok-fixed", "otok vs jpeg"}
+    panels = rd.equal_bytes(tok, images[0], 1.0, ("jpeg",))
+    assert [p[0] for p in panels] == ["original", "otok", "jpeg"]
+    rd.plot_equal_bytes(panels, tmp_path / "eq.png")
+    assert Image.open(tmp_path / "eq.png").format == "PNG"
 
 
 def test_pillow_roundtrip_decodes():
     sq = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    n, decoded = rd.pillow_roundtrip(sq, "jpeg", 95)
-    assert decoded.shape == sq.shape and n > 0
+    for fmt in rd.pillow_codecs():
+        n, decoded = rd.pillow_roundtrip(sq, fmt, 90)
+        assert decoded.shape == sq.shape and n > 0
     buf = io.BytesIO()
     Image.fromarray(sq).save(buf, format="JPEG", quality=95, optimize=True)
-    assert n == len(buf.getvalue())
+    assert rd.pillow_roundtrip(sq, "jpeg", 95)[0] == len(buf.getvalue())
+
+
+def test_avif_is_available():
+    """The RD report compares against AVIF: the Pillow the project requires must write it."""
+    assert "avif" in rd.pillow_codecs()

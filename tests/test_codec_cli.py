@@ -1,6 +1,8 @@
-"""`onetok compress / decompress / eval-compression`: round trip through files, sizes, --force, atomic writes,
-folder mode with bad files, and a one-line error (exit 2) for every kind of bad single input."""
+"""`onetok compress / decompress / eval-compression`: round trip through files, sizes, rate control, finding the
+tokenizer by fingerprint, --force, atomic writes, folder mode with bad files, and a one-line error (exit 2) for every
+kind of bad single input."""
 
+import json
 import math
 import os
 import shutil
@@ -12,6 +14,7 @@ from PIL import Image
 
 from onetok.scripts.cli import main
 from onetok.tokenizers import PRESETS, Tokenizer, codec
+from onetok.tokenizers import compress as C
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +53,53 @@ def test_roundtrip_matches_tokenizer(env, tmp_path, capsys, k):
     code, out, _ = _run(capsys, "compress", "--tokenizer", env / "tok", "--tokens", k, env / "images" / "a.png",
                         "-o", tmp_path / "a.otok")
     assert code == 0
-    size = 35 + 4 + math.ceil(k * 6 / 8) + 4  # tiny: K = 64 -> 6 bits per id
+    size = 33 + 9 + 2 + math.ceil(k * 6 / 8) + 4  # tiny: one 16 px tile, K = 64 -> 6 bits per id
     assert (tmp_path / "a.otok").stat().st_size == size
     assert f"{size} bytes" in out and f"{8 * size / 256:.4f} bits per original pixel" in out
     assert _run(capsys, "decompress", "--tokenizer", env / "tok", tmp_path / "a.otok", "-o", tmp_path / "a.png")[0] == 0
     tok = Tokenizer.from_pretrained(env / "tok")
-    x = codec.to_tensor([np.asarray(Image.open(env / "images" / "a.png"))])
-    expected = codec.to_uint8(tok.decode(tok.encode(x, k)))[0]
+    x = C.to_tensor([np.asarray(Image.open(env / "images" / "a.png"))])
+    expected = C.to_uint8(tok.decode(tok.encode(x, k)))[0]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), expected)
 
 
-@pytest.mark.parametrize("fit", ["pad", "crop"])
-def test_non_square_keeps_original_size(env, tmp_path, capsys, fit):
-    assert _run(capsys, "compress", "--tokenizer", env / "tok", "--fit", fit, env / "images" / "b.png",
-                "-o", tmp_path / "b.otok")[0] == 0
-    assert _run(capsys, "decompress", "--tokenizer", env / "tok", tmp_path / "b.otok", "-o", tmp_path / "b.png")[0] == 0
+@pytest.mark.parametrize("rate", [["--tokens", "2"], ["--bpp", "3"], ["--psnr", "20"], ["--scale", "0.5"]])
+def test_rate_control_keeps_original_size(env, tmp_path, capsys, rate):
+    code, out, _ = _run(capsys, "compress", "--tokenizer", env / "tok", *rate, env / "images" / "b.png",
+                        "-o", tmp_path / "b.otok")
+    assert code == 0 and "tokens per tile" in out
+    f = codec.loads((tmp_path / "b.otok").read_bytes())
+    assert (f.images[0].width, f.images[0].height) == (40, 20)
+    if rate[0] == "--bpp":
+        assert 8 * (tmp_path / "b.otok").stat().st_size <= 3 * 40 * 20
+    if rate[0] == "--scale":
+        assert (f.images[0].coded_width, f.images[0].coded_height) == (20, 10)
+    assert _run(capsys, "decompress", tmp_path / "b.otok", "--tokenizer", env / "tok", "-o", tmp_path / "b.png")[0] == 0
+    assert Image.open(tmp_path / "b.png").size == (40, 20)
+
+
+@pytest.mark.parametrize("flags,message", [(["--tokens", "0"], "--tokens 0"), (["--bpp", "-1"], "--bpp -1"),
+                                           (["--scale", "1.5"], "--scale 1.5"), (["--scale", "0"], "--scale 0")])
+def test_bad_rate_flags(env, tmp_path, capsys, flags, message):
+    code, _, err = _run(capsys, "compress", "--tokenizer", env / "tok", *flags, env / "images" / "a.png",
+                        "-o", tmp_path / "a.otok")
+    assert code == 2
+    _one_line_error(err, message)
+    assert not (tmp_path / "a.otok").exists()
+
+
+def test_decompress_finds_the_tokenizer_by_fingerprint(env, tmp_path, capsys, monkeypatch):
+    from onetok.tokenizers import registry
+
+    assert _run(capsys, "compress", "--tokenizer", env / "tok", env / "images" / "b.png", "-o", tmp_path / "b.otok")[0] == 0
+    monkeypatch.setenv("ONETOK_HOME", str(tmp_path / "home"))
+    code, _, err = _run(capsys, "decompress", tmp_path / "b.otok", "-o", tmp_path / "b.png")
+    assert code == 2 and "pass --tokenizer" in err and "registered" in err
+    _one_line_error(err, tmp_path / "b.otok")
+    link = registry.register(env / "tok", codec.fingerprint(Tokenizer.from_pretrained(env / "tok")))
+    assert link.parent == tmp_path / "home" / "tokenizers" and link.is_symlink()
+    registry.register(env / "other", codec.fingerprint(Tokenizer.from_pretrained(env / "other")))
+    assert _run(capsys, "decompress", tmp_path / "b.otok", "-o", tmp_path / "b.png")[0] == 0
     assert Image.open(tmp_path / "b.png").size == (40, 20)
 
 
@@ -92,7 +127,7 @@ def test_folder_mode_skips_bad_files(env, tmp_path, capsys):
     assert written == ["a.otok", "b.otok", "sub/c.otok"]
     assert "compressed 3 image(s)" in out and "skipped 2" in out
     total = sum(p.stat().st_size for p in (tmp_path / "otok").rglob("*.otok"))
-    assert total == 3 * (35 + 4 + 6 + 4) and f"{total} bytes" in out
+    assert total == sum(48 + 6 * tiles for tiles in (1, 6, 2)) and f"{total} bytes" in out  # L = 8 tokens of 6 bits
     assert "notes.png" in err and "broken.png" in err
     (tmp_path / "otok" / "junk.otok").write_bytes(b"OTOK\x01garbage")
     code, out, err = _run(capsys, "decompress", "--tokenizer", env / "tok", "--quiet", tmp_path / "otok",
@@ -124,7 +159,7 @@ def test_batch_file(env, tmp_path, capsys):
     code, out, _ = _run(capsys, "compress", "--tokenizer", env / "tok", "--batch", "--tokens", 5, *inputs,
                         "-o", tmp_path / "all.otok")
     assert code == 0
-    size = 35 + 3 * 4 + 3 * math.ceil(5 * 6 / 8) + 4
+    size = 33 + 3 * (9 + 2) + sum(math.ceil(tiles * 5 * 6 / 8) for tiles in (1, 6, 2)) + 4
     assert (tmp_path / "all.otok").stat().st_size == size and f"{size} bytes" in out
     assert _run(capsys, "decompress", "--tokenizer", env / "tok", tmp_path / "all.otok", "-o", tmp_path / "out")[0] == 0
     sizes = [Image.open(tmp_path / "out" / f"all_{i:03d}.png").size for i in range(3)]
@@ -216,16 +251,20 @@ def test_atomic_writes_leave_nothing_on_failure(env, tmp_path, capsys, monkeypat
 
 def test_eval_compression(env, tmp_path, capsys):
     report = tmp_path / "report"
-    code, out, err = _run(capsys, "eval-compression", "--tokenizer", env / "tok", "--quiet", env / "images",
-                          "--out", report)
+    args = ["eval-compression", "--tokenizer", env / "tok", "--quiet", "--bpp", "1,4", "--codecs", "jpeg,webp",
+            env / "images", "--out", report]
+    code, out, err = _run(capsys, *args)
     assert code == 0
     lines = (report / "rd.csv").read_text().splitlines()
-    assert lines[0] == "image,codec,setting,tokens,bytes,bpp,psnr,ssim"
-    assert len(lines) == 1 + 3 * 4 * 3  # images x token counts (1, 2, 4, 8) x codecs
-    assert Image.open(report / "rd.png").format == "PNG"
-    assert "otok" in out and "jpeg" in out and "webp" in out
-    code, _, err = _run(capsys, "eval-compression", "--tokenizer", env / "tok", "--quiet", env / "images",
-                        "--out", report)
+    assert lines[0] == "image,codec,setting,width,height,bytes,bpp,psnr,ssim"
+    assert len(lines) == 1 + 3 * (4 + 2 + 16 + 13)  # images x (fixed k 1,2,4,8 + 2 targets + JPEG + WebP grids)
+    for name in ("rd.png", "equal_bytes.png"):
+        assert Image.open(report / name).format == "PNG"
+    summary = json.loads((report / "rd.json").read_text())
+    assert summary["images"] == 3 and set(summary["bd_rate_percent"]) == {"otok vs otok-fixed", "otok vs jpeg",
+                                                                          "otok vs webp"}
+    assert "otok" in out and "jpeg" in out and "webp" in out and "BD-rate" in out
+    code, _, err = _run(capsys, *args)
     assert code == 2 and "already exists" in err
     code, _, err = _run(capsys, "eval-compression", "--tokenizer", env / "tok", "--quiet", env / "bad",
                         "--out", tmp_path / "r2")

@@ -1,5 +1,6 @@
-"""Fuzz the `.otok` reader: 10,000 mutated, truncated or re-checksummed files must each end in `OtokError` or in
-a valid parse that re-serialises to the very same bytes; never another exception, a hang or a large allocation."""
+"""Fuzz the `.otok` reader: 10,000 mutated, truncated or re-checksummed files per format version must each end in
+`OtokError` or in a valid parse that re-serialises to the very same bytes; never another exception, a hang or a
+large allocation."""
 
 import time
 import tracemalloc
@@ -9,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onetok.tokenizers.codec import CRC_BYTES, HEADER_BYTES, OtokError, OtokFile, dumps, loads
+from onetok.tokenizers.codec import CRC_BYTES, HEADER_BYTES, OtokError, OtokFile, TiledFile, TiledImage, dumps, loads
 
 FP = bytes(range(16))
 OTHER_FP = bytes(range(1, 17))
@@ -25,15 +26,36 @@ def _base_files() -> list[bytes]:
     return files
 
 
+def _tiled_files() -> list[bytes]:
+    """Version-2 files: uniform and per-tile counts, several images, odd grids, L = 1."""
+    rng = np.random.default_rng(1)
+    files = []
+    for codebook_size, tile, L, sizes in [(512, 32, 32, [(70, 40)]), (64, 16, 8, [(16, 16), (33, 5)]),
+                                          (2, 8, 1, [(9, 9)]), (1000, 4, 16, [(7, 13)]), (4096, 16, 3, [(40, 70)])]:
+        images = []
+        for i, (w, h) in enumerate(sizes):
+            n = -(-w // tile) * -(-h // tile)
+            counts = np.full(n, L) if (i + codebook_size) % 2 else rng.integers(1, L + 1, n)
+            images.append(TiledImage(w, h, w, h, counts, rng.integers(0, codebook_size, int(counts.sum()))))
+        files.append(dumps(TiledFile(FP, codebook_size, tile, L, tuple(images))))
+    return files
+
+
 BASES = _base_files()
-FIELDS = {  # header field offsets and widths (see docs/format.md)
+TILED_BASES = _tiled_files()
+FIELDS = {  # header field offsets and widths of version 1 (see docs/format.md)
     "version": (4, 1), "fit": (5, 1), "codebook_size": (22, 4), "image_size": (26, 2), "tokens": (28, 2),
     "bits": (30, 1), "count": (31, 4), "width0": (35, 2), "height0": (37, 2),
+}
+TILED_FIELDS = {  # and of version 2
+    "version": (4, 1), "payload": (5, 1), "codebook_size": (22, 4), "tile": (26, 2), "max_tokens": (28, 2),
+    "bits": (30, 1), "count": (31, 2), "width0": (33, 2), "height0": (35, 2), "coded_width0": (37, 2),
+    "coded_height0": (39, 2), "count_mode0": (41, 1), "k0": (42, 2),
 }
 MAX_WORDS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 
-def _mutation():
+def _mutation(fields: dict):
     position = st.integers(0, 255)
     past_magic = st.integers(0, 255)  # wrapped into bytes 4.. so most mutations get past the magic check
     return st.one_of(
@@ -42,13 +64,13 @@ def _mutation():
         st.tuples(st.just("flip"), st.lists(st.tuples(past_magic, st.integers(0, 7)), min_size=1, max_size=4)),
         st.tuples(st.just("insert"), past_magic, st.binary(min_size=1, max_size=8)),
         st.tuples(st.just("delete"), past_magic, st.integers(1, 8)),
-        st.tuples(st.just("field"), st.sampled_from(sorted(FIELDS)),
+        st.tuples(st.just("field"), st.sampled_from(sorted(fields)),
                   st.one_of(st.integers(0, 3), st.sampled_from([0xFF, 0xFFFF, 0xFFFFFFFF]), st.integers(0, 2**32))),
         st.tuples(st.just("random"), st.binary(max_size=120)),
     )
 
 
-def _apply(data: bytes, mutation) -> bytes:
+def _apply(data: bytes, mutation, fields: dict) -> bytes:
     kind, *args = mutation
     buf = bytearray(data)
     inner = (lambda pos: 4 + pos % (len(buf) - 4)) if len(buf) > 4 else (lambda pos: pos % len(buf))
@@ -66,7 +88,7 @@ def _apply(data: bytes, mutation) -> bytes:
     elif kind == "delete":
         del buf[inner(args[0]): inner(args[0]) + args[1]]
     elif kind == "field":
-        offset, width = FIELDS[args[0]]
+        offset, width = fields[args[0]]
         buf[offset: offset + width] = (args[1] & MAX_WORDS[width]).to_bytes(width, "little")
     else:
         return args[0]
@@ -80,15 +102,10 @@ def _fix_crc(data: bytes) -> bytes:
     return data[:-CRC_BYTES] + zlib.crc32(data[:-CRC_BYTES]).to_bytes(CRC_BYTES, "little")
 
 
-@settings(max_examples=10_000, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(base=st.sampled_from(range(len(BASES))), mutations=st.lists(_mutation(), min_size=1, max_size=3),
-       fix_crc=st.booleans(), expect=st.sampled_from([FP, OTHER_FP, None]))
-def test_reader_survives_mutations(base, mutations, fix_crc, expect):
-    original = BASES[base]
+def _check_reader(original: bytes, mutations, fields: dict, fix_crc: bool, expect) -> None:
     data = original
     for mutation in mutations:
-        data = _apply(data, mutation) if data else data
+        data = _apply(data, mutation, fields) if data else data
     if fix_crc:
         data = _fix_crc(data)
     tracemalloc.start()
@@ -108,14 +125,38 @@ def test_reader_survives_mutations(base, mutations, fix_crc, expect):
     # accepted: must be a canonical, self-consistent file for the expected tokenizer
     assert expect in (None, FP) or f.fingerprint == expect
     assert dumps(f) == data
-    assert f.ids.min() >= 0 and f.ids.max() < f.codebook_size
+    if isinstance(f, TiledFile):
+        for im in f.images:
+            assert 1 <= im.counts.min() and im.counts.max() <= f.max_tokens and len(im.ids) == im.counts.sum()
+            assert len(im.ids) == 0 or (im.ids.min() >= 0 and im.ids.max() < f.codebook_size)
+    else:
+        assert f.ids.min() >= 0 and f.ids.max() < f.codebook_size
     if not fix_crc:  # without a re-computed CRC only a no-op mutation can pass
         assert data == original
 
 
+SETTINGS = settings(max_examples=10_000, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(base=st.sampled_from(range(len(BASES))), mutations=st.lists(_mutation(FIELDS), min_size=1, max_size=3),
+       fix_crc=st.booleans(), expect=st.sampled_from([FP, OTHER_FP, None]))
+def test_reader_survives_mutations(base, mutations, fix_crc, expect):
+    _check_reader(BASES[base], mutations, FIELDS, fix_crc, expect)
+
+
+@SETTINGS
+@given(base=st.sampled_from(range(len(TILED_BASES))),
+       mutations=st.lists(_mutation(TILED_FIELDS), min_size=1, max_size=3),
+       fix_crc=st.booleans(), expect=st.sampled_from([FP, OTHER_FP, None]))
+def test_reader_survives_mutations_of_tiled_files(base, mutations, fix_crc, expect):
+    _check_reader(TILED_BASES[base], mutations, TILED_FIELDS, fix_crc, expect)
+
+
 def test_every_header_field_is_crc_guarded():
     """Single-byte corruption anywhere is always caught (CRC32 detects every burst up to 32 bits)."""
-    for data in BASES:
+    for data in BASES + TILED_BASES:
         for pos in range(len(data)):
             for value in (0x00, 0xFF, data[pos] ^ 0x10):
                 if value == data[pos]:

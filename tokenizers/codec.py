@@ -1,12 +1,15 @@
-"""The `.otok` file format: images stored as nothing but tokenizer ids.
+"""The `.otok` file format: images stored as nothing but tokenizer ids. The byte layout is specified in
+docs/format.md; `dumps` writes it and `loads` reads and validates it (either version).
 
-A file holds one image or a batch, all coded with the same tokenizer and the same number of tokens k. The ids are
-bit-packed at ceil(log2(codebook_size)) bits each, one byte-aligned record per image, and the whole file is guarded
-by a CRC32. The byte layout is specified in docs/format.md; `dumps` writes it and `loads` reads and validates it.
+- Version 2 (`TiledFile`, what `onetok compress` writes): each image at its own resolution as a grid of tiles of
+  the tokenizer's size, with its own token count per tile; the ids of all tiles are bit-packed at ceil(log2 K) bits
+  each, one stream per image.
+- Version 1 (`OtokFile`, read for compatibility): each image fitted to one square of the tokenizer's size, the same
+  token count for every image, one byte-aligned record of bit-packed ids per image.
 
-`loads` never trusts a length field: it derives the exact file size from the header and compares it with the bytes
-it was given before allocating anything, so a corrupt or hostile file costs at most O(len(file)) memory and time.
-Every rejection is an `OtokError` (a `ValueError`) with a one-line message.
+Every file is guarded by a CRC32. `loads` never trusts a length field: it bounds every count by the bytes it was
+given before allocating anything, so a corrupt or hostile file costs at most O(len(file)) memory and time. Every
+rejection is an `OtokError` (a `ValueError`) with a one-line message.
 """
 
 from __future__ import annotations
@@ -20,21 +23,31 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 MAGIC = b"OTOK"
-VERSION = 1
+VERSION = 2  # what `dumps` writes for a TiledFile
+VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16
-MAX_SIDE = 65535  # original width/height are stored as u16
+MAX_SIDE = 65535  # widths and heights are stored as u16
 FITS = ("crop", "pad")
 
-# magic, version, fit, fingerprint, codebook_size, coded size S, tokens k, bits per id, batch count n
+# version 1: magic, version, fit, fingerprint, codebook_size, coded size S, tokens k, bits per id, batch count n
 _HEADER = struct.Struct(f"<4sBB{FINGERPRINT_BYTES}sIHHBI")
 _SIZE = struct.Struct("<HH")  # per image: original width, height
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size  # 35
 IMAGE_HEADER_BYTES = _SIZE.size  # 4
 CRC_BYTES = _CRC.size  # 4
+
+# version 2: magic, version, payload mode, fingerprint, codebook_size, tile T, max tokens L, bits per id, images n
+_HEADER_V2 = struct.Struct(f"<4sBB{FINGERPRINT_BYTES}sIHHBH")
+_IMAGE_V2 = struct.Struct("<HHHHB")  # width, height, coded width, coded height, count mode
+_K = struct.Struct("<H")
+UNIFORM_COUNT_BYTES = _K.size  # the one k of a uniform-count image
+HEADER_V2_BYTES = _HEADER_V2.size  # 33
+IMAGE_V2_BYTES = _IMAGE_V2.size  # 9
+PAYLOADS = ("packed",)  # payload mode 0: bit-packed ids
+COUNT_MODES = ("uniform", "per_tile")  # one k for every tile (u16) | a (k - 1) field of ceil(log2 L) bits per tile
 
 
 class OtokError(ValueError):
@@ -43,7 +56,7 @@ class OtokError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class OtokFile:
-    """The decoded contents of one `.otok` file."""
+    """The decoded contents of a version-1 `.otok` file (squares, one token count for all images)."""
 
     fingerprint: bytes  # FINGERPRINT_BYTES, identifies the tokenizer (weights + config)
     codebook_size: int  # K
@@ -74,6 +87,41 @@ def concat(files: list[OtokFile]) -> OtokFile:
             raise OtokError("cannot batch files with different tokenizers, fits or token counts")
     return dataclasses.replace(first, sizes=sum((f.sizes for f in files), ()),
                                ids=np.concatenate([f.ids for f in files]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledImage:
+    """One image of a version-2 file: a grid of tiles covering the coded size, each with its own token count."""
+
+    width: int  # the original (and decoded) size, px
+    height: int
+    coded_width: int  # the size the tile grid covers (smaller than the original after a --scale downscale)
+    coded_height: int
+    counts: np.ndarray  # (N,) int64 tokens per tile, row-major over the grid, each in 1..L
+    ids: np.ndarray  # (sum(counts),) int64: tile 0's ids coarse to fine, then tile 1's, ...
+
+    def grid(self, tile: int) -> tuple[int, int]:
+        """(rows, cols) of the tile grid for tile size `tile`."""
+        return -(-self.coded_height // tile), -(-self.coded_width // tile)
+
+    def tile_ids(self) -> list[np.ndarray]:
+        """The ids of each tile, split by `counts`."""
+        return np.split(self.ids, np.cumsum(self.counts)[:-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledFile:
+    """The decoded contents of a version-2 `.otok` file."""
+
+    fingerprint: bytes  # FINGERPRINT_BYTES, identifies the tokenizer (weights + config)
+    codebook_size: int  # K
+    tile_size: int  # T, the tokenizer's square input size
+    max_tokens: int  # L, the tokenizer's token count: every tile has 1..L ids
+    images: tuple[TiledImage, ...]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.images)
 
 
 class SizeBreakdown(NamedTuple):
@@ -107,6 +155,27 @@ def file_size(num_images: int, num_tokens: int, codebook_size: int) -> SizeBreak
     """Exact size of a file: header + n * (size record + ceil(k * bits / 8)) + CRC."""
     payload = num_images * record_bytes(num_tokens, bits_per_id(codebook_size))
     return SizeBreakdown(HEADER_BYTES + num_images * IMAGE_HEADER_BYTES, payload, CRC_BYTES)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """(n,) non-negative ints < 2**bits -> ceil(n * bits / 8) bytes, MSB first, the last byte zero padded."""
+    values = np.asarray(values, dtype=np.uint64).reshape(-1)
+    if bits == 0:
+        return b""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
+    bitplane = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)  # (n, bits)
+    return np.packbits(bitplane.reshape(-1)).tobytes()
+
+
+def unpack_bits(payload: bytes, count: int, bits: int) -> np.ndarray:
+    """Inverse of `pack_bits`; `payload` must be exactly ceil(count * bits / 8) bytes with zero padding bits."""
+    if len(payload) != record_bytes(count, bits):
+        raise OtokError(f"packed field is {len(payload)} bytes, expected {record_bytes(count, bits)}")
+    bitplane = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+    if bitplane[count * bits:].any():
+        raise OtokError("non-zero padding bits after the last field")
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)  # (bits,)
+    return bitplane[: count * bits].reshape(count, bits).astype(np.int64) @ weights  # (count,)
 
 
 def pack_ids(ids: np.ndarray, bits: int) -> bytes:
@@ -160,25 +229,18 @@ def _check(f: OtokFile) -> None:
         raise OtokError(f"token id {int(f.ids.max())} out of range for codebook size {f.codebook_size}")
 
 
-def dumps(f: OtokFile) -> bytes:
-    """Serialise an `OtokFile` (see docs/format.md)."""
+def _dumps_v1(f: OtokFile) -> bytes:
     bits = bits_per_id(f.codebook_size)
     if bits > 32:
         raise OtokError(f"codebook size {f.codebook_size} needs more than 32 bits per id")
     _check(f)
-    header = _HEADER.pack(MAGIC, VERSION, FITS.index(f.fit), f.fingerprint, f.codebook_size, f.image_size,
+    header = _HEADER.pack(MAGIC, 1, FITS.index(f.fit), f.fingerprint, f.codebook_size, f.image_size,
                           f.num_tokens, bits, f.num_images)
     body = header + b"".join(_SIZE.pack(w, h) for w, h in f.sizes) + pack_ids(f.ids, bits)
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile:
-    """Parse and validate `.otok` bytes; with `fingerprint`, also require that tokenizer. Raises `OtokError`."""
-    data = bytes(data)
-    if data[: len(MAGIC)] != MAGIC[: len(data)]:
-        raise OtokError("not an .otok file (bad magic)")
-    if len(data) > len(MAGIC) and data[len(MAGIC)] != VERSION:
-        raise OtokError(f"unsupported format version {data[len(MAGIC)]} (this reader knows version {VERSION})")
+def _loads_v1(data: bytes, fingerprint: bytes | None) -> OtokFile:
     if len(data) < HEADER_BYTES + CRC_BYTES:
         raise OtokError(f"truncated file ({len(data)} bytes, the header alone is {HEADER_BYTES + CRC_BYTES})")
     _, _, fit, fp, codebook_size, image_size, k, bits, n = _HEADER.unpack_from(data)
@@ -193,9 +255,7 @@ def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile:
     (crc,) = _CRC.unpack_from(data, len(data) - CRC_BYTES)
     if zlib.crc32(data[:-CRC_BYTES]) != crc:
         raise OtokError("CRC mismatch: the file is corrupt")
-    if fingerprint is not None and fp != fingerprint:
-        raise OtokError(f"made with a different tokenizer (fingerprint {fp.hex()[:12]}, "
-                        f"this tokenizer is {fingerprint.hex()[:12]})")
+    _check_fingerprint(fp, fingerprint)
     if fit >= len(FITS):
         raise OtokError(f"unknown fit mode {fit}")
     if codebook_size < 2 or bits != bits_per_id(codebook_size):
@@ -206,6 +266,143 @@ def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile:
     f = OtokFile(fp, codebook_size, image_size, FITS[fit], sizes, ids)
     _check(f)
     return f
+
+
+def _check_fingerprint(found: bytes, expected: bytes | None) -> None:
+    if expected is not None and found != expected:
+        raise OtokError(f"made with a different tokenizer (fingerprint {found.hex()[:12]}, "
+                        f"this tokenizer is {expected.hex()[:12]})")
+
+
+def count_bits(max_tokens: int) -> int:
+    """Bits of one per-tile count field (k - 1 in 0..L-1): ceil(log2 L)."""
+    return (max_tokens - 1).bit_length()
+
+
+def _check_v2(f: TiledFile) -> None:
+    """Field validation of a version-2 file, shared by the writer and the reader."""
+    if len(f.fingerprint) != FINGERPRINT_BYTES:
+        raise OtokError(f"fingerprint must be {FINGERPRINT_BYTES} bytes")
+    if not 1 <= f.tile_size <= 0xFFFF or not 1 <= f.max_tokens <= 0xFFFF:
+        raise OtokError(f"tile size {f.tile_size} or token count {f.max_tokens} out of range 1..65535")
+    if not 1 <= f.num_images <= 0xFFFF:
+        raise OtokError(f"{f.num_images} images, a file holds 1..65535")
+    for im in f.images:
+        sides = (im.width, im.height, im.coded_width, im.coded_height)
+        if not all(1 <= v <= MAX_SIDE for v in sides):
+            raise OtokError(f"image size {im.width}x{im.height} (coded {im.coded_width}x{im.coded_height}) out of "
+                            f"range 1..{MAX_SIDE}")
+        rows, cols = im.grid(f.tile_size)
+        if im.counts.shape != (rows * cols,) or not np.issubdtype(im.counts.dtype, np.integer):
+            raise OtokError(f"{im.counts.shape} token counts for a grid of {rows}x{cols} tiles")
+        if im.counts.min() < 1 or im.counts.max() > f.max_tokens:
+            raise OtokError(f"token counts must lie in 1..{f.max_tokens}")
+        if im.ids.shape != (int(im.counts.sum()),) or not np.issubdtype(im.ids.dtype, np.integer):
+            raise OtokError(f"{im.ids.shape} ids for {int(im.counts.sum())} tokens")
+        if im.ids.min() < 0 or im.ids.max() >= f.codebook_size:
+            raise OtokError(f"token id {int(im.ids.max())} out of range for codebook size {f.codebook_size}")
+
+
+def _dumps_v2(f: TiledFile) -> bytes:
+    bits = bits_per_id(f.codebook_size)
+    if bits > 32:
+        raise OtokError(f"codebook size {f.codebook_size} needs more than 32 bits per id")
+    _check_v2(f)
+    parts = [_HEADER_V2.pack(MAGIC, 2, 0, f.fingerprint, f.codebook_size, f.tile_size, f.max_tokens, bits,
+                             f.num_images)]
+    for im in f.images:
+        uniform = bool((im.counts == im.counts[0]).all())
+        parts.append(_IMAGE_V2.pack(im.width, im.height, im.coded_width, im.coded_height, 0 if uniform else 1))
+        parts.append(_K.pack(int(im.counts[0])) if uniform else pack_bits(im.counts - 1, count_bits(f.max_tokens)))
+        parts.append(pack_bits(im.ids, bits))
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+class _Cursor:
+    """Reads fields off the bytes before the CRC; running past them is a truncated file."""
+
+    def __init__(self, data: bytes, start: int):
+        self.data, self.pos, self.end = data, start, len(data) - CRC_BYTES
+
+    @property
+    def left(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n > self.left:
+            raise OtokError(f"truncated file ({len(self.data)} bytes, the fields need at least "
+                            f"{self.pos + n + CRC_BYTES})")
+        self.pos += n
+        return self.data[self.pos - n:self.pos]
+
+
+def _read_image_v2(cur: _Cursor, tile: int, max_tokens: int, bits: int) -> TiledImage:
+    width, height, coded_w, coded_h, mode = _IMAGE_V2.unpack(cur.take(IMAGE_V2_BYTES))
+    if 0 in (width, height, coded_w, coded_h):
+        raise OtokError(f"image size {width}x{height} (coded {coded_w}x{coded_h}) has a zero side")
+    tiles = -(-coded_w // tile) * -(-coded_h // tile)
+    if tiles > 8 * cur.left:  # every tile holds at least one id of at least one bit
+        raise OtokError(f"truncated file: {tiles} tiles cannot fit in the {cur.left} bytes left")
+    if mode == 0:
+        (k,) = _K.unpack(cur.take(_K.size))
+        if not 1 <= k <= max_tokens:
+            raise OtokError(f"{k} tokens per tile is out of range 1..{max_tokens}")
+        counts = np.full(tiles, k, dtype=np.int64)
+    elif mode == 1 and max_tokens > 1:
+        c = count_bits(max_tokens)
+        counts = unpack_bits(cur.take(record_bytes(tiles, c)), tiles, c) + 1
+        if counts.max() > max_tokens:
+            raise OtokError(f"a tile has {int(counts.max())} tokens, at most {max_tokens} allowed")
+        if (counts == counts[0]).all():
+            raise OtokError("per-tile token counts that are all equal must use the uniform mode")
+    else:
+        raise OtokError(f"unknown token-count mode {mode}")
+    total = int(counts.sum())
+    ids = unpack_bits(cur.take(record_bytes(total, bits)), total, bits)
+    return TiledImage(width, height, coded_w, coded_h, counts, ids)
+
+
+def _loads_v2(data: bytes, fingerprint: bytes | None) -> TiledFile:
+    if len(data) < HEADER_V2_BYTES + CRC_BYTES:
+        raise OtokError(f"truncated file ({len(data)} bytes, the header alone is {HEADER_V2_BYTES + CRC_BYTES})")
+    _, _, payload, fp, codebook_size, tile, max_tokens, bits, n = _HEADER_V2.unpack_from(data)
+    (crc,) = _CRC.unpack_from(data, len(data) - CRC_BYTES)
+    if zlib.crc32(data[:-CRC_BYTES]) != crc:
+        raise OtokError("CRC mismatch: the file is corrupt or truncated")
+    _check_fingerprint(fp, fingerprint)
+    if payload >= len(PAYLOADS):
+        raise OtokError(f"unknown payload mode {payload}")
+    if codebook_size < 2 or bits != bits_per_id(codebook_size) or bits > 32:
+        raise OtokError(f"{bits} bits per id does not match codebook size {codebook_size}")
+    if 0 in (tile, max_tokens, n):
+        raise OtokError(f"tile size {tile}, token count {max_tokens} and image count {n} must be at least 1")
+    cur = _Cursor(data, HEADER_V2_BYTES)
+    images = tuple(_read_image_v2(cur, tile, max_tokens, bits) for _ in range(n))
+    if cur.left:
+        raise OtokError(f"{cur.left} trailing bytes before the CRC")
+    f = TiledFile(fp, codebook_size, tile, max_tokens, images)
+    _check_v2(f)
+    return f
+
+
+def dumps(f: OtokFile | TiledFile) -> bytes:
+    """Serialise a version-2 `TiledFile` (or a legacy version-1 `OtokFile`); see docs/format.md."""
+    return _dumps_v2(f) if isinstance(f, TiledFile) else _dumps_v1(f)
+
+
+def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile | TiledFile:
+    """Parse and validate `.otok` bytes of either version; with `fingerprint`, also require that tokenizer.
+    Raises `OtokError`."""
+    data = bytes(data)
+    if data[: len(MAGIC)] != MAGIC[: len(data)]:
+        raise OtokError("not an .otok file (bad magic)")
+    if len(data) <= len(MAGIC):
+        raise OtokError(f"truncated file ({len(data)} bytes)")
+    version = data[len(MAGIC)]
+    if version not in VERSIONS:
+        raise OtokError(f"unsupported format version {version} (this reader knows versions 1 and 2)")
+    return _loads_v1(data, fingerprint) if version == 1 else _loads_v2(data, fingerprint)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -224,99 +421,3 @@ def fingerprint(tokenizer: torch.nn.Module) -> bytes:
         h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()[:FINGERPRINT_BYTES]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Images <-> files
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _letterbox(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """(left, top, w, h): where a width x height image sits inside the size x size square in "pad" mode."""
-    scale = size / max(width, height)
-    w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    return (size - w) // 2, (size - h) // 2, w, h
-
-
-def fit_square(image: Image.Image, size: int, fit: str) -> np.ndarray:
-    """RGB image -> (size, size, 3) uint8: centre crop ("crop") or letterbox with edge padding ("pad")."""
-    image = image.convert("RGB")
-    W, H = image.size
-    if fit == "crop":
-        m = min(W, H)
-        image = image.crop(((W - m) // 2, (H - m) // 2, (W - m) // 2 + m, (H - m) // 2 + m))
-        if m != size:
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(image, dtype=np.uint8)
-    left, top, w, h = _letterbox(W, H, size)
-    if (w, h) != (W, H):
-        image = image.resize((w, h), Image.Resampling.BICUBIC)
-    pads = ((top, size - h - top), (left, size - w - left), (0, 0))
-    return np.pad(np.asarray(image, dtype=np.uint8), pads, mode="edge")
-
-
-def restore_size(square: np.ndarray, width: int, height: int, fit: str) -> Image.Image:
-    """Inverse of `fit_square` on a decoded (S, S, 3) uint8 square. "pad": the letterboxed region resized back to
-    width x height. "crop": the square resized to the centre crop and placed at the centre; the bands that were
-    cropped away were never coded and are filled by repeating the edge pixels."""
-    S = square.shape[0]
-    if fit == "pad":
-        left, top, w, h = _letterbox(width, height, S)
-        image = Image.fromarray(square[top:top + h, left:left + w])
-        return image if (w, h) == (width, height) else image.resize((width, height), Image.Resampling.BICUBIC)
-    m = min(width, height)
-    image = Image.fromarray(square)
-    if m != S:
-        image = image.resize((m, m), Image.Resampling.BICUBIC)
-    left, top = (width - m) // 2, (height - m) // 2
-    pads = ((top, height - m - top), (left, width - m - left), (0, 0))
-    return Image.fromarray(np.pad(np.asarray(image), pads, mode="edge"))
-
-
-def to_tensor(squares: list[np.ndarray]) -> torch.Tensor:
-    """[(S, S, 3) uint8] -> (B, 3, S, S) float in [0, 1]."""
-    return torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, S, S) float in [0, 1] -> (B, S, S, 3) uint8, rounded."""
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def encode_images(tokenizer, images: list[Image.Image], num_tokens: int | None = None, fit: str = "pad",
-                  fp: bytes | None = None) -> OtokFile:
-    """Fit each image to the tokenizer's square, encode with k = num_tokens (default L) ids each."""
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
-    sizes = tuple(image.size for image in images)
-    for width, height in sizes:
-        if max(width, height) > MAX_SIDE:
-            raise ValueError(f"image size {width}x{height} exceeds {MAX_SIDE} px")
-    x = to_tensor([fit_square(image, tokenizer.image_size, fit) for image in images])  # (B, 3, S, S)
-    ids = tokenizer.encode(x, num_tokens).cpu().numpy().astype(np.int64)  # (B, k)
-    fp = fingerprint(tokenizer) if fp is None else fp
-    return OtokFile(fp, tokenizer.codebook_size, tokenizer.image_size, fit, sizes, ids)
-
-
-def reconstruct(tokenizer, f: OtokFile) -> torch.Tensor:
-    """The decoded squares (B, 3, S, S) in [0, 1]: exactly `tokenizer.decode(ids)`."""
-    if (f.codebook_size, f.image_size) != (tokenizer.codebook_size, tokenizer.image_size):
-        raise OtokError(f"file is for codebook {f.codebook_size} at {f.image_size}px, the tokenizer has "
-                        f"{tokenizer.codebook_size} at {tokenizer.image_size}px")
-    if f.num_tokens > tokenizer.num_latent_tokens:
-        raise OtokError(f"file has {f.num_tokens} tokens per image, the tokenizer at most {tokenizer.num_latent_tokens}")
-    return tokenizer.decode(torch.from_numpy(f.ids))
-
-
-def decode_images(tokenizer, f: OtokFile) -> list[Image.Image]:
-    """Decoded images at their original sizes."""
-    squares = to_uint8(reconstruct(tokenizer, f))  # (B, S, S, 3)
-    return [restore_size(sq, w, h, f.fit) for sq, (w, h) in zip(squares, f.sizes)]
-
-
-def compress(tokenizer, images: list[Image.Image], num_tokens: int | None = None, fit: str = "pad") -> bytes:
-    return dumps(encode_images(tokenizer, images, num_tokens, fit))
-
-
-def decompress(tokenizer, data: bytes) -> list[Image.Image]:
-    return decode_images(tokenizer, loads(data, fingerprint(tokenizer)))

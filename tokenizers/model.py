@@ -394,19 +394,23 @@ class Tokenizer(nn.Module):
             indices = self.quantizer(latents).indices  # (B, L)
         return indices[:, :k].contiguous()
 
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, k) ids, 1 <= k <= L -> (B, 3, S, S) float images in [0, 1] (eval mode, no grad)."""
+    def decode(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k) ids, 1 <= k <= L -> (B, 3, S, S) float images in [0, 1] (eval mode, no grad). With `keep` (B,),
+        image b is decoded from its first keep[b] ids only (1 <= keep[b] <= k), so one batch mixes token counts."""
         B, k = ids.shape
         L = self.num_latent_tokens
         if not 1 <= k <= L:
             raise ValueError(f"expected 1..{L} tokens per image, got {k}")
         if ids.min() < 0 or ids.max() >= self.codebook_size:
             raise ValueError(f"token ids must lie in [0, {self.codebook_size})")
+        if keep is None:
+            keep = torch.full((B,), k, device=ids.device, dtype=torch.long)
+        elif keep.shape != (B,) or keep.min() < 1 or keep.max() > k:
+            raise ValueError(f"keep must be (B,) = ({B},) counts in 1..{k}")
         with _inference(self):
             codes = self.quantizer.codes_from_indices(ids.long())  # (B, k, code_dim)
             codes = F.pad(codes, (0, 0, 0, L - k))  # (B, L, code_dim); the tail becomes the drop token
-            keep = torch.full((B,), k, device=ids.device, dtype=torch.long)
-            images = self.decoder(codes, keep)
+            images = self.decoder(codes, keep.to(ids.device).long())
         return images.float().clamp(0, 1)
 
     # ---- persistence ------------------------------------------------------------------------------------------------
@@ -449,6 +453,11 @@ PRESETS: dict[str, TokenizerConfig] = {
                               enc_heads=2, dec_width=64, dec_depth=2, dec_heads=2, upsample_channels=16,
                               quantizer="fsq", fsq_levels=(8, 8, 8), token_mixing=True, latent_batchnorm=True,
                               full_length_prob=0.5),
+    # the built-in photo codec: 32 px tiles of real photographs, up to 32 tokens of 9 bits each (0.28 bpp)
+    "photo": TokenizerConfig(image_size=32, patch_size=8, num_latent_tokens=32, enc_width=64, enc_depth=2,
+                             enc_heads=2, dec_width=64, dec_depth=2, dec_heads=2, upsample_channels=16,
+                             quantizer="fsq", fsq_levels=(8, 8, 8), token_mixing=True, latent_batchnorm=True,
+                             full_length_prob=0.25),
     "titok-s-128": TokenizerConfig(num_latent_tokens=128, enc_width=512, enc_depth=8, enc_heads=8, dec_width=512,
                                    dec_depth=8, dec_heads=8, **_TITOK_VQ),
     "titok-b-64": TokenizerConfig(num_latent_tokens=64, enc_width=768, enc_depth=12, enc_heads=12, dec_width=768,

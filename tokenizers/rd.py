@@ -1,43 +1,51 @@
-"""Rate-distortion evaluation of `.otok` compression against Pillow's JPEG and WebP.
+"""Rate-distortion of the tiled `.otok` codec against Pillow's JPEG, WebP and AVIF, at each photo's own resolution.
 
-Every image is first fitted to the tokenizer's square (crop or pad, as `onetok compress` does), and all codecs are
-scored on that square: bytes, bits per pixel (over S*S pixels), PSNR and SSIM of the decoded uint8 image. For each
-token count k in 1, 2, 4, ..., L the `.otok` file size is the exact single-image file (header + ids + CRC). JPEG
-and WebP are run over a fixed quality grid (not every value, to stay fast) and, per image, the quality whose byte
-size is nearest to the `.otok` file at that k is reported (ties go to the smaller file).
+Every codec is scored the same way on every image: the bytes of the whole file it writes (all headers counted), bits
+per pixel over the original width x height, PSNR over the RGB 8-bit output (the mean squared error over all pixels and
+channels), and SSIM. `.otok` is measured at fixed token counts k (`otok-fixed`, every tile the same k) and at target
+sizes (`otok`, `--bpp`: tokens allocated across tiles by distortion drop per bit); JPEG (`optimize=True`), WebP
+(`method=6`) and AVIF (`speed=6`, when Pillow has it) over fixed quality grids. Curves are means over the images per
+setting.
 
-SSIM follows Wang et al. 2004 (IEEE TIP, "Image quality assessment: from error visibility to structural
-similarity"): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, per channel, averaged over the
-valid window positions and the channels. Images smaller than 11 px use the largest odd window that fits.
+BD-rate (Bjontegaard, VCEG-M33): the average difference in log rate between two curves over the PSNR range both
+cover, each curve fitted by a cubic polynomial of log(bpp) in PSNR; negative means fewer bits for the same PSNR.
+
+SSIM follows Wang et al. 2004 (IEEE TIP): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1,
+per channel, averaged over the valid window positions and the channels. Images smaller than 11 px use the largest
+odd window that fits.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, features
 
 from onetok.tokenizers import codec
-from onetok.tokenizers.metrics import psnr
+from onetok.tokenizers.compress import Analysis, RateControl, decode_image, new_file
 
-JPEG_QUALITIES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
-WEBP_QUALITIES = (0, 2, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95, 100)  # Pillow range 0..100
+JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
+WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow range 0..100
+AVIF_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)  # Pillow range 0..100
+OTOK_BPPS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 PSNR_CAP = 100.0  # dB, reported for identical images instead of +inf
-CODECS = ("otok", "jpeg", "webp")
-CSV_FIELDS = ("image", "codec", "setting", "tokens", "bytes", "bpp", "psnr", "ssim")
+CODECS = ("otok", "otok-fixed", "jpeg", "webp", "avif")
+CSV_FIELDS = ("image", "codec", "setting", "width", "height", "bytes", "bpp", "psnr", "ssim")
 
 
 class RDRow(NamedTuple):
     image: str
-    codec: str  # "otok" | "jpeg" | "webp"
-    setting: int  # tokens for otok, quality for jpeg/webp
-    tokens: int  # the token count this row is compared at
+    codec: str  # one of CODECS
+    setting: float  # target bpp (otok), tokens (otok-fixed) or quality (Pillow codecs)
+    width: int
+    height: int
     bytes: int
     bpp: float
     psnr: float
@@ -45,19 +53,30 @@ class RDRow(NamedTuple):
 
 
 class RDPoint(NamedTuple):
-    """Mean over images for one codec at one token count."""
+    """Mean over images for one codec at one setting."""
 
     codec: str
-    tokens: int
+    setting: float
     bytes: float
     bpp: float
     psnr: float
     ssim: float
 
 
+def pillow_codecs() -> tuple[str, ...]:
+    """The Pillow codecs this installation can write (AVIF needs Pillow >= 11.3 built with libavif)."""
+    return ("jpeg", "webp") + (("avif",) if features.check("avif") else ())
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images of one shape (all pixels and channels), capped at PSNR_CAP."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 / mse)))
 
 
 def _blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
@@ -92,10 +111,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(dim=1).float()
 
 
-def _scores(reference: torch.Tensor, decoded: torch.Tensor) -> tuple[list[float], list[float]]:
-    """(PSNR capped at PSNR_CAP, SSIM) per image of (B, 3, S, S) float tensors."""
-    p = psnr(reference, decoded).clamp(max=PSNR_CAP)
-    return p.tolist(), ssim(reference, decoded).tolist()
+def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two (H, W, 3) uint8 images."""
+    to = lambda x: torch.from_numpy(x.astype(np.float64) / 255.0).permute(2, 0, 1)[None]  # noqa: E731 - (1, 3, H, W)
+    return float(ssim(to(a), to(b))[0])
+
+
+def _row(name: str, codec_name: str, setting: float, data_bytes: int, original: np.ndarray,
+         decoded: np.ndarray) -> RDRow:
+    h, w = original.shape[:2]
+    return RDRow(name, codec_name, setting, w, h, data_bytes, 8 * data_bytes / (w * h), psnr(original, decoded),
+                 ssim_uint8(original, decoded))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -103,66 +129,114 @@ def _scores(reference: torch.Tensor, decoded: torch.Tensor) -> tuple[list[float]
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def token_counts(num_latent_tokens: int) -> list[int]:
-    """1, 2, 4, ..., L (and L itself when it is not a power of two)."""
-    return sorted({min(2**i, num_latent_tokens) for i in range(num_latent_tokens.bit_length() + 1)})
-
-
-def pillow_roundtrip(square: np.ndarray, fmt: str, quality: int) -> tuple[int, np.ndarray]:
-    """(bytes, decoded (S, S, 3) uint8) of one image through Pillow's JPEG or WebP encoder."""
+def pillow_roundtrip(array: np.ndarray, fmt: str, quality: int) -> tuple[int, np.ndarray]:
+    """(bytes, decoded (H, W, 3) uint8) of one image through Pillow's JPEG, WebP or AVIF encoder."""
     buf = io.BytesIO()
-    if fmt == "jpeg":
-        Image.fromarray(square).save(buf, format="JPEG", quality=quality, optimize=True)
-    else:
-        Image.fromarray(square).save(buf, format="WEBP", quality=quality, method=4)
+    options = {"jpeg": {"format": "JPEG", "optimize": True}, "webp": {"format": "WEBP", "method": 6},
+               "avif": {"format": "AVIF", "speed": 6}}[fmt]
+    Image.fromarray(array).save(buf, quality=quality, **options)
     data = buf.getvalue()
     with Image.open(io.BytesIO(data)) as im:
         return len(data), np.asarray(im.convert("RGB"))
 
 
-def otok_rows(tokenizer, names: list[str], squares: list[np.ndarray], counts: list[int]) -> list[RDRow]:
-    """Encode/decode every square at every token count; the size is the exact single-image file size."""
-    x = codec.to_tensor(squares)  # (B, 3, S, S)
-    S = tokenizer.image_size
+def pillow_rows(name: str, array: np.ndarray, fmt: str, qualities: tuple[int, ...]) -> list[RDRow]:
     rows = []
-    for k in counts:
-        decoded = codec.to_uint8(tokenizer.decode(tokenizer.encode(x, k)))  # (B, S, S, 3), what a PNG would hold
-        size = codec.file_size(1, k, tokenizer.codebook_size).total
-        psnrs, ssims = _scores(x, codec.to_tensor(list(decoded)))
-        rows += [RDRow(n, "otok", k, k, size, 8 * size / (S * S), p, s) for n, p, s in zip(names, psnrs, ssims)]
+    for q in qualities:
+        size, decoded = pillow_roundtrip(array, fmt, q)
+        rows.append(_row(name, fmt, q, size, array, decoded))
     return rows
 
 
-def pillow_rows(fmt: str, qualities: tuple[int, ...], names: list[str], squares: list[np.ndarray],
-                targets: dict[int, int]) -> list[RDRow]:
-    """Per image, the grid quality whose byte size is nearest to each target (token count -> bytes)."""
+def otok_file(tokenizer, analysis: Analysis, rate: RateControl, fp: bytes) -> tuple[bytes, np.ndarray]:
+    """(file bytes, decoded (H, W, 3) uint8) of one image coded with `rate` from a shared analysis."""
+    f = new_file(tokenizer, [analysis.encode(rate).image], fp)
+    data = codec.dumps(f)
+    return data, np.asarray(decode_image(tokenizer, f, f.images[0]))
+
+
+def otok_rows(tokenizer, name: str, image: Image.Image, tokens: tuple[int, ...], bpps: tuple[float, ...],
+              fp: bytes) -> list[RDRow]:
+    """`.otok` at each fixed token count and each target bpp, all from one encoder pass over the image."""
+    array, analysis = np.asarray(image), Analysis(tokenizer, image)
     rows = []
-    for name, square in zip(names, squares):
-        sizes, decoded = zip(*(pillow_roundtrip(square, fmt, q) for q in qualities))
-        reference = codec.to_tensor([square] * len(qualities))
-        psnrs, ssims = _scores(reference, codec.to_tensor(list(decoded)))
-        S2 = square.shape[0] * square.shape[1]
-        for k, target in targets.items():
-            i = min(range(len(qualities)), key=lambda j: (abs(sizes[j] - target), sizes[j]))
-            rows.append(RDRow(name, fmt, qualities[i], k, sizes[i], 8 * sizes[i] / S2, psnrs[i], ssims[i]))
+    for k in tokens:
+        data, decoded = otok_file(tokenizer, analysis, RateControl(tokens=k), fp)
+        rows.append(_row(name, "otok-fixed", k, len(data), array, decoded))
+    for bpp in bpps:
+        data, decoded = otok_file(tokenizer, analysis, RateControl(bpp=bpp), fp)
+        rows.append(_row(name, "otok", bpp, len(data), array, decoded))
     return rows
 
 
-def evaluate(tokenizer, names: list[str], images: list[Image.Image], fit: str = "pad", batch_size: int = 32,
+def fixed_token_counts(num_latent_tokens: int) -> tuple[int, ...]:
+    """1, 2, 4, ..., L (and L itself when it is not a power of two)."""
+    return tuple(sorted({min(2**i, num_latent_tokens) for i in range(num_latent_tokens.bit_length() + 1)}))
+
+
+def evaluate(tokenizer, names: list[str], images: list[Image.Image], bpps: tuple[float, ...] = OTOK_BPPS,
+             codecs: tuple[str, ...] | None = None,
              progress: Callable[[int], None] | None = None) -> list[RDRow]:
-    """All RD rows for `images` (PIL, any size) through the tokenizer, JPEG and WebP."""
-    counts = token_counts(tokenizer.num_latent_tokens)
-    targets = {k: codec.file_size(1, k, tokenizer.codebook_size).total for k in counts}
+    """All RD rows for RGB `images` at their own sizes: `.otok` (fixed k and target bpp) and the Pillow codecs."""
+    codecs = pillow_codecs() if codecs is None else codecs
+    grids = {"jpeg": JPEG_QUALITIES, "webp": WEBP_QUALITIES, "avif": AVIF_QUALITIES}
+    fp = codec.fingerprint(tokenizer)
+    tokens = fixed_token_counts(tokenizer.num_latent_tokens)
     rows = []
-    for start in range(0, len(images), batch_size):
-        chunk_names = names[start:start + batch_size]
-        squares = [codec.fit_square(im, tokenizer.image_size, fit) for im in images[start:start + batch_size]]
-        rows += otok_rows(tokenizer, chunk_names, squares, counts)
-        rows += pillow_rows("jpeg", JPEG_QUALITIES, chunk_names, squares, targets)
-        rows += pillow_rows("webp", WEBP_QUALITIES, chunk_names, squares, targets)
+    for name, image in zip(names, images):
+        rows += otok_rows(tokenizer, name, image, tokens, bpps, fp)
+        array = np.asarray(image)
+        for fmt in codecs:
+            rows += pillow_rows(name, array, fmt, grids[fmt])
         if progress:
-            progress(len(squares))
+            progress(1)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Curves and BD-rate
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def summarize(rows: list[RDRow]) -> list[RDPoint]:
+    """Mean bytes, bpp, PSNR and SSIM per (codec, setting), in codec order then increasing bpp."""
+    groups: dict[tuple[str, float], list[RDRow]] = {}
+    for row in rows:
+        groups.setdefault((row.codec, row.setting), []).append(row)
+    points = [RDPoint(name, setting, *(float(np.mean([getattr(r, f) for r in group]))
+                                       for f in ("bytes", "bpp", "psnr", "ssim")))
+              for (name, setting), group in groups.items()]
+    return sorted(points, key=lambda p: (CODECS.index(p.codec), p.bpp))
+
+
+def curve(points: list[RDPoint], name: str) -> list[RDPoint]:
+    return [p for p in points if p.codec == name]
+
+
+def bd_rate(reference: list[RDPoint], test: list[RDPoint]) -> float:
+    """Bjontegaard delta rate of `test` against `reference` in percent (negative: `test` needs fewer bits for the
+    same PSNR), over the PSNR range both curves cover; NaN when they do not overlap or have < 2 points."""
+    if len(reference) < 2 or len(test) < 2:
+        return float("nan")
+    curves = [(np.array([x.psnr for x in pts]), np.log(np.array([x.bpp for x in pts]))) for pts in (reference, test)]
+    lo, hi = max(c[0].min() for c in curves), min(c[0].max() for c in curves)
+    if hi <= lo:
+        return float("nan")
+    mid = (lo + hi) / 2  # fit in centred PSNR: better conditioned
+    areas = []
+    for p, r in curves:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.RankWarning)
+            coeffs = np.polyfit(p - mid, r, min(3, len(p) - 1))
+        areas.append(np.diff(np.polyval(np.polyint(coeffs), [lo - mid, hi - mid]))[0])
+    return float((np.exp((areas[1] - areas[0]) / (hi - lo)) - 1) * 100)
+
+
+def bd_rates(points: list[RDPoint]) -> dict[str, float]:
+    """BD-rate of `otok` against every other curve present: {"otok vs jpeg": -31.2, ...}."""
+    otok = curve(points, "otok")
+    return {f"otok vs {name}": bd_rate(curve(points, name), otok)
+            for name in CODECS[1:] if curve(points, name)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -170,70 +244,86 @@ def evaluate(tokenizer, names: list[str], images: list[Image.Image], fit: str = 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def summarize(rows: list[RDRow]) -> list[RDPoint]:
-    """Mean bytes, bpp, PSNR and SSIM per (codec, token count), in codec then token order."""
-    groups: dict[tuple[str, int], list[RDRow]] = {}
-    for row in rows:
-        groups.setdefault((row.codec, row.tokens), []).append(row)
-    points = []
-    for (name, k), group in sorted(groups.items(), key=lambda item: (CODECS.index(item[0][0]), item[0][1])):
-        mean = [float(np.mean([getattr(r, f) for r in group])) for f in ("bytes", "bpp", "psnr", "ssim")]
-        points.append(RDPoint(name, k, *mean))
-    return points
-
-
 def write_csv(rows: list[RDRow], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_FIELDS)
         for r in rows:
-            writer.writerow([r.image, r.codec, r.setting, r.tokens, r.bytes, f"{r.bpp:.5f}", f"{r.psnr:.4f}",
-                             f"{r.ssim:.5f}"])
+            writer.writerow([r.image, r.codec, f"{r.setting:g}", r.width, r.height, r.bytes, f"{r.bpp:.5f}",
+                             f"{r.psnr:.4f}", f"{r.ssim:.5f}"])
 
 
 def plot(points: list[RDPoint], path: Path, title: str = "") -> None:
-    """bpp vs PSNR and bpp vs SSIM, one curve per codec, written as PNG (Agg, no pyplot state)."""
+    """Mean PSNR and SSIM against bits per pixel (log axis), one curve per codec, written as PNG."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter
 
-    fig = Figure(figsize=(10, 4), dpi=120)
+    fig = Figure(figsize=(11, 4.2), dpi=120)
     axes = fig.subplots(1, 2)
     for name in CODECS:
-        pts = [p for p in points if p.codec == name]
-        if not pts:
-            continue
+        pts = curve(points, name)
         for ax, metric in zip(axes, ("psnr", "ssim")):
-            ax.plot([p.bpp for p in pts], [getattr(p, metric) for p in pts], marker="o", label=name)
-            if name == "otok":
-                for p in pts:
-                    ax.annotate(f"k={p.tokens}", (p.bpp, getattr(p, metric)), fontsize=7,
-                                xytext=(3, -9), textcoords="offset points")
-    for ax, label in zip(axes, ("PSNR (dB)", "SSIM")):
+            if pts:
+                ax.plot([p.bpp for p in pts], [getattr(p, metric) for p in pts], marker="o", ms=3, label=name,
+                        linestyle="--" if name == "otok-fixed" else "-")
+    for ax, label in zip(axes, ("PSNR (dB, RGB)", "SSIM")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.set_xlabel("bits per pixel (log)")
+        ax.tick_params(axis="x", which="minor", labelsize=6)
+        ax.set_xlabel("bits per pixel (log; whole file)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(title or "rate-distortion: .otok vs JPEG vs WebP (JPEG/WebP at the nearest byte size)")
+    fig.suptitle(title or "rate-distortion at native resolution")
     fig.tight_layout()
     fig.savefig(path, format="png")
 
 
 def format_table(points: list[RDPoint]) -> str:
-    """One line per token count: mean bytes / bpp / PSNR / SSIM for each codec."""
-    by_key = {(p.codec, p.tokens): p for p in points}
-    counts = sorted({p.tokens for p in points})
-    head = f"{'k':>4} " + " ".join(f"| {name:<6}{'bytes':>7} {'bpp':>7} {'PSNR':>6} {'SSIM':>6} " for name in CODECS)
-    lines = [head, "-" * len(head)]
-    for k in counts:
-        cells = []
-        for name in CODECS:
-            p = by_key.get((name, k))
-            cells.append(f"| {'':<6}{p.bytes:7.0f} {p.bpp:7.3f} {p.psnr:6.2f} {p.ssim:6.3f} " if p else
-                         f"| {'':<6}{'-':>7} {'-':>7} {'-':>6} {'-':>6} ")
-        lines.append(f"{k:>4} " + " ".join(cells))
+    """One line per (codec, setting): mean bytes / bpp / PSNR / SSIM."""
+    lines = [f"{'codec':<11}{'setting':>8}{'bytes':>9}{'bpp':>8}{'PSNR':>7}{'SSIM':>7}"]
+    for p in points:
+        lines.append(f"{p.codec:<11}{p.setting:>8g}{p.bytes:>9.0f}{p.bpp:>8.3f}{p.psnr:>7.2f}{p.ssim:>7.3f}")
     return "\n".join(lines)
 
+
+def format_bd(rates: dict[str, float]) -> str:
+    return "BD-rate (PSNR): " + ", ".join(f"{k} {v:+.1f}%" for k, v in rates.items())
+
+
+def equal_bytes(tokenizer, image: Image.Image, bpp: float, codecs: tuple[str, ...] | None = None,
+                ) -> list[tuple[str, str, int, float, np.ndarray]]:
+    """One image through `.otok` at a target bpp and through each Pillow codec at the grid quality nearest in bytes:
+    [(codec, setting label, bytes, PSNR, decoded (H, W, 3) uint8)], the original first."""
+    codecs = pillow_codecs() if codecs is None else codecs
+    grids = {"jpeg": JPEG_QUALITIES, "webp": WEBP_QUALITIES, "avif": AVIF_QUALITIES}
+    array = np.asarray(image)
+    data, decoded = otok_file(tokenizer, Analysis(tokenizer, image), RateControl(bpp=bpp), codec.fingerprint(tokenizer))
+    panels = [("original", "", 0, PSNR_CAP, array), ("otok", f"--bpp {bpp:g}", len(data), psnr(array, decoded), decoded)]
+    for fmt in codecs:
+        trials = [(q, *pillow_roundtrip(array, fmt, q)) for q in grids[fmt]]
+        q, size, out = min(trials, key=lambda t: (abs(t[1] - len(data)), t[1]))
+        panels.append((fmt, f"q {q}", size, psnr(array, out), out))
+    return panels
+
+
+def plot_equal_bytes(panels: list[tuple[str, str, int, float, np.ndarray]], path: Path, title: str = "") -> None:
+    """The panels of `equal_bytes` side by side (full image on top, a 2x centre crop below), written as PNG."""
+    from matplotlib.figure import Figure
+
+    h, w = panels[0][4].shape[:2]
+    ch, cw = max(1, h // 3), max(1, w // 3)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    fig = Figure(figsize=(3.2 * len(panels), 2.2 * (h / w) * 3.2 / 2.2 + 3.2 * ch / cw), dpi=110)
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for i, (name, setting, size, quality, array) in enumerate(panels):
+        label = name if name == "original" else f"{name} {setting}\n{size} B, {8 * size / (h * w):.3f} bpp, {quality:.2f} dB"
+        axes[0, i].imshow(array)
+        axes[0, i].set_title(label, fontsize=8)
+        axes[1, i].imshow(array[top:top + ch, left:left + cw], interpolation="nearest")
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    fig.suptitle(title or "roughly equal bytes", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")

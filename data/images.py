@@ -1,0 +1,99 @@
+"""The one image loader: a file on disk -> an 8-bit RGB PIL image as it is displayed, plus notes on what changed.
+
+Every command that reads a user's image goes through `load_image`, so the same file always gives the same pixels:
+
+- EXIF orientation is applied (the picture as a viewer shows it);
+- grayscale (`L`, `1`), palette (`P`), CMYK and YCbCr images are converted to RGB;
+- 16-bit and 32-bit integer images (`I;16`, `I`) and float images (`F`) are scaled to 8 bits (65535 -> 255), not
+  clipped; 16-bit RGB PNGs are already reduced to 8 bits by Pillow;
+- an alpha channel (`RGBA`, `LA`, `PA`, palette transparency) is composited on white, and a note says so;
+- an animated file (GIF, APNG, WebP) gives its first frame, and a note says how many frames were dropped;
+- a truncated or corrupt file, or one with more pixels than `max_pixels` (a decompression bomb), is an
+  `ImageReadError` naming the file -- never a Pillow warning or a half-decoded picture.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS); a larger image is refused
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class ImageReadError(ValueError):
+    """A file that is not a readable image (the message names the file and the reason)."""
+
+
+class LoadedImage(NamedTuple):
+    image: Image.Image  # mode "RGB", 8 bits per channel, EXIF orientation applied
+    notes: tuple[str, ...]  # what was changed on the way (alpha composited, frames dropped, bits reduced)
+
+
+def _to_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """High-bit-depth single-channel modes -> mode "L" by scaling, not clipping."""
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        note = "16-bit image reduced to 8 bits"
+    elif image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0)
+        if top > 255:  # 16- or 32-bit samples stored as int32: scale the format's range
+            values = values / (257.0 if top <= 65535 else 16843009.0)
+        note = "high-bit-depth image reduced to 8 bits"
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.max(initial=0) <= 1.0 else values
+        note = "floating-point image reduced to 8 bits"
+    else:
+        return image, None
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L"), note
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+
+
+def to_rgb(image: Image.Image) -> LoadedImage:
+    """Any PIL image (already loaded, orientation applied) -> 8-bit RGB with notes, by the rules above."""
+    notes = []
+    image, note = _to_8bit(image)
+    if note:
+        notes.append(note)
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:  # some pixel is not opaque
+            notes.append("alpha channel composited on white")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        image = Image.alpha_composite(background, rgba)
+    return LoadedImage(image.convert("RGB"), tuple(notes))  # CMYK, YCbCr, L, 1, P -> RGB
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Read `path` fully into an 8-bit RGB image (see the module docstring); `ImageReadError` otherwise."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ImageReadError(f"{path}: {width}x{height} px is more than the {max_pixels:,} pixels "
+                                         f"allowed (a decompression bomb?)")
+                frames = getattr(im, "n_frames", 1)
+                im.seek(0)
+                im.load()  # a truncated file fails here, not later
+                loaded = to_rgb(ImageOps.exif_transpose(im))
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageReadError(f"{path}: too many pixels ({err})".split("\n")[0]) from None
+    except Exception as err:  # noqa: BLE001 - Pillow plugins raise many types for corrupt data
+        raise ImageReadError(f"{path}: not a readable image ({type(err).__name__}: {err})".split("\n")[0]) from None
+    if frames > 1:
+        loaded = LoadedImage(loaded.image, loaded.notes + (f"first of {frames} frames coded, the others dropped",))
+    return loaded

@@ -1,0 +1,298 @@
+"""The tiled `.otok` version 2: byte layout, reader errors, tiles <-> images, the rate control (fixed k, PSNR target,
+bit budget), exact round trips on odd sizes and every input mode, and bounded memory for large images."""
+
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onetok.data.images import load_image
+from onetok.tokenizers import PRESETS, Tokenizer, codec, tiling
+from onetok.tokenizers import compress as C
+from onetok.tokenizers.codec import OtokError, TiledFile, TiledImage
+
+FP = bytes(range(16))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return Tokenizer(PRESETS["tiny"]).eval()  # 16 px tiles, L = 8, K = 64 (6 bits)
+
+
+def _image(w, h, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = np.stack([(xx * 7 + yy * 3) % 256, (yy * 5) % 256, (xx * 2) % 256], -1)
+    return Image.fromarray(np.clip(smooth + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def _tiled(counts, K=64, L=8, T=16, w=40, h=20, seed=0) -> TiledFile:
+    counts = np.asarray(counts, dtype=np.int64)
+    ids = np.random.default_rng(seed).integers(0, K, int(counts.sum()))
+    return TiledFile(FP, K, T, L, (TiledImage(w, h, w, h, counts, ids),))
+
+
+def _recrc(data: bytes) -> bytes:
+    return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# format
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_layout_matches_the_spec():
+    """40x20 px at T = 16: a 2 x 3 grid; per-tile counts take ceil(6 * 3 / 8) bytes, ids ceil(sum k * 6 / 8)."""
+    f = _tiled([1, 8, 3, 2, 2, 5])
+    data = codec.dumps(f)
+    head = struct.unpack_from("<4sBB16sIHHBH", data)
+    assert head == (b"OTOK", 2, 0, FP, 64, 16, 8, 6, 1)
+    assert struct.unpack_from("<HHHHB", data, 33) == (40, 20, 40, 20, 1)
+    counts = codec.unpack_bits(data[42:45], 6, 3) + 1
+    np.testing.assert_array_equal(counts, f.images[0].counts)
+    assert len(data) == 33 + 9 + 3 + math.ceil(21 * 6 / 8) + 4
+    np.testing.assert_array_equal(codec.unpack_bits(data[45:-4], 21, 6), f.images[0].ids)
+
+
+def test_uniform_counts_use_two_bytes():
+    f = _tiled([4] * 6)
+    data = codec.dumps(f)
+    assert data[41] == 0 and struct.unpack_from("<H", data, 42) == (4,)
+    assert len(data) == 33 + 9 + 2 + math.ceil(24 * 6 / 8) + 4
+
+
+def test_roundtrip_many_images():
+    a, b = _tiled([1, 8, 3, 2, 2, 5]), _tiled([2, 2, 2, 2, 2, 2], seed=1)
+    f = TiledFile(FP, 64, 16, 8, a.images + b.images)
+    g = codec.loads(codec.dumps(f), FP)
+    assert isinstance(g, TiledFile) and g.num_images == 2
+    for x, y in zip(f.images, g.images):
+        np.testing.assert_array_equal(x.counts, y.counts)
+        np.testing.assert_array_equal(x.ids, y.ids)
+        assert [len(t) for t in y.tile_ids()] == list(x.counts)
+
+
+GOOD = codec.dumps(_tiled([1, 8, 3, 2, 2, 5]))
+
+
+@pytest.mark.parametrize("data,message", [
+    (GOOD[:-1], "CRC mismatch"),
+    (GOOD[:30], "truncated"),
+    (_recrc(GOOD[:-5] + GOOD[-4:]), "truncated"),
+    (_recrc(GOOD[:-4] + b"\0" + GOOD[-4:]), "trailing bytes"),
+    (_recrc(GOOD[:5] + b"\x07" + GOOD[6:]), "unknown payload mode"),
+    (_recrc(GOOD[:30] + b"\x07" + GOOD[31:]), "bits per id"),
+    (_recrc(GOOD[:41] + b"\x05" + GOOD[42:]), "token-count mode"),
+    (_recrc(GOOD[:33] + b"\0\0" + GOOD[35:]), "zero side"),
+    (_recrc(GOOD[:31] + b"\0\0" + GOOD[33:]), "at least 1"),
+    (_recrc(GOOD[:28] + b"\x07\0" + GOOD[30:]), "tokens, at most 7"),
+    (_recrc(GOOD[:37] + b"\xff\xff\xff\xff" + GOOD[41:]), "truncated file: .* tiles"),
+], ids=["crc", "short", "short-ids", "trailing", "payload", "bits", "count-mode", "zero-side", "zero-images",
+        "count-over-L", "huge-grid"])
+def test_reader_rejects(data, message):
+    with pytest.raises(OtokError, match=message):
+        codec.loads(data)
+
+
+def test_reader_rejects_other_tokenizer_and_noncanonical_counts():
+    with pytest.raises(OtokError, match="different tokenizer"):
+        codec.loads(GOOD, bytes(16))
+    uniform_as_per_tile = bytearray(codec.dumps(_tiled([2, 8, 3, 2, 2, 5])))
+    uniform_as_per_tile[42:45] = codec.pack_bits(np.full(6, 1), 3)  # every count 2, stored per tile
+    with pytest.raises(OtokError, match="uniform mode"):
+        codec.loads(_recrc(bytes(uniform_as_per_tile)))
+
+
+def test_writer_rejects_bad_contents():
+    good = _tiled([1, 8, 3, 2, 2, 5]).images[0]
+    for bad in (
+        TiledImage(40, 20, 40, 20, good.counts[:5], good.ids),  # grid needs 6 counts
+        TiledImage(40, 20, 40, 20, good.counts + 8, good.ids),  # over L
+        TiledImage(40, 20, 40, 20, good.counts, good.ids[:-1]),
+        TiledImage(40, 20, 40, 20, good.counts, good.ids + 64),
+        TiledImage(0, 20, 40, 20, good.counts, good.ids),
+    ):
+        with pytest.raises(OtokError):
+            codec.dumps(TiledFile(FP, 64, 16, 8, (bad,)))
+
+
+def test_version_1_files_still_decode(tok):
+    image = _image(40, 20)
+    legacy = codec.dumps(C.encode_squares(tok, [image], 5))
+    assert legacy[4] == 1
+    [decoded] = C.decompress(tok, legacy)
+    assert decoded.size == (40, 20)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# tiles and rate control
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w,h", [(1, 1), (16, 16), (17, 5), (40, 33)])
+def test_tile_untile_roundtrip(w, h):
+    array = np.asarray(_image(w, h))
+    tiles, grid = tiling.tile_image(array, 16)
+    assert tiles.shape == (grid.rows * grid.cols, 16, 16, 3) and (grid.rows, grid.cols) == (-(-h // 16), -(-w // 16))
+    np.testing.assert_array_equal(tiling.untile(tiles, grid), array)
+    assert grid.valid_pixels().sum() == w * h
+    np.testing.assert_array_equal(tiles[0, : min(h, 16), : min(w, 16)], array[:16, :16])
+
+
+def test_lower_hull_and_greedy_allocation():
+    cost = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
+    sse = np.array([[100.0, 90, 20, 19], [50, 10, 9, 8]])  # tile 0: point 1 lies above the hull
+    assert tiling._lower_hull(cost[0], sse[0]) == [0, 2, 3]
+    assert list(tiling.allocate_bits(sse, cost, 2.0)) == [0, 0]  # nothing beyond the minimum fits
+    assert list(tiling.allocate_bits(sse, cost, 3.0)) == [0, 1]  # 40 per bit beats 40 per bit over 2 bits
+    assert list(tiling.allocate_bits(sse, cost, 5.0)) == [2, 1]
+    assert list(tiling.allocate_bits(sse, cost, 100.0)) == [3, 3]
+
+
+def test_allocation_is_optimal_at_lagrangian_rates():
+    """At the rate of any slope threshold (a Lagrangian solution, optimal for its rate), the greedy allocation
+    reaches the brute-force minimum of the summed error."""
+    rng = np.random.default_rng(0)
+    cost = np.tile(np.arange(1.0, 5.0), (3, 1))
+    for _ in range(30):
+        sse = np.sort(rng.random((3, 4)) * 100, axis=1)[:, ::-1]
+        lam = rng.uniform(1, 40)
+        lagrangian = np.argmin(sse + lam * cost, axis=1)  # (3,)
+        budget = cost[np.arange(3), lagrangian].sum()
+        choice = tiling.allocate_bits(sse, cost, budget)
+        best = min(sse[np.arange(3), list(c)].sum() for c in np.ndindex(4, 4, 4)
+                   if cost[np.arange(3), list(c)].sum() <= budget)
+        assert cost[np.arange(3), choice].sum() <= budget
+        assert sse[np.arange(3), choice].sum() == pytest.approx(best)
+
+
+def test_psnr_target_picks_the_smallest_count():
+    sse = np.array([[300.0, 30.0, 3.0], [3.0, 2.0, 1.0], [900.0, 800.0, 700.0]])
+    valid = np.array([1, 1, 1])  # one pixel, 3 channels: mse = sse / 3
+    counts = tiling.counts_for_psnr(sse, [1, 2, 4], valid, 10 * np.log10(255**2 / 10.0))
+    assert list(counts) == [2, 1, 4]  # the last never reaches the target: largest count
+
+
+@pytest.mark.parametrize("w,h", [(1, 1), (31, 17), (40, 33)])
+@pytest.mark.parametrize("rate", [C.RateControl(), C.RateControl(tokens=3), C.RateControl(bpp=2.0),
+                                  C.RateControl(psnr=15.0), C.RateControl(tokens=2, scale=0.5)],
+                         ids=["L", "k3", "bpp", "psnr", "scale"])
+def test_image_roundtrip_is_exact(tok, w, h, rate):
+    """Decoding gives exactly the tokenizer's decode of each tile's prefix, cropped (and resized back if scaled)."""
+    image = _image(w, h)
+    data = C.compress(tok, [image], rate)
+    f = codec.loads(data, codec.fingerprint(tok))
+    [decoded] = C.decompress(tok, data)
+    assert decoded.size == (w, h) and decoded.mode == "RGB"
+    im = f.images[0]
+    if rate.scale == 1:
+        tiles, grid = tiling.tile_image(np.asarray(image), tok.image_size)
+        ids = torch.from_numpy(tiling.encode_tiles(tok, tiles))
+        want = np.concatenate([C.to_uint8(tok.decode(ids[i:i + 1, :k])) for i, k in enumerate(im.counts)])
+        np.testing.assert_array_equal(np.asarray(decoded), tiling.untile(want, grid))
+    if rate.tokens:
+        assert (im.counts == rate.tokens).all()
+
+
+def test_bpp_target_counts_every_byte_and_adapts(tok):
+    flat_and_busy = np.asarray(_image(64, 32)).copy()
+    flat_and_busy[:, :32] = 128  # the left half is flat
+    image = Image.fromarray(flat_and_busy)
+    for bpp in (1.5, 3.0):
+        enc = C.encode_image(tok, image, C.RateControl(bpp=bpp))
+        data = codec.dumps(C.new_file(tok, [enc.image]))
+        assert enc.reached and 8 * len(data) <= bpp * 64 * 32
+    analysis = C.Analysis(tok, image)
+    counts, _ = analysis.counts(C.RateControl(bpp=3.0))
+    fixed = int(counts.mean().round())
+    sse = analysis.sse
+    assert sse[np.arange(len(counts)), counts - 1].sum() <= sse[:, fixed - 1].sum()  # beats the same mean k
+
+
+def test_bpp_below_the_minimum_is_reported(tok):
+    enc = C.encode_image(tok, _image(64, 64), C.RateControl(bpp=0.01))
+    assert not enc.reached and (enc.image.counts == 1).all()
+
+
+def test_wrong_tokenizer_is_refused(tok):
+    data = C.compress(tok, [_image(20, 20)])
+    torch.manual_seed(1)
+    with pytest.raises(OtokError, match="different tokenizer"):
+        C.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# input modes and large images
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _save(tmp_path, name, image: Image.Image, **kw):
+    path = tmp_path / name
+    image.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1", "I", "F"])
+def test_every_input_mode_roundtrips_at_its_size(tok, tmp_path, mode):
+    rgb = _image(37, 21)
+    if mode == "I;16":
+        source = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+    elif mode in ("I", "F"):
+        source = rgb.convert("L").convert(mode)
+    else:
+        source = rgb.convert(mode)
+    path = _save(tmp_path, f"x.{'tiff' if mode in ('CMYK', 'I', 'F') else 'png'}", source)
+    loaded = load_image(path)
+    assert loaded.image.mode == "RGB" and loaded.image.size == (37, 21)
+    [decoded] = C.decompress(tok, C.compress(tok, [loaded.image]))
+    assert decoded.size == (37, 21)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    gray = np.linspace(0, 65535, 64 * 8).reshape(8, 64).astype(np.uint16)
+    loaded = load_image(_save(tmp_path, "g16.png", Image.fromarray(gray)))
+    got = np.asarray(loaded.image)[..., 0].astype(int)
+    np.testing.assert_allclose(got, np.rint(gray / 257), atol=1)
+    assert loaded.notes and "16-bit" in loaded.notes[0]
+
+
+def test_alpha_and_frames_are_noted(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = rgba[..., 3] = 255
+    rgba[:, :2, 3] = 0  # left half transparent
+    loaded = load_image(_save(tmp_path, "a.png", Image.fromarray(rgba)))
+    assert np.asarray(loaded.image)[0, 0].tolist() == [255, 255, 255]  # composited on white
+    assert np.asarray(loaded.image)[0, 3].tolist() == [255, 0, 0]
+    assert any("alpha" in n for n in loaded.notes)
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    loaded = load_image(path)
+    assert any("first of 3 frames" in n for n in loaded.notes)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (30, 10), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "o.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).image.size == (10, 30)
+
+
+def test_large_image_memory_is_bounded(tok):
+    """A 2000x1200 image is coded in batches of tiles: peak extra memory stays a small multiple of the image."""
+    import tracemalloc
+
+    image = _image(2000, 1200)
+    tracemalloc.start()
+    enc = C.encode_image(tok, image, C.RateControl(tokens=2))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert enc.image.counts.shape == (125 * 75,)
+    assert peak < 40 * 2000 * 1200  # numpy buffers (tiles, ids); the model's activations are per batch
