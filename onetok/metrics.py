@@ -391,8 +391,8 @@ def lpips_distance(net: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM (Wang et al. 2004) of images (B, C, H, W) in [0, 1] -> (B,): Gaussian window 11, sigma 1.5,
     K1 0.01, K2 0.03, data range 1, averaged over the valid window positions and channels. Images smaller than the
-    window use the largest odd window that fits (sigma scaled alike). Computed in float32 (torchmetrics' float64
-    path is ~25x slower on CPU); within 1e-5 of the float64 reference on test photos."""
+    window use the largest odd window that fits (sigma scaled alike). Computed in float32 (float64 grouped
+    convolutions are very slow on CPU); within 1e-5 of a float64 computation on the test photos."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     if a.shape != b.shape or a.ndim != 4:

@@ -3,7 +3,7 @@
     onetok tokenize --tokenizer models/tokenizer --data data/shapes --out data/tokens
     onetok sample --model models/unified --prompt "a large red circle in the center on a black background" -n 4 --out s
     onetok caption --model models/unified a.png b.png
-    onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json
+    onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json [--fid]
 
 Sampling defaults (cfg 2, temperature 0.7, no top-k/top-p) are those of the shapes recipe, stated in
 docs/benchmarks.md (`onetok.ar_model.evaluate.DEFAULT_SETTINGS`).
