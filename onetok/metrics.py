@@ -237,7 +237,7 @@ class FrechetMeter:
         from torchmetrics.image.inception import InceptionScore
 
         self.fid = None  # torchmetrics' FrechetInceptionDistance, made once the feature width is known
-        with warnings.catch_warnings():  # "InceptionScore will save all extracted features": 8 KiB per image here
+        with warnings.catch_warnings():  # "InceptionScore will save all extracted features": 4 KiB per image here
             warnings.simplefilter("ignore", UserWarning)
             self.inception = InceptionScore(feature=_Precomputed(0), splits=IS_SPLITS)
         self._logits = True
@@ -259,7 +259,7 @@ class FrechetMeter:
             if features.logits is None:
                 self._logits = False
             elif self._logits:
-                self.inception.update(features.logits.double().cpu())
+                self.inception.update(features.logits.float().cpu())  # float32: 50,000 images take 200 MB
 
     def set_reference(self, stats: FIDStats) -> None:
         """Use saved statistics as the real set (FID needs only their mean and covariance)."""

@@ -215,8 +215,8 @@ def evaluate(tokenizer, batches, device: str = "cpu", fid: FidPlan | None = None
     from onetok.tokenizers.system import token_counts
 
     L, K = tokenizer.num_latent_tokens, tokenizer.codebook_size
-    ks = token_counts(L)
     quality_ks = quality_ks or [L]
+    ks = sorted(set(token_counts(L)) | set(quality_ks))
     sums = {name: {k: 0.0 for k in ks} for name in ("psnr", "ssim", "lpips")}
     position_counts = torch.zeros(L, K, dtype=torch.long)
     n = 0
@@ -354,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     result["protocol"] = _protocol(args, result, plan, reference, notes, lpips_net, lpips_note)
     result["seconds"] = round(time.time() - start, 2)
     print(format_table(result))
-    if lpips_note:
+    if lpips_net is None and args.lpips_net != "none":
         print(lpips_note, file=sys.stderr)
     if plan is not None and args.fid_stats_out:
         write_stats(args.fid_stats_out, next(iter(plan.meters.values())).real_stats(result["protocol"]["fid"]),
