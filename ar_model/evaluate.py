@@ -11,6 +11,7 @@ Shared by `onetok eval-ar`, the validation hook of `ARSystem` and the demo.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -108,12 +109,16 @@ def with_holdout(rows: list[dict[str, bool]], holdout: list[bool]) -> dict:
 
 def text_to_image(model: UnifiedModel, prompts: list[str], settings: SamplingSettings = DEFAULT_SETTINGS,
                   holdout: list[bool] | None = None, batch_size: int = 100, seed: int = 0,
-                  image_tokens: int | None = None, sjd: bool = False) -> dict:
-    """One image per prompt (batch b uses seed `seed + b`), judged by the pixel parser."""
+                  image_tokens: int | None = None, sjd: bool = False,
+                  on_images: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """One image per prompt (batch b uses seed `seed + b`), judged by the pixel parser; `on_images` also gets each
+    batch of samples (B, 3, S, S) in [0, 1] (e.g. for FID)."""
     rows, passes, seconds = [], 0, 0.0
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
         out = model.generate_images(chunk, settings=settings, image_tokens=image_tokens, seed=seed + b, sjd=sjd)
+        if on_images is not None:
+            on_images(out.images)
         rows += attribute_scores(chunk, out.images)
         passes, seconds = passes + out.forward_passes, seconds + out.seconds
     report = with_holdout(rows, holdout or [False] * len(prompts))
@@ -152,10 +157,12 @@ def image_to_text(model: UnifiedModel, codes: torch.Tensor, truths: list[str], h
 
 
 def evaluate(model: UnifiedModel, items: EvalItems, settings: SamplingSettings = DEFAULT_SETTINGS,
-             batch_size: int = 100, seed: int = 0, image_tokens: int | None = None) -> dict:
+             batch_size: int = 100, seed: int = 0, image_tokens: int | None = None,
+             on_images: Callable[[torch.Tensor], None] | None = None) -> dict:
     """Both directions on the same val items: {"text_to_image": ..., "image_to_text": ..., "settings": ...}."""
     return {
-        "text_to_image": text_to_image(model, items.captions, settings, items.holdout, batch_size, seed, image_tokens),
+        "text_to_image": text_to_image(model, items.captions, settings, items.holdout, batch_size, seed, image_tokens,
+                                       on_images=on_images),
         "image_to_text": image_to_text(model, items.codes, items.captions, items.holdout, batch_size),
         "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
                      "cfg": settings.cfg_scale, "seed": seed, "image_tokens": image_tokens},

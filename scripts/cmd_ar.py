@@ -3,7 +3,7 @@
     onetok tokenize --tokenizer models/tokenizer --data data/shapes --out data/tokens
     onetok sample --model models/unified --prompt "a large red circle in the center on a black background" -n 4 --out s
     onetok caption --model models/unified a.png b.png
-    onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json
+    onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json [--fid]
 
 Sampling defaults (cfg 2, temperature 0.7, no top-k/top-p) are those of the shapes recipe, stated in
 docs/benchmarks.md (`onetok.ar_model.evaluate.DEFAULT_SETTINGS`).
@@ -254,13 +254,60 @@ def _fmt(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _gfid_reference(args: argparse.Namespace, model, extractor, meter) -> tuple[str, list[str]]:
+    """Fill `meter`'s real set from --fid-ref (.npz statistics, image shards or a folder of images), else from the
+    first --n val images of --data; returns (what the reference is, notes)."""
+    from onetok import metrics
+    from onetok.ar_model.data import is_token_dir
+    from onetok.ar_model.evaluate import val_spec
+    from onetok.scripts.cmd_eval import image_batches, reference_stats
+
+    if args.fid_ref and str(args.fid_ref).endswith(".npz"):
+        stats, notes = reference_stats(args.fid_ref, extractor)
+        try:
+            meter.set_reference(stats)
+        except ValueError as err:
+            raise UserError(f"{args.fid_ref}: {err}") from None
+        return f"statistics {args.fid_ref} ({stats.n or 'unknown number of'} images)", notes
+    if args.fid_ref is None and is_token_dir(args.data):
+        raise UserError(f"{args.data} holds tokens, not images: give --fid-ref (reference images or an .npz)")
+    spec, limit = (args.fid_ref, None) if args.fid_ref else (val_spec(args.data), args.n)
+    for images in image_batches(spec, model.tokenizer.image_size, args.batch_size, limit):
+        meter.update(metrics.extract(extractor, images), real=True)
+    what = "all images in" if args.fid_ref else f"the first {args.n} val images of"
+    return f"{what} {spec}", []
+
+
+def _gfid_report(args: argparse.Namespace, model, extractor, meter, reference: str, notes: list[str]) -> dict:
+    """{"fid", "inception_score", "protocol"} of the samples fed to `meter`; --fid-stats-out saves the reference."""
+    from onetok import metrics
+    from onetok.scripts.cmd_eval import write_stats
+
+    try:
+        result = meter.compute()
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    protocol = metrics.fid_protocol(extractor, "gFID", model.tokenizer.image_size, result.real_images,
+                                    result.fake_images, reference)
+    protocol.update(paper_protocol=metrics.GFID_PAPER_PROTOCOL,
+                    not_comparable_because=metrics.gfid_differences(protocol), notes=notes)
+    if args.fid_stats_out:
+        write_stats(args.fid_stats_out, meter.real_stats(protocol), args.force)
+    score = None if result.inception_score is None else {"mean": result.inception_score,
+                                                         "std": result.inception_score_std}
+    return {"fid": result.fid, "inception_score": score, "protocol": protocol}
+
+
 def cmd_eval_ar(args: argparse.Namespace) -> int:
+    from onetok import metrics
     from onetok.ar_model import evaluate
+    from onetok.scripts.cmd_eval import check_fid_args, fid_extractor
 
     if args.n < 1:
         raise UserError("--n must be >= 1")
     if args.json:
         check_writable(args.json, args.force)
+    check_fid_args(args)
     model = _load_model(args.model)
     settings = _settings(args)
     _check_image_tokens(model, args.image_tokens)
@@ -269,13 +316,27 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise UserError(f"{args.data}: {err}") from None
     _prompt_words(model, items.captions)
+    on_images = None
+    if args.fid:  # the reference first: a bad --fid-ref fails before any sampling
+        extractor = fid_extractor(args, str(model.transformer.output.weight.device))
+        meter = metrics.FrechetMeter()
+        reference, notes = _gfid_reference(args, model, extractor, meter)
+
+        def on_images(images):
+            meter.update(metrics.extract(extractor, images), real=False)
     start = time.time()
-    report = evaluate.evaluate(model, items, settings, args.batch_size, args.seed, args.image_tokens)
+    report = evaluate.evaluate(model, items, settings, args.batch_size, args.seed, args.image_tokens, on_images)
+    if args.fid:
+        report["gfid"] = _gfid_report(args, model, extractor, meter, reference, notes)
     report.update(model=str(args.model), data=str(args.data), seconds=round(time.time() - start, 1))
     t2i, i2t = report["text_to_image"], report["image_to_text"]
     print(f"text -> image  exact {_fmt(t2i['exact'])} on {t2i['n']} prompts  ("
           + ", ".join(f"{k} {_fmt(v)}" for k, v in t2i["per_attribute"].items()) + ")")
     print(f"image -> text  exact {_fmt(i2t['exact'])} on {i2t['n']} images")
+    if "gfid" in report:
+        g, score = report["gfid"], report["gfid"]["inception_score"]
+        print(f"gFID {g['fid']:.2f} ({g['protocol']['fake_images']} samples vs {g['protocol']['reference']})"
+              + ("" if score is None else f", Inception Score {score['mean']:.2f}"))
     if "holdout" in t2i:
         print(f"held-out combos: text -> image {_fmt(t2i['holdout']['exact'])} on {t2i['holdout']['n']}, "
               f"image -> text {_fmt(i2t['holdout']['exact'])} on {i2t['holdout']['n']}")
@@ -293,6 +354,8 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from onetok.scripts.cmd_eval import add_fid_args
+
     p = sub.add_parser("tokenize", help="pre-encode image shards into token shards for AR training")
     p.add_argument("--tokenizer", required=True, help="a tokenizer directory (onetok export of a tokenizer)")
     p.add_argument("--data", required=True, help="a dataset root with train/ and val/, or one shard spec")
@@ -333,5 +396,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--json", help="also write the full report as JSON here")
-    p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")
+    add_fid_args(p, "the gFID reference: an .npz of FID statistics (--fid-stats-out), image shards or a folder of "
+                    "images (default: the first --n val images of --data)")
     p.set_defaults(func=cmd_eval_ar)

@@ -134,3 +134,31 @@ def test_ddp_two_cpu_processes(shapes16, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["onetok_system"] == "tokenizer"
+
+
+def _validation_metrics(root: Path) -> dict[str, float]:
+    import csv
+
+    rows = list(csv.DictReader(next(root.rglob("metrics.csv")).open()))
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v != ""}
+
+
+def test_codebook_health_same_on_one_and_two_processes(shapes16, tmp_path):
+    """`validate` on 2 DDP processes (gloo; each rank sees half of the 40 val images) logs exactly the codebook
+    numbers of 1 process: the per-position code counts are summed over ranks before anything is computed."""
+    def args(root: Path, devices: int, strategy: str) -> list[str]:
+        return ["validate", "--config", str(REPO / "configs/tokenizer/shapes.yaml"), *tiny_overrides(shapes16, root),
+                f"--trainer.devices={devices}", f"--trainer.strategy={strategy}",
+                "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={root}"]
+
+    cli(args(tmp_path / "one", 1, "auto"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run([sys.executable, "-m", "onetok.scripts.train", *args(tmp_path / "two", 2, "ddp")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _validation_metrics(tmp_path / "one"), _validation_metrics(tmp_path / "two")
+    codebook = ["val/codebook_usage", "val/perplexity", "val/dead_codes", "val/bits_per_token",
+                *[f"val/bits@{k}" for k in (1, 2, 4, 8)]]
+    assert 0 < one["val/codebook_usage"] < 1 and one["val/perplexity"] > 1 and one["val/bits@8"] > 0
+    assert {k: two[k] for k in codebook} == {k: one[k] for k in codebook}  # exactly equal
+    assert two["val/psnr"] == pytest.approx(one["val/psnr"], rel=1e-5)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from onetok.tokenizers.losses import TokenizerLoss
-from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
+from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
 from onetok.tokenizers.model import preset as preset_config
 
@@ -151,7 +151,7 @@ class TokenizerSystem(L.LightningModule):
         self._val = {
             "psnr_sum": torch.zeros(len(token_counts(L_)), device=self.device, dtype=torch.float64),
             "images": torch.zeros((), device=self.device, dtype=torch.float64),
-            "counts": torch.zeros(self.model.codebook_size, device=self.device, dtype=torch.float64),
+            "position_counts": torch.zeros(L_, self.model.codebook_size, device=self.device, dtype=torch.float64),
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -165,19 +165,22 @@ class TokenizerSystem(L.LightningModule):
             self._val["psnr_sum"][i] += psnr(rec, images).double().sum()
             reconstructions.append(rec)
         self._val["images"] += images.shape[0]
-        self._val["counts"] += code_counts(quant.indices, model.codebook_size).double()
+        self._val["position_counts"] += position_code_counts(quant.indices, model.codebook_size).double()
         if batch_idx == 0 and self.grid_images > 0:
             self._log_grid(images, reconstructions)
 
     def on_validation_epoch_end(self) -> None:
+        # sums over ranks: every number below is the one a single process gets on the same images
         totals = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._val.items()}
         n = totals["images"].clamp(min=1)
-        metrics = {f"val/psnr@{k}": totals["psnr_sum"][i] / n
-                   for i, k in enumerate(token_counts(self.model.num_latent_tokens))}
+        ks = token_counts(self.model.num_latent_tokens)
+        metrics = {f"val/psnr@{k}": totals["psnr_sum"][i] / n for i, k in enumerate(ks)}
         metrics["val/psnr"] = metrics[f"val/psnr@{self.model.num_latent_tokens}"]
-        metrics["val/codebook_usage"] = torch.tensor(codebook_usage(totals["counts"]))
-        metrics["val/perplexity"] = torch.tensor(perplexity(totals["counts"]))
-        self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
+        health = codebook_health(totals["position_counts"].cpu())
+        metrics.update({"val/codebook_usage": health.usage, "val/perplexity": health.perplexity,
+                        "val/dead_codes": health.dead_codes, "val/bits_per_token": health.bits_per_token})
+        metrics.update({f"val/bits@{k}": health.prefix_bits(k) for k in ks})  # per-position entropy-coded size
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, sync_dist=False)
 
     def _log_grid(self, images: torch.Tensor, reconstructions: list[torch.Tensor]) -> None:
         """Rows: the originals, then reconstructions from 1, 2, 4, ..., L tokens."""
