@@ -1,7 +1,8 @@
-"""Shared test set-up: seeding, the Triton interpreter on CPU, and the `gpu` marker."""
+"""Shared test set-up: seeding, the Triton interpreter on CPU, the `gpu` marker, and the shared photo set."""
 
 import os
 import random
+from pathlib import Path
 
 # Must happen before any Triton kernel module is imported: @triton.jit reads it at decoration time.
 try:
@@ -36,3 +37,15 @@ def _seed():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+# The project's real photographs live beside the repository (`../shared/data/photos`, with their licences); CI has
+# them, a bare checkout may not.
+SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+
+
+@pytest.fixture
+def shared_photos() -> Path:
+    if not (SHARED_PHOTOS / "val").is_dir():
+        pytest.skip(f"the shared photo set ({SHARED_PHOTOS}) is not on this machine")
+    return SHARED_PHOTOS

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from onetok.metrics import ssim
 from onetok.tokenizers import PRESETS, Tokenizer, codec, rd
 from onetok.tokenizers import compress as C
 from onetok.tokenizers.codec import OtokError, OtokFile
@@ -292,7 +293,7 @@ def test_ssim_matches_direct_definition():
     rng = np.random.default_rng(0)
     a = rng.random((2, 3, 16, 14))
     b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
-    got = rd.ssim(torch.from_numpy(a), torch.from_numpy(b))
+    got = ssim(torch.from_numpy(a), torch.from_numpy(b))
     for i in range(2):
         want = np.mean([_ssim_loop(a[i, c], b[i, c]) for c in range(3)])
         assert got[i].item() == pytest.approx(want, abs=1e-5)
@@ -301,14 +302,15 @@ def test_ssim_matches_direct_definition():
 def test_ssim_properties():
     rng = np.random.default_rng(0)
     a = torch.from_numpy(rng.random((2, 3, 12, 12)))
-    assert torch.allclose(rd.ssim(a, a), torch.ones(2))
+    assert torch.allclose(ssim(a, a), torch.ones(2))
     noisy = (a + 0.2 * torch.randn_like(a)).clamp(0, 1)
-    assert torch.allclose(rd.ssim(a, noisy), rd.ssim(noisy, a))
-    assert (rd.ssim(a, noisy) < 0.9).all()
+    assert torch.allclose(ssim(a, noisy), ssim(noisy, a))
+    assert (ssim(a, noisy) < 0.9).all()
     flat_a, flat_b = torch.full((1, 3, 16, 16), 0.2), torch.full((1, 3, 16, 16), 0.6)
     c1 = 0.01**2
-    assert rd.ssim(flat_a, flat_b).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-5)
-    assert rd.ssim(a[:, :, :5, :7], a[:, :, :5, :7]).shape == (2,)  # smaller than the window
+    # float32 (torchmetrics' fast path): the closed form holds to ~1e-4
+    assert ssim(flat_a, flat_b).item() == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=2e-4)
+    assert ssim(a[:, :, :5, :7], a[:, :, :5, :7]).shape == (2,)  # smaller than the window
 
 
 def test_fixed_token_counts():

@@ -19,8 +19,6 @@ from onetok.data.shapes import write_shapes_dataset
 from onetok.scripts.cli import main
 from onetok.tokenizers import Tokenizer, preset
 
-PHOTOS = Path("/work/shared/data/photos/val")
-
 
 class StandInFeatures(nn.Module):
     """A small fixed random conv net in the FID Inception's place: uint8 (B, 3, H, W) -> 32 features, 10 logits."""
@@ -141,14 +139,14 @@ def test_eval_tokenizer_fid_on_shapes(env, stand_in, tmp_path, capsys):
     one_line_error(err, "40 images", "20")
 
 
-@pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"the shared photo val set ({PHOTOS}) is not on this machine")
-def test_eval_tokenizer_fid_on_photos(env, stand_in, tmp_path, capsys):
+def test_eval_tokenizer_fid_on_photos(env, stand_in, tmp_path, capsys, shared_photos):
+    photos = shared_photos / "val"
     report = tmp_path / "photos.json"
-    code, out, err = run(capsys, "eval-tokenizer", "--tokenizer", env / "tok", "--data", PHOTOS, "--fid",
+    code, out, err = run(capsys, "eval-tokenizer", "--tokenizer", env / "tok", "--data", photos, "--fid",
                          "--json", report)
     assert code == 0, err
     r = json.loads(report.read_text())
-    n = len([p for p in PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")])
+    n = len([p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")])
     assert r["images"] == n and r["protocol"]["fid"]["real_images"] == n and np.isfinite(r["fid"]["8"])
     assert r["inception_score"]["8"]["std"] is None  # fewer than 2 images per split: the spread is not reported
 

@@ -10,9 +10,7 @@ setting.
 BD-rate (Bjontegaard, VCEG-M33): the average difference in log rate between two curves over the PSNR range both
 cover, each curve fitted by a cubic polynomial of log(bpp) in PSNR; negative means fewer bits for the same PSNR.
 
-SSIM follows Wang et al. 2004 (IEEE TIP): 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1,
-per channel, averaged over the valid window positions and the channels. Images smaller than 11 px use the largest
-odd window that fits.
+SSIM is `onetok.metrics.ssim` (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid positions, per channel).
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, features
 
+from onetok.metrics import ssim
 from onetok.tokenizers import codec
 from onetok.tokenizers.compress import Analysis, RateControl, decode_image, new_file
 
@@ -79,41 +78,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 / mse)))
 
 
-def _blur_matrix(n: int, size: int, sigma: float) -> torch.Tensor:
-    """(n - size + 1, n) matrix whose rows are the 1D Gaussian window at each valid position."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    rows = torch.arange(n - size + 1)[:, None]
-    m = torch.zeros(n - size + 1, n, dtype=torch.float64)
-    m[rows, rows + torch.arange(size)] = g / g.sum()
-    return m
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of images (B, C, H, W) in [0, 1] -> (B,)."""
-    if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"expected two (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    _, _, H, W = a.shape
-    size = min(window, H, W)
-    size -= 1 - size % 2  # largest odd window that fits
-    mh, mw = _blur_matrix(H, size, sigma * size / window), _blur_matrix(W, size, sigma * size / window)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:  # separable Gaussian over valid positions, as two matmuls
-        return mh @ x @ mw.T  # (B, C, H - size + 1, W - size + 1)
-
-    a, b = a.double().clamp(0, 1), b.double().clamp(0, 1)
-    c1, c2 = 0.01**2, 0.03**2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(dim=1).float()
-
-
 def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two (H, W, 3) uint8 images."""
-    to = lambda x: torch.from_numpy(x.astype(np.float64) / 255.0).permute(2, 0, 1)[None]  # noqa: E731 - (1, 3, H, W)
+    """SSIM (`onetok.metrics.ssim`) of two (H, W, 3) uint8 images."""
+    to = lambda x: torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None]  # noqa: E731 - (1, 3, H, W)
     return float(ssim(to(a), to(b))[0])
 
 
