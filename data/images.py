@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+SAMPLE_PHOTO = Path(__file__).resolve().parent / "photos" / "coffee.jpg"  # CC0, see photos/README.md
 MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS); a larger image is refused
 ALPHA_BACKGROUND = (255, 255, 255)
 
@@ -97,3 +98,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if frames > 1:
         loaded = LoadedImage(loaded.image, loaded.notes + (f"first of {frames} frames coded, the others dropped",))
     return loaded
+
+
+def sample_photo() -> Path:
+    """The photo bundled with the package (600 x 400, CC0; attribution in `onetok/data/photos/README.md`)."""
+    return SAMPLE_PHOTO

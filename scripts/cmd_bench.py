@@ -9,6 +9,7 @@ BENCHES = {
     "tokenizer": ("onetok.scripts.bench_tokenizer", "encode/decode throughput of the tokenizer"),
     "kernels": ("onetok.scripts.bench_kernels", "nearest-code search and SJD verify vs torch baselines"),
     "sjd": ("onetok.scripts.bench_sjd", "speculative Jacobi decoding vs plain sampling"),
+    "codec": ("onetok.scripts.bench_codec", "compress/decompress time of one photo vs Pillow's WebP"),
 }
 
 

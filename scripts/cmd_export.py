@@ -57,9 +57,23 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
     return out
 
 
+def register_tokenizer(out: Path) -> Path:
+    """Make an exported tokenizer findable by `onetok decompress` (the registry in $ONETOK_HOME/tokenizers)."""
+    from onetok.tokenizers import Tokenizer, codec, registry
+
+    return registry.register(out, codec.fingerprint(Tokenizer.from_pretrained(out)))
+
+
 def _run(args: argparse.Namespace) -> int:
     out = export(args.ckpt, args.out, args.force)
     print(f"exported {args.ckpt} -> {out}")
+    if (out / "config.json").is_file() and '"onetok-tokenizer"' in (out / "config.json").read_text():
+        if args.no_register:
+            return 0
+        try:
+            print(f"registered as {register_tokenizer(out)} (decompress finds it by fingerprint)")
+        except OSError as err:
+            print(f"note: not registered in the tokenizer registry ({err})")
     return 0
 
 
@@ -68,4 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ckpt", help="a Lightning .ckpt written by onetok-train")
     p.add_argument("--out", required=True, help="the inference directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register an exported tokenizer in $ONETOK_HOME/tokenizers (default ~/.onetok)")
     p.set_defaults(func=_run)

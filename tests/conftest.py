@@ -32,6 +32,12 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _onetok_home(tmp_path_factory, monkeypatch):
+    """Tests never touch the user's ~/.onetok (the tokenizer registry that `onetok export` writes to)."""
+    monkeypatch.setenv("ONETOK_HOME", str(tmp_path_factory.getbasetemp() / "onetok_home"))
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
     np.random.seed(0)
