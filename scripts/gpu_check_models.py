@@ -234,6 +234,6 @@ def sampling_trained(ctx) -> dict:
     if ctx.model_dir:
         model, info = UnifiedModel.from_pretrained(ctx.model_dir, map_location=ctx.device), {"model": ctx.model_dir}
     else:
-        model, info = train_shapes_model(ctx, max_seconds=10 if ctx.dry_run else max(5.0, min(60.0, ctx.left() - 150)))
+        model, info = train_shapes_model(ctx, max_seconds=10 if ctx.dry_run else max(5.0, min(45.0, ctx.left() - 150)))
     batches = (1, 2) if ctx.dry_run else (1, 16)
     return {**info, **sample_rates(ctx, model, batches, repeats=1 if ctx.dry_run else 3)}
