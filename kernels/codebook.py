@@ -57,8 +57,7 @@ def _config(block_n: int, block_k: int, row_min_per_tile: bool, num_warps: int, 
 # tests/test_kernel_compile.py); `_prune_configs` picks the ones that fit a call.
 _CONFIGS = [
     _config(64, 64, False, 4),
-    _config(128, 64, False, 8),
-    _config(64, 128, False, 8),
+    _config(128, 64, False, 8),  # (64, 128, 8 warps) here aborts Triton 3.1's sm_90 compiler (mma -> mma layout)
     _config(64, 64, True, 4),
     _config(128, 64, True, 4),
     _config(128, 128, True, 8),
