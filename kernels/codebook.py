@@ -8,10 +8,11 @@ starts at the per-code bias:
     euclidean  score = ||c||² + z·(-2c)     codes pre-scaled by -2 on the host (exact), bias ||c||²
     cosine     score = 0 + ẑ·(-ĉ)           codebook normalised and negated on the host, z normalised here
 
-Padded codes get bias +inf, so they can never win and need no mask on the scores. A running best per score
-slot, (BLOCK_N, BLOCK_K) values and tile offsets, is updated on a strictly smaller score (3 ops per score, no
-reduction in the loop); at the end two row reductions give the minimum and the lowest index reaching it.
-Only the indices and distances leave the kernel (12 bytes per row): the N×K score matrix never exists.
+Padded codes get bias +inf, so they can never win and need no mask on the scores. Two epilogues, both autotune
+candidates: a running best per score slot ((BLOCK_N, BLOCK_K) values and tile offsets; 3 ops per score, two row
+reductions at the end) or a per-tile row minimum merged into a running best per row (fewer registers). Either way
+a later tile wins only with a strictly smaller score, and the lowest column at a minimum is picked explicitly, so
+ties go to the lowest index. Only indices and distances leave the kernel: the N×K score matrix never exists.
 
 Dot precision. fp16/bf16 euclidean searches with both inputs in the same dtype multiply in that dtype
 (products are exact in fp32) with fp32 accumulation. Everything else runs in fp32 as a split-precision
