@@ -1,4 +1,4 @@
-"""Kernels: fused nearest-code search, code gather and SJD verification, each with a pure-torch reference.
+"""Kernels: fused nearest-code search and SJD verification, each with a pure-torch reference.
 
 Backend choice per call: an explicit ``backend="triton"|"torch"`` wins; with ``backend="auto"`` the environment
 variable ``ONETOK_KERNEL_BACKEND=triton|torch`` decides if set, else Triton for CUDA tensors and torch otherwise.
@@ -17,7 +17,7 @@ import torch
 
 from onetok.kernels.reference import NearestCode, SJDVerifyResult
 
-__all__ = ["NearestCode", "SJDVerifyResult", "gather_codes", "nearest_code", "resolve_backend", "sjd_verify"]
+__all__ = ["NearestCode", "SJDVerifyResult", "nearest_code", "resolve_backend", "sjd_verify"]
 
 BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
 _BACKENDS = ("triton", "torch")
@@ -71,15 +71,6 @@ def nearest_code(
     if resolve_backend(backend, z) == "triton":
         return _submodule("codebook").nearest_code(z, codebook, metric)
     return _submodule("reference").nearest_code(z, codebook, metric)
-
-
-def gather_codes(codebook: torch.Tensor, indices: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """codebook (K, D), indices (...) -> (..., D). When autograd needs the codebook's gradient the torch path
-    (`F.embedding`) is used whatever the backend, since the Triton gather has no backward."""
-    needs_grad = torch.is_grad_enabled() and codebook.requires_grad
-    if resolve_backend(backend, codebook) == "triton" and not needs_grad:
-        return _submodule("codebook").gather_codes(codebook, indices)
-    return _submodule("reference").gather_codes(codebook, indices)
 
 
 def sjd_verify(

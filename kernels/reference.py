@@ -5,7 +5,6 @@ present), so they are vectorised and bounded in memory rather than written as th
 
 - `nearest_code`: index and distance of the nearest codebook row, euclidean or cosine, chunked over rows
   so at most `_CHUNK_ELEMENTS` scores exist at once (never a full N×K matrix for large N).
-- `gather_codes`: the codebook rows at given indices.
 - `sjd_verify`: the accept/resample step of lossless Speculative Jacobi Decoding.
 """
 
@@ -103,15 +102,6 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, metric: str = "euclide
         indices[start : start + step] = idx
         distances[start : start + step] = dist
     return NearestCode(indices.reshape(lead_shape), distances.reshape(lead_shape))
-
-
-def gather_codes(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """codebook (K, D), indices (...) int -> (..., D) in the codebook's dtype; differentiable w.r.t. codebook."""
-    if codebook.dim() != 2:
-        raise ValueError(f"gather_codes: codebook must be (K, D), got {tuple(codebook.shape)}")
-    if indices.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"gather_codes: indices must be int32 or int64, got {indices.dtype}")
-    return F.embedding(indices.long(), codebook)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,10 +2,6 @@
 against brute force and against the SJD semantics. Block sizes are shrunk so small inputs still span many tiles."""
 
 import importlib
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -14,6 +10,7 @@ from onetok import kernels
 from onetok.kernels import reference
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 tk_codebook = importlib.import_module("onetok.kernels.codebook")
 tk_sjd = importlib.import_module("onetok.kernels.sjd_verify")
 
@@ -57,27 +54,36 @@ def assert_same_choice(got, want, z, codebook, metric, tol=1e-4):
     torch.testing.assert_close(got.distances, want.distances, rtol=1e-4, atol=1e-4)
 
 
-SHAPES = [  # N, K, D, (block_n, block_k, block_d)
-    (1, 1, 1, (16, 16, 16)),
-    (1, 5, 3, (16, 16, 16)),
-    (7, 1, 8, (16, 16, 16)),
-    (33, 70, 12, (16, 16, 8)),  # two D chunks of 8
-    (100, 257, 17, (16, 32, 16)),  # two D chunks
-    (130, 100, 40, (32, 16, 16)),  # three D chunks
-    (600, 1100, 64, (None, None, None)),  # default launch settings
+SHAPES = [  # N, K, D, (block_n, block_k, block_d), split_k
+    (1, 1, 1, (16, 16, 16), 1),
+    (1, 5, 3, (16, 16, 16), 1),
+    (7, 1, 8, (16, 16, 16), 1),
+    (33, 70, 12, (16, 16, 16), 3),  # K split in three ranges that do not align with the tiles
+    (100, 257, 17, (16, 32, 16), 1),  # two D chunks
+    (130, 100, 40, (32, 16, 16), 2),  # three D chunks, two K splits
+    (400, 700, 24, (None, None, None), None),  # default launch settings
 ]
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("n,k,d,blocks", SHAPES)
-def test_triton_nearest_code_matches_reference(n, k, d, blocks, metric):
+@pytest.mark.parametrize("n,k,d,blocks,split_k", SHAPES)
+def test_triton_nearest_code_matches_reference(n, k, d, blocks, split_k, metric):
     z, codebook = torch.randn(n, d) * 2 + 0.5, torch.randn(k, d)
     block_n, block_k, block_d = blocks
-    got = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=block_n, block_k=block_k, block_d=block_d))
+    got = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=block_n, block_k=block_k, block_d=block_d,
+                                       split_k=split_k))
     want = reference.nearest_code(z, codebook, metric)
     assert got.indices.dtype == torch.int64 and got.distances.dtype == torch.float32
     assert got.indices.shape == got.distances.shape == (n,)
     assert_same_choice(got, want, z, codebook, metric)
+
+
+def test_fp16_euclidean_takes_the_half_dot():
+    """fp16 inputs multiply in fp16 (the tensor-core path; the interpreter runs fp16, not bf16)."""
+    z, codebook = (torch.randn(70, 12) * 2).half(), torch.randn(90, 12).half()
+    got = cpu(tk_codebook.nearest_code(*dev(z, codebook), block_n=16, block_k=32, split_k=2))
+    want = reference.nearest_code(z, codebook)
+    assert_same_choice(got, want, z.float(), codebook.float(), "euclidean")
 
 
 def tie_problem(metric: str, n: int = 90, distinct: int = 6, k: int = 70, d: int = 5):
@@ -110,17 +116,121 @@ def lowest_argmin(scores: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
     return is_best.float().argmax(dim=1)  # first True
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_ties_pick_lowest_index(metric):
+def test_ties_pick_lowest_index(metric, split_k):
     z, codebook = tie_problem(metric)
     scores = brute_scores(z, codebook, metric)
     want = lowest_argmin(scores)
     ties = scores <= scores.min(dim=1, keepdim=True).values + 1e-9
     assert (ties.sum(1) > 1).float().mean() > 0.5  # the problem really is full of ties
     ref = reference.nearest_code(z, codebook, metric)
-    tri = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=16, block_k=16, block_d=16))
+    tri = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=16, block_k=16, split_k=split_k))
     assert torch.equal(ref.indices, want)
     assert torch.equal(tri.indices, want)
+    wide = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric, block_n=16, block_k=128))  # all ties in one tile
+    assert torch.equal(wide.indices, want)
+
+
+def round_tf32_exact(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to 11 significant bits, ties away from zero, computed in float64 (normal fp32 inputs)."""
+    x = x.double()
+    ulp = torch.ldexp(torch.ones_like(x), torch.frexp(x).exponent - 11)  # TF32 ulp at |x|
+    return torch.sign(x) * torch.floor(x.abs() / ulp + 0.5) * ulp
+
+
+def test_split_tf32_parts():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4000, generator=g) * 10.0 ** torch.randint(-6, 7, (4000,), generator=g)
+    x[:4] = torch.tensor([1.0 + 2.0**-11, -(1.0 + 2.0**-11), 3.0, -0.5])  # exact ties round away from zero
+    hi, lo = tk_codebook.split_tf32(x)
+    assert torch.equal(hi.double(), round_tf32_exact(x))
+    assert torch.equal(lo.double(), round_tf32_exact(x - hi))
+    for part in (hi, lo):
+        assert (part.view(torch.int32) & 0x1FFF).eq(0).all()  # 10 mantissa bits: exact TF32 operands
+    assert ((hi.double() + lo.double() - x.double()).abs() <= x.double().abs() * 2.0**-22).all()
+    assert hi[0] == 1.0 + 2.0**-10 and hi[1] == -(1.0 + 2.0**-10) and lo[2] == 0
+
+
+@triton.jit
+def _round_tf32_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(out_ptr + offs, tk_codebook._round_tf32(x), mask=offs < n)
+
+
+def test_in_kernel_tf32_rounding_matches_the_host_split():
+    x = torch.randn(1000) * 10.0 ** torch.randint(-6, 7, (1000,))
+    out = torch.empty_like(x)
+    x_dev, out_dev = dev(x, out)
+    _round_tf32_kernel[(1,)](x_dev, out_dev, x.numel(), BLOCK=1024)
+    assert torch.equal(out_dev.cpu(), tk_codebook.split_tf32(x)[0])
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_tf32x3_arithmetic_keeps_fp32_argmins(metric):
+    """The split-precision dot, emulated on CPU with TF32 operands (products exact in fp32): exact ties and random
+    problems pick what fp32 picks. A plain TF32 dot (hi parts only) is shown to be too coarse for this."""
+
+    def tf32x3_scores(z, codebook, split=True):
+        cosine = metric == "cosine"
+        codes, bias = tk_codebook.prepare_codes(codebook, cosine, half=False)  # (2, K, D), (K,)
+        if cosine:
+            z = torch.nn.functional.normalize(z, dim=1, eps=1e-12)
+        z_hi, z_lo = tk_codebook.split_tf32(z)
+        if not split:
+            return bias + z_hi @ codes[0].t()
+        return bias + z_lo @ codes[0].t() + z_hi @ codes[1].t() + z_hi @ codes[0].t()
+
+    z, codebook = tie_problem(metric)
+    want = lowest_argmin(brute_scores(z, codebook, metric))
+    assert torch.equal(lowest_argmin(tf32x3_scores(z, codebook), tol=0.0), want)
+    z, codebook = torch.randn(3000, 12) * 2, torch.randn(512, 12)
+    exact = brute_scores(z, codebook, metric) - (0 if metric == "cosine" else z.double().pow(2).sum(1, keepdim=True))
+    exact = exact - (1 if metric == "cosine" else 0)  # the searched score: ||c||² - 2 z·c, or -cos
+    fp32_error = (_fp32_scores(z, codebook, metric) - exact).abs().max()
+    split_error = (tf32x3_scores(z, codebook) - exact).abs().max()
+    plain_error = (tf32x3_scores(z, codebook, split=False) - exact).abs().max()
+    assert split_error <= 2 * fp32_error < plain_error / 50  # as accurate as an fp32 matmul; TF32 alone is not
+    fp32 = reference.nearest_code(z, codebook, metric)
+    assert (tf32x3_scores(z, codebook).argmin(1) != fp32.indices).sum() <= 2  # only near-ties may differ
+
+
+def _fp32_scores(z, codebook, metric):
+    """The reference's fp32 scores (N, K)."""
+    if metric == "cosine":
+        nz, nc = (torch.nn.functional.normalize(t, dim=1, eps=1e-12) for t in (z, codebook))
+        return -(nz @ nc.t())
+    return torch.addmm((codebook * codebook).sum(1), z, codebook.t(), alpha=-2.0)
+
+
+@pytest.mark.parametrize("row_min_per_tile", [False, True])
+def test_autotuned_launch(monkeypatch, row_min_per_tile):
+    """The CUDA default path (autotuner, grid from the chosen config, K split), run with a one-config autotuner."""
+    one_config = [tk_codebook._config(16, 32, row_min_per_tile, 4)]
+    tuned = triton.autotune(configs=one_config, key=tk_codebook._TUNING_KEY)(tk_codebook._nearest_code_kernel)
+    monkeypatch.setattr(tk_codebook, "_tuned_kernel", tuned)
+    monkeypatch.setattr(tk_codebook, "_interpreting", lambda: False)
+    monkeypatch.setattr(tk_codebook, "_multiprocessors", lambda device: 8)
+    monkeypatch.setattr(tk_codebook, "MIN_CODES_PER_SPLIT", 16)
+    z, codebook = torch.randn(50, 12), torch.randn(70, 12)
+    for metric in ("euclidean", "cosine"):
+        got = cpu(tk_codebook.nearest_code(*dev(z, codebook), metric))
+        assert_same_choice(got, reference.nearest_code(z, codebook, metric), z, codebook, metric)
+
+
+def test_split_count():
+    assert tk_codebook.split_count(65536, 16384, 132) == 1  # 512 row blocks fill an H100
+    assert tk_codebook.split_count(128, 4096, 132) == 4  # one row block: as many splits as 1024-code ranges allow
+    assert tk_codebook.split_count(4096, 65536, 132) == 9  # 32 row blocks: ~2 programs per multiprocessor
+    assert tk_codebook.split_count(100, 500, 132) == 1
+
+
+def test_block_sizes_below_16_are_refused():
+    with pytest.raises(ValueError, match="block_d"):
+        tk_codebook.nearest_code(*dev(torch.randn(4, 8), torch.randn(5, 8)), block_d=8)
+    with pytest.raises(ValueError, match="block_k"):
+        tk_codebook.nearest_code(*dev(torch.randn(4, 8), torch.randn(5, 8)), block_k=24)
 
 
 def test_reference_matches_brute_force_across_chunks(monkeypatch):
@@ -152,19 +262,6 @@ def test_nearest_code_bad_input():
         kernels.nearest_code(*dev(torch.randn(4, 2), torch.randn(5, 3)), backend="triton")
     with pytest.raises(ValueError, match="codebook"):
         kernels.nearest_code(torch.randn(4, 3), torch.randn(0, 3))
-
-
-def test_gather_codes():
-    codebook = torch.randn(40, 19)
-    for indices in (torch.randint(0, 40, (5, 13)), torch.randint(0, 40, (77,), dtype=torch.int32)):
-        want = codebook[indices.long()]
-        assert torch.equal(cpu(kernels.gather_codes(*dev(codebook, indices), backend="triton")), want)
-        assert torch.equal(cpu(tk_codebook.gather_codes(*dev(codebook, indices), block_n=16, block_d=16)), want)
-        assert torch.equal(kernels.gather_codes(codebook, indices, backend="torch"), want)
-    trained = dev(codebook).requires_grad_(True)  # needs a backward: the torch path is taken
-    kernels.gather_codes(trained, dev(torch.tensor([3, 3, 5])), backend="triton").sum().backward()
-    grad = trained.grad.cpu()
-    assert grad[3].eq(2).all() and grad[5].eq(1).all() and grad[0].eq(0).all()
 
 
 def test_backend_dispatch(monkeypatch):
@@ -346,51 +443,3 @@ def test_sjd_verify_bf16_on_gpu():
     assert (got.accept_len == want.accept_len).float().mean() > 0.95
     same = got.accept_len == want.accept_len
     assert (got.token[same] == want.token[same]).float().mean() > 0.95
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The kernels compile for an H100 (sm_90) even without a GPU: catches what the interpreter lets through
-# ---------------------------------------------------------------------------------------------------------------
-
-_COMPILE_SCRIPT = textwrap.dedent(
-    """
-    import importlib
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    cb = importlib.import_module("onetok.kernels.codebook")
-    sj = importlib.import_module("onetok.kernels.sjd_verify")
-    target = GPUTarget("cuda", 90, 32)
-
-    def compile_(fn, ptrs, ints, consts):
-        sig = {**{n: t for n, t in ptrs}, **{n: "i32" for n in ints}, **{n: "constexpr" for n in consts}}
-        return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
-
-    ints = ["N", "K", "D", "stride_zn", "stride_zd", "stride_ck", "stride_cd"]
-    for dt, half, cosine in [("fp32", False, False), ("fp32", False, True), ("bf16", True, False)]:
-        ptrs = [("z_ptr", "*" + dt), ("code_ptr", "*" + dt), ("code_sq_ptr", "*fp32"), ("index_ptr", "*i64"),
-                ("dist_ptr", "*fp32")]
-        consts = {"COSINE": cosine, "HALF_DOT": half, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 16 if half else 8}
-        ptx = compile_(cb._nearest_code_kernel, ptrs, ints, consts).asm["ptx"]
-        assert ("wgmma" in ptx) == half and ".local" not in ptx  # tensor cores only for half; no spills
-    compile_(cb._gather_kernel, [("code_ptr", "*fp32"), ("index_ptr", "*i64"), ("out_ptr", "*fp32")],
-             ["N", "D", "stride_ck", "stride_cd", "stride_on", "stride_od"], {"BLOCK_N": 64, "BLOCK_D": 16})
-    strides = ["stride_lb", "stride_lw", "stride_lv", "stride_ib", "stride_iw", "stride_qb", "stride_qw",
-               "stride_qv", "stride_ab", "stride_aw", "stride_sb"]
-    ptrs = [("logits_ptr", "*bf16"), ("draft_ids_ptr", "*i64"), ("draft_probs_ptr", "*fp32"),
-            ("u_accept_ptr", "*fp32"), ("u_sample_ptr", "*fp32"), ("accept_len_ptr", "*i64"), ("token_ptr", "*i64")]
-    compile_(sj._sjd_verify_kernel, ptrs, ["W", "V", *strides], {"BLOCK_V": 1024})
-    print("compiled")
-    """
-)
-
-
-def test_kernels_compile_for_sm90():
-    pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    run = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]

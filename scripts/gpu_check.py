@@ -1,0 +1,540 @@
+"""The prepared GPU check: one H100/H200, at most 8 minutes, from a plain checkout; one JSON and one markdown file.
+
+    scripts/gpu_check.sh OUT [--dry-run] [--model DIR] [--deadline-s S] [--only a,b]    (make gpu-check OUT=...)
+    python3 scripts/gpu_check.py --out OUT ...                                            (the same, no wheel set-up)
+
+Sections, in order of value (each records its numbers, its error, or why it was skipped; the report is rewritten
+after every section, so a run cut short keeps what it measured):
+
+    environment      device, driver, versions, which optional packages import
+    peaks            device-to-device copy bandwidth; fp32 / TF32 / bf16 square-matmul rates
+    nearest_code     N=65536 K=16384 D=16 (fp32, bf16 x euclidean, cosine) and the TiTok-S-128 quantizer's shapes,
+                     Triton vs cdist+argmin vs addmm+argmin vs the torch reference, with peak extra memory
+    sjd_verify       the verify kernel vs its torch reference
+    sampling_random  plain vs SJD (1 and 8 chains) x batch 1 and 16: random-weight AR `base`, 256-token tokenizer
+    tests            the kernel tests, compiled on the device, and every `gpu`-marked test (pytest subprocess)
+    sampling_trained the same on a trained model: --model DIR, else the `shapes` AR model trained here briefly
+    train_rates      bf16-mixed training steps/s of the TiTok-S-128 tokenizer and the AR `base` configs
+
+`--dry-run` runs everything on CPU at toy sizes, skipping what needs CUDA (and saying so). The driver needs no
+`pip install -e`: when `import onetok` does not reach this checkout it builds a temporary `onetok` package of
+symlinks following pyproject's package-dir mapping. A watchdog writes the report and exits (code 3) at the
+deadline whatever is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE_S = 450.0  # the driver's own limit; gpu_check.sh kills it 30 s later
+TARGET = {"N": 65536, "K": 16384, "D": 16}  # issue 17's nearest-code acceptance shape
+OPTIONAL_PACKAGES = ("lightning", "timm", "einops", "yaml", "pytest", "xdist", "webdataset", "vector_quantize_pytorch",
+                     "jsonargparse", "constriction", "sentencepiece")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Making `import onetok` work from a plain checkout
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def package_dirs(pyproject: Path) -> dict[str, str]:
+    """pyproject's [tool.setuptools] package-dir mapping, e.g. {"onetok": "onetok", "onetok.kernels": "kernels"}."""
+    table = re.search(r"package-dir\s*=\s*\{([^}]*)\}", pyproject.read_text())
+    if table is None:
+        raise ValueError(f"{pyproject}: no package-dir mapping")
+    return dict(re.findall(r'"([\w.]+)"\s*=\s*"([^"]+)"', table.group(1)))
+
+
+def build_package_dir(repo: Path, dest: Path) -> Path:
+    """dest/onetok: a package of symlinks to the checkout's folders, as `pip install` would map them."""
+    mapping = package_dirs(repo / "pyproject.toml")
+    package = dest / "onetok"
+    package.mkdir(parents=True)
+    for entry in (repo / mapping["onetok"]).iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry.resolve())
+    for name, folder in mapping.items():
+        if name != "onetok":
+            (package / name.split(".", 1)[1]).symlink_to((repo / folder).resolve())
+    return dest
+
+
+def ensure_onetok(repo: Path, scratch: Path) -> str:
+    """Import `onetok` from this checkout; returns how (installed, or the symlink package folder)."""
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # run as a script: scripts/ on the path would shadow nothing wanted, and mask mistakes
+    try:
+        import onetok
+
+        if Path(onetok.__file__).resolve().parent == (repo / "onetok").resolve():
+            return "installed from this checkout"
+    except ImportError:
+        pass
+    root = build_package_dir(repo, scratch / "onetok_path")
+    sys.path.insert(0, str(root))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    for name in [m for m in sys.modules if m == "onetok" or m.startswith("onetok.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    import onetok  # noqa: F401  (fails loudly here if the mapping is wrong)
+
+    return f"symlink package at {root}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sections and their runner
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    out: Path
+    scratch: Path
+    dry_run: bool
+    device: str
+    deadline: float  # time.monotonic() value
+    model_dir: str | None = None
+    shared: dict = field(default_factory=dict)  # results later sections reuse (e.g. the matmul peaks)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+
+@dataclass
+class Section:
+    name: str
+    run: object  # callable(Context) -> dict
+    needs_s: float  # time it needs on a GPU (skipped when less is left)
+    needs_s_dry: float
+    requires: tuple[str, ...] = ()  # modules that must import
+    cuda_only: bool = False
+
+
+def _skip(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason}
+
+
+def run_section(section: Section, ctx: Context) -> dict:
+    """Run one section: its result, or why it was skipped, or its error (never raises)."""
+    if section.cuda_only and ctx.device != "cuda":
+        return _skip("needs CUDA (dry run on CPU)" if ctx.dry_run else "needs CUDA")
+    missing = [m for m in section.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        return _skip(f"missing package(s): {', '.join(missing)} (bring wheels: see scripts/gpu_check.sh)")
+    needs = section.needs_s_dry if ctx.dry_run else section.needs_s
+    if ctx.left() < needs:
+        return _skip(f"deadline: needs ~{needs:.0f} s, {ctx.left():.0f} s left")
+    start = time.monotonic()
+    try:
+        result = {"status": "ok", "result": section.run(ctx)}
+    except Exception as err:  # a section's failure is a finding, not the end of the check
+        result = {"status": "error", "error": f"{type(err).__name__}: {err}",
+                  "traceback": traceback.format_exc()[-4000:]}
+    result["seconds"] = round(time.monotonic() - start, 2)
+    return result
+
+
+def _median_time(ctx: Context, fn, repeats: int) -> float:
+    """Median seconds of `fn()` after one warm-up call, synchronised on CUDA."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        ctx.sync()
+        start = time.perf_counter()
+        fn()
+        ctx.sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# environment, peaks, kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _version(module: str, distributions: dict) -> str | None:
+    """The installed version of the distribution providing `module` (None: not importable), without importing it."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    dists = distributions.get(module, [])
+    try:
+        return importlib.metadata.version(dists[0]) if dists else "present"
+    except importlib.metadata.PackageNotFoundError:
+        return "present"
+
+
+def environment(ctx: Context) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cpu_count": os.cpu_count(), "onetok": ctx.shared.get("onetok_import")}
+    dists = importlib.metadata.packages_distributions()
+    info["packages"] = {name: _version(name, dists) for name in ("triton", "numpy", *OPTIONAL_PACKAGES)}
+    if ctx.device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info["device"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                          "multiprocessors": props.multi_processor_count, "memory_gib": props.total_memory / 2**30}
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,clocks.max.mem,power.limit",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False)
+        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[:200]
+    else:
+        info["device"] = {"name": f"CPU {platform.processor() or platform.machine()}",
+                          "torch_threads": torch.get_num_threads()}
+    return info
+
+
+def peaks(ctx: Context) -> dict:
+    import torch
+
+    from onetok.scripts import bench_kernels
+
+    numel = (2**28 if ctx.device == "cuda" else 2**24)  # fp32: 1 GiB on CUDA, 64 MiB on CPU
+    src = torch.randn(numel, device=ctx.device)
+    dst = torch.empty_like(src)
+    seconds = _median_time(ctx, lambda: dst.copy_(src), repeats=10 if ctx.device == "cuda" else 3)
+    result = {"copy_gb_s": 2 * numel * 4 / seconds / 1e9, "copy_bytes": numel * 4,
+              "copy_note": "bytes read + written per second"}
+    dtypes = ["fp32", "bf16"] if ctx.device == "cuda" else ["fp32"]
+    result["matmul_gfma_s"] = bench_kernels.measure_peaks(ctx.device, dtypes)
+    if ctx.device == "cuda":
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            result["matmul_gfma_s"]["tf32"] = bench_kernels.measure_peaks(ctx.device, ["fp32"])["fp32"]
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    ctx.shared["peaks"] = result["matmul_gfma_s"]
+    return result
+
+
+def nearest_code(ctx: Context) -> dict:
+    from onetok.scripts import bench_kernels
+    from onetok.tokenizers.model import preset
+
+    titok = preset("titok-s-128")  # the VQ tokenizer: cosine search, K = 4096 codes of D = 12
+    if ctx.dry_run:
+        target = {"N": [2048], "K": [512], "D": [TARGET["D"]]}
+        token_rows = [titok.num_latent_tokens, 4 * titok.num_latent_tokens]
+    else:
+        target = {k: [v] for k, v in TARGET.items()}
+        token_rows = [titok.num_latent_tokens * b for b in (1, 32, 256)]  # one image, a training batch, 256 images
+    cases = bench_kernels.nearest_code_cases(target, ["fp32", "bf16"], ["euclidean", "cosine"])
+    cases += [{"N": n, "K": titok.codebook_size, "D": titok.code_dim, "dtype": "fp32", "metric": "cosine",
+               "label": "titok-s-128 quantizer"} for n in token_rows]
+    use_triton, status = bench_kernels.triton_status(ctx.device == "cuda")
+    rows = bench_kernels.bench_nearest_code(cases, ctx.device, use_triton, repeats=10 if ctx.device == "cuda" else 2,
+                                            seed=0, peaks=ctx.shared.get("peaks", {}))
+    return {"triton": status if ctx.device == "cuda" else "skipped: needs CUDA (dry run on CPU)", "rows": rows}
+
+
+def sjd_verify(ctx: Context) -> dict:
+    from onetok.scripts import bench_kernels
+
+    vocab = 6 + 256 + 4096  # specials + UTF-8 bytes + a 4096-code tokenizer
+    cases = [(1, 16, 512), (4, 16, 512)] if ctx.dry_run else [(1, 16, vocab), (16, 16, vocab), (16, 16, 32768)]
+    use_triton, status = bench_kernels.triton_status(ctx.device == "cuda")
+    rows = bench_kernels.bench_sjd(cases, ctx.device, use_triton, repeats=10 if ctx.device == "cuda" else 2, seed=0)
+    return {"triton": status if ctx.device == "cuda" else "skipped: needs CUDA (dry run on CPU)", "rows": rows}
+
+
+KERNEL_TEST_FILES = ("test_kernels.py", "test_kernel_compile.py", "test_bench_kernels.py")
+
+
+def kernel_tests(ctx: Context) -> dict:
+    """pytest in subprocesses. On CUDA: the kernel test files, compiled on the device (xdist when it imports), then
+    every other `gpu`-marked test (modules that need an absent package fail to collect and are listed). In a dry
+    run: the `gpu`-marked kernel tests only, which skip themselves without CUDA (the plumbing is what runs)."""
+    tests = REPO / "tests"
+    pytest = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
+    if ctx.dry_run:
+        runs = {"kernel_tests": [*pytest, "-m", "gpu", str(tests / "test_kernels.py")]}
+    else:
+        parallel = ["-n", "8"] if importlib.util.find_spec("xdist") else []
+        runs = {"kernel_tests": [*pytest, *parallel, *(str(tests / name) for name in KERNEL_TEST_FILES)],
+                "gpu_marked_elsewhere": [*pytest, "-m", "gpu", "--continue-on-collection-errors",
+                                         *(f"--ignore={tests / name}" for name in KERNEL_TEST_FILES), str(tests)]}
+    results, log = {}, []
+    for name, cmd in runs.items():
+        if ctx.left() < 20:
+            results[name] = {"skipped": f"deadline: {ctx.left():.0f} s left"}
+            continue
+        output, code = _run_child(ctx, cmd, max(10.0, min(240.0, ctx.left() - 10)))
+        log.append(f"--- {name}: {' '.join(cmd[2:])}\n{output}")
+        results[name] = {"command": " ".join(cmd[2:]).replace(str(REPO) + "/", ""),
+                         "returncode": code, "passed": code in (0, 5),  # 5: no test selected
+                         "summary": re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped|error|deselected).*?)\s*=*$",
+                                               output, re.M),
+                         "failed": re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)[:50]}
+    (ctx.out / "gpu_check_pytest.log").write_text("\n".join(log))
+    return {**results, "log": "gpu_check_pytest.log"}
+
+
+def _run_child(ctx: Context, cmd: list[str], timeout: float) -> tuple[str, int | str]:
+    """(output, return code or "timeout"); the child is registered so that the deadline watchdog can kill it. It runs
+    in the scratch folder: `python -m` puts the working directory first on sys.path, and the checkout's own
+    `onetok/` folder (no sub-packages in it) would hide the symlink package."""
+    child = subprocess.Popen(cmd, cwd=ctx.scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx.shared.setdefault("children", []).append(child)
+    try:
+        output, _ = child.communicate(timeout=timeout)
+        return output, child.returncode
+    except subprocess.TimeoutExpired:
+        child.kill()
+        output, _ = child.communicate()
+        return output + f"\n[gpu_check: killed after {timeout:.0f} s]", "timeout"
+    finally:
+        ctx.shared["children"].remove(child)
+
+
+SECTIONS_KERNELS = [
+    Section("environment", environment, 30, 30),
+    Section("peaks", peaks, 20, 20),
+    Section("nearest_code", nearest_code, 60, 30),
+    Section("sjd_verify", sjd_verify, 10, 10),
+]
+
+
+def _model_section(name: str):
+    """A section of `gpu_check_models` (imported only when it runs: it needs timm/einops/lightning)."""
+    return lambda ctx: getattr(importlib.import_module("onetok.scripts.gpu_check_models"), name)(ctx)
+
+
+SECTIONS = [
+    *SECTIONS_KERNELS,
+    Section("sampling_random", _model_section("sampling_random"), 90, 60, requires=("timm", "einops")),
+    Section("tests", kernel_tests, 60, 20, requires=("pytest",)),
+    Section("sampling_trained", _model_section("sampling_trained"), 120, 60,
+            requires=("timm", "einops", "lightning")),
+    Section("train_rates", _model_section("train_rates"), 45, 40, requires=("timm", "einops", "lightning", "yaml")),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report: JSON and markdown, rewritten after every section
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _row_of(rows: list, **match) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue 17's GPU acceptance numbers, read off the sections (None = not measured)."""
+    nearest = report["sections"].get("nearest_code", {}).get("result", {}).get("rows", [])
+    row = _row_of(nearest, **TARGET, dtype="fp32", metric="euclidean") or {}
+    speed = row.get("speedup_vs_cdist", {}).get("triton")
+    sampling = report["sections"].get("sampling_random", {}).get("result", {})
+    sjd = [r["plain_over_this"] for r in sampling.get("rows", []) if r["batch"] == 1 and r["mode"] != "plain"]
+    image_tokens = sampling.get("image_tokens")
+    tests = report["sections"].get("tests", {}).get("result", {})
+    runs = [r for r in tests.values() if isinstance(r, dict) and "command" in r]
+
+    def target(what: str, value, goal: float) -> dict:
+        if report["dry_run"]:  # toy sizes on CPU: numbers that mean nothing against a GPU goal
+            value = None
+        return {"what": what, "value": value, "goal": f">= {goal}", "met": None if value is None else value >= goal}
+
+    return [
+        target("nearest code fp32 N=65536 K=16384 D=16: cdist+argmin time / triton time", speed, 5.0),
+        target("nearest code fp32 N=65536 K=16384 D=16: addmm+argmin time / triton time", row.get("triton_vs_addmm"),
+               2.0),
+        {"what": "nearest code fp32 N=65536 K=16384 D=16: triton peak extra MiB (O(N): 12 bytes per row + codes)",
+         "value": None if report["dry_run"] else row.get("extra_mib", {}).get("triton"), "goal": "O(N)", "met": None},
+        target(f"SJD wall clock, batch 1, {image_tokens} image tokens: plain time / best SJD time",
+               max(sjd) if sjd else None, 1.5),
+        {"what": "kernel and gpu-marked tests on the device pass", "value": None, "goal": "all pass",
+         "met": None if report["dry_run"] or not runs else all(r.get("passed") for r in runs)},
+    ]
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def markdown(report: dict) -> str:
+    env = report["sections"].get("environment", {}).get("result", {})
+    lines = [f"# onetok GPU check — {report['started']}", "",
+             f"Device: {env.get('device', {}).get('name', '?')}; torch {env.get('torch', '?')}, triton "
+             f"{env.get('packages', {}).get('triton', '?')}, python {env.get('python', '?')}. "
+             f"{'DRY RUN on CPU (CUDA-only parts skipped). ' if report['dry_run'] else ''}"
+             f"{report.get('elapsed_s', 0):.0f} s of a {report['deadline_s']:.0f} s deadline.", "",
+             "| target | value | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t['what']} | {_fmt(t['value'])} | {t['goal']} | {_fmt(t['met'])} |" for t in report["targets"]]
+    lines += ["", "| section | status | seconds | note |", "|---|---|---|---|"]
+    for name, sec in report["sections"].items():
+        note = sec.get("reason") or sec.get("error") or ""
+        lines.append(f"| {name} | {sec['status']} | {_fmt(sec.get('seconds'))} | {note[:150]} |")
+    sections = report["sections"]
+    peaks = sections.get("peaks", {}).get("result")
+    if peaks:
+        rates = ", ".join(f"{k} {_fmt(v.get('gfma_s'), '.0f')}" for k, v in peaks["matmul_gfma_s"].items())
+        lines += ["", f"Copy {peaks['copy_gb_s']:.0f} GB/s (read + write); square matmul GFMA/s: {rates}."]
+    for name in ("nearest_code", "sjd_verify"):
+        result = sections.get(name, {}).get("result")
+        if result:
+            lines += ["", f"**{name}** (Triton: {result['triton']})"]
+            lines += _nearest_table(result["rows"]) if name == "nearest_code" else _sjd_table(result["rows"])
+    for name in ("sampling_random", "sampling_trained"):
+        result = sections.get(name, {}).get("result")
+        if result:
+            lines += ["", f"**{name}**: {result.get('model', '')} {result.get('tokenizer', '')} — "
+                          f"{result['image_tokens']} image tokens, {result['dtype']}",
+                      "", "| batch | mode | s / batch | s / image | passes | tokens / SJD pass | plain / this |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {r['batch']} | {r['mode']} | {_fmt(r['seconds'])} | {_fmt(r['seconds_per_image'])} | "
+                      f"{r['forward_passes']} | {_fmt(r['mean_tokens_per_pass'])} | {_fmt(r['plain_over_this'])} |"
+                      for r in result["rows"]]
+    rates = sections.get("train_rates", {}).get("result")
+    if rates:
+        lines += ["", "| training (bf16-mixed) | batch | steps / s |", "|---|---|---|"]
+        lines += [f"| {r['config']} | {r['batch']} | {_fmt(r['steps_per_s'])} |" for r in rates.values()]
+    tests = sections.get("tests", {}).get("result", {})
+    for name, run in tests.items():
+        if isinstance(run, dict) and "command" in run:
+            lines += ["", f"Tests, {name} (`{run['command']}`): {'; '.join(run['summary']) or run['returncode']}"
+                          f"{'; failed: ' + ', '.join(run['failed']) if run['failed'] else ''}"]
+    return "\n".join(lines) + "\n"
+
+
+def _nearest_table(rows: list) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "| N | K | D | dtype | metric | method | ms | GFMA/s | % peak | x cdist | extra MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for method in ("triton", "addmm+argmin", "cdist+argmin", "reference"):
+            if method in r["ms"] or method in r["errors"]:
+                frac = r["peak_fraction"].get(method)
+                lines.append(
+                    f"| {r['N']} | {r['K']} | {r['D']} | {r['dtype']} | {r['metric']} | {method} | "
+                    f"{_fmt(r['ms'].get(method), '.3f') if method in r['ms'] else r['errors'][method][:60]} | "
+                    f"{_fmt(r['gfma_s'].get(method), '.0f')} | {_fmt(None if frac is None else 100 * frac, '.0f')} | "
+                    f"{_fmt(r['speedup_vs_cdist'].get(method), '.2f')} | {_fmt(r['extra_mib'].get(method), '.1f')} |")
+    return lines
+
+
+def _sjd_table(rows: list) -> list[str]:
+    lines = ["", "| B | W | V | reference ms | triton ms | speed-up | errors |", "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {r['B']} | {r['W']} | {r['V']} | {_fmt(r['ms'].get('reference'), '.3f')} | "
+                    f"{_fmt(r['ms'].get('triton'), '.3f')} | {_fmt(r.get('speedup'), '.2f')} | "
+                    f"{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())[:120]} |" for r in rows]
+
+
+class Reporter:
+    """Holds the report and writes OUT/gpu_check.json + OUT/gpu_check.md atomically (thread-safe: the watchdog
+    writes too)."""
+
+    def __init__(self, out: Path, report: dict, t0: float):
+        self.out, self.report, self.t0, self.lock = out, report, t0, threading.Lock()
+
+    def write(self) -> None:
+        with self.lock:
+            self.report["elapsed_s"] = time.monotonic() - self.t0
+            self.report["targets"] = targets(self.report)
+            data = json.loads(json.dumps(self.report, default=str))  # a snapshot
+            for name, text in (("gpu_check.json", json.dumps(data, indent=1, default=str)),
+                               ("gpu_check.md", markdown(data))):
+                tmp = self.out / f".{name}.tmp"
+                tmp.write_text(text)
+                tmp.replace(self.out / name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--dry-run", action="store_true", help="on CPU at toy sizes, skipping what needs CUDA")
+    parser.add_argument("--model", help="a unified model directory for `sampling_trained` (default: train one)")
+    parser.add_argument("--deadline-s", type=float, default=DEADLINE_S, help=f"stop by then (default {DEADLINE_S:.0f})")
+    parser.add_argument("--only", help="comma-separated sections to run (default all): "
+                        + ", ".join(s.name for s in SECTIONS))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.monotonic()
+    only = None if not args.only else set(args.only.split(","))
+    if only and not only <= {s.name for s in SECTIONS}:
+        print(f"gpu_check: unknown section(s) {sorted(only - {s.name for s in SECTIONS})}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="onetok-gpu-check-"))
+    report = {"format": "onetok-gpu-check", "version": 1, "started": datetime.datetime.now().isoformat(" ", "seconds"),
+              "dry_run": args.dry_run, "deadline_s": args.deadline_s, "argv": sys.argv[1:], "sections": {}}
+    reporter = Reporter(out, report, t0)
+    onetok_import = ensure_onetok(REPO, scratch)
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device (use --dry-run to run on CPU)", file=sys.stderr)
+        return 2
+    ctx = Context(out=out, scratch=scratch, dry_run=args.dry_run, device="cuda" if not args.dry_run else "cpu",
+                  deadline=t0 + args.deadline_s, model_dir=args.model, shared={"onetok_import": onetok_import})
+    current = {"name": None}
+
+    def on_deadline() -> None:
+        for child in list(ctx.shared.get("children", [])):
+            child.kill()
+        if current["name"]:
+            report["sections"][current["name"]] = {"status": "error", "error": "killed at the deadline"}
+        reporter.write()
+        print(f"gpu_check: deadline reached during {current['name']}; report written to {out}", flush=True)
+        os._exit(3)
+
+    watchdog = threading.Timer(max(1.0, ctx.left()), on_deadline)
+    watchdog.daemon = True
+    watchdog.start()
+    for section in SECTIONS:
+        if only and section.name not in only:
+            continue
+        current["name"] = section.name
+        print(f"[gpu_check {time.monotonic() - t0:6.1f} s] {section.name} ...", flush=True)
+        result = run_section(section, ctx)
+        report["sections"][section.name] = result
+        current["name"] = None
+        print(f"[gpu_check {time.monotonic() - t0:6.1f} s] {section.name}: {result['status']} "
+              f"{result.get('reason') or result.get('error') or ''}", flush=True)
+        reporter.write()
+    watchdog.cancel()
+    reporter.write()
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(markdown(report))
+    return 1 if any(s["status"] == "error" for s in report["sections"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

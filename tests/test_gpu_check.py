@@ -1,0 +1,110 @@
+"""The prepared GPU check (`scripts/gpu_check.py`): runs from a plain checkout, records every section's outcome
+instead of failing, stops at its deadline, and runs end to end on CPU in dry-run mode."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from onetok.scripts import gpu_check
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_package_dirs_follow_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    want = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert gpu_check.package_dirs(REPO / "pyproject.toml") == want
+    assert want["onetok.kernels"] == "kernels"
+
+
+def test_symlink_package_imports_without_an_install(tmp_path):
+    """No editable install (its import finder removed), a working directory without onetok: the symlink package
+    on PYTHONPATH alone serves every sub-package."""
+    root = gpu_check.build_package_dir(REPO, tmp_path / "path")
+    code = textwrap.dedent("""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+        import importlib.util
+        import onetok.kernels, onetok.scripts.bench_kernels, onetok.ar_model.vocab
+        assert all(importlib.util.find_spec(f"onetok.{name}") for name in ("tokenizers", "data", "ar_model.sjd"))
+        print(onetok.__file__, onetok.kernels.__file__)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    package, kernels = run.stdout.split()
+    assert package.startswith(str(root)) and kernels == str(root / "onetok" / "kernels" / "__init__.py")
+
+
+def _ctx(tmp_path, left=100.0, dry_run=True):
+    import time
+
+    return gpu_check.Context(out=tmp_path, scratch=tmp_path, dry_run=dry_run, device="cpu",
+                             deadline=time.monotonic() + left)
+
+
+def test_a_section_never_raises(tmp_path):
+    def boom(ctx):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    run = gpu_check.run_section
+    failed = run(gpu_check.Section("boom", boom, 1, 1), _ctx(tmp_path))
+    assert failed["status"] == "error" and "illegal memory access" in failed["error"] and "boom" in failed["traceback"]
+    ok = run(gpu_check.Section("ok", lambda ctx: {"x": 1}, 1, 1), _ctx(tmp_path))
+    assert ok["status"] == "ok" and ok["result"] == {"x": 1} and ok["seconds"] >= 0
+    missing = run(gpu_check.Section("m", lambda ctx: {}, 1, 1, requires=("no_such_package_xyz",)), _ctx(tmp_path))
+    assert missing == {"status": "skipped", "reason": missing["reason"]} and "no_such_package_xyz" in missing["reason"]
+    cuda = run(gpu_check.Section("c", lambda ctx: {}, 1, 1, cuda_only=True), _ctx(tmp_path))
+    assert cuda["reason"] == "needs CUDA (dry run on CPU)"
+    late = run(gpu_check.Section("late", lambda ctx: {}, 60, 50), _ctx(tmp_path, left=30))
+    assert late["status"] == "skipped" and late["reason"].startswith("deadline")
+
+
+def test_the_watchdog_writes_the_report_and_stops_at_the_deadline(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys, time
+        from onetok.scripts import gpu_check as g
+        g.SECTIONS[:] = [g.Section("quick", lambda ctx: {{"done": True}}, 0, 0),
+                         g.Section("hangs", lambda ctx: time.sleep(60), 0, 0)]
+        sys.exit(g.main(["--out", {str(tmp_path)!r}, "--dry-run", "--deadline-s", "10"]))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 3, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["sections"]["quick"]["status"] == "ok"
+    assert report["sections"]["hangs"] == {"status": "error", "error": "killed at the deadline"}
+    assert "deadline reached during hangs" in run.stdout
+
+
+@pytest.mark.slow
+def test_dry_run_end_to_end(tmp_path, monkeypatch):
+    """Every section but `tests` (a pytest inside pytest) on CPU at toy sizes, with the GPU image's missing
+    vector-quantize-pytorch simulated (the shapes tokenizer falls back to our VQ)."""
+    from onetok.scripts import gpu_check_models
+    from onetok.tokenizers.model import preset
+
+    monkeypatch.setattr(gpu_check_models, "shapes_tokenizer_config",
+                        lambda: preset("shapes", quantizer="vq", code_dim=8, codebook_size=512))
+    sections = [s.name for s in gpu_check.SECTIONS if s.name != "tests"]
+    assert gpu_check.main(["--out", str(tmp_path), "--dry-run", "--only", ",".join(sections)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] and list(report["sections"]) == sections
+    assert all(s["status"] == "ok" for s in report["sections"].values()), report["sections"]
+    result = {name: s["result"] for name, s in report["sections"].items()}
+    assert result["nearest_code"]["triton"] == result["sjd_verify"]["triton"] == "skipped: needs CUDA (dry run on CPU)"
+    rows = result["nearest_code"]["rows"]
+    assert {(r["dtype"], r["metric"]) for r in rows} >= {("fp32", "euclidean"), ("bf16", "cosine")}
+    assert all(r["ms"] and "triton" not in r["ms"] for r in rows)
+    for name in ("sampling_random", "sampling_trained"):
+        modes = {(r["batch"], r["mode"]) for r in result[name]["rows"]}
+        assert modes == {(b, m) for b in (1, 2) for m in ("plain", "sjd-1", "sjd-8")}
+    assert result["sampling_trained"]["tokenizer"].startswith("shapes preset, vq")
+    assert result["train_rates"]["tokenizer"]["steps_per_s"] > 0 and result["train_rates"]["ar"]["steps_per_s"] > 0
+    assert all(t["value"] is None for t in report["targets"])  # no GPU numbers from a dry run
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert "DRY RUN on CPU" in text and "| sampling_trained | ok |" in text
