@@ -46,7 +46,10 @@ _K = struct.Struct("<H")
 UNIFORM_COUNT_BYTES = _K.size  # the one k of a uniform-count image
 HEADER_V2_BYTES = _HEADER_V2.size  # 33
 IMAGE_V2_BYTES = _IMAGE_V2.size  # 9
-PAYLOADS = ("packed",)  # payload mode 0: bit-packed ids
+PAYLOADS = ("packed", "entropy")  # 0: bit-packed ids; 1: range-coded with a learned prior (tokenizers/entropy.py)
+_CODED_V2 = struct.Struct("<HHHHHI")  # width, height, coded width, coded height, uniform k (0: per tile), words
+CODED_V2_BYTES = _CODED_V2.size  # 14
+CHECKSUM_BYTES = 4
 COUNT_MODES = ("uniform", "per_tile")  # one k for every tile (u16) | a (k - 1) field of ceil(log2 L) bits per tile
 
 
@@ -110,6 +113,23 @@ class TiledImage:
 
 
 @dataclasses.dataclass(frozen=True)
+class CodedImage:
+    """One image of an entropy-coded version-2 file: the range coder's words, to be decoded with the prior
+    (`onetok.tokenizers.entropy`) into a `TiledImage`."""
+
+    width: int
+    height: int
+    coded_width: int
+    coded_height: int
+    uniform_k: int  # the one token count of every tile, or 0: per-tile counts are in the stream
+    words: np.ndarray  # (m,) uint32, the range coder's output
+    checksum: int  # CRC-32 of the counts (u16) and ids (u32), little-endian, tile by tile
+
+    def grid(self, tile: int) -> tuple[int, int]:
+        return -(-self.coded_height // tile), -(-self.coded_width // tile)
+
+
+@dataclasses.dataclass(frozen=True)
 class TiledFile:
     """The decoded contents of a version-2 `.otok` file."""
 
@@ -117,7 +137,12 @@ class TiledFile:
     codebook_size: int  # K
     tile_size: int  # T, the tokenizer's square input size
     max_tokens: int  # L, the tokenizer's token count: every tile has 1..L ids
-    images: tuple[TiledImage, ...]
+    images: tuple[TiledImage, ...] | tuple[CodedImage, ...]
+    prior_fingerprint: bytes | None = None  # the prior of an entropy-coded file (then images are CodedImage)
+
+    @property
+    def payload(self) -> str:
+        return "packed" if self.prior_fingerprint is None else "entropy"
 
     @property
     def num_images(self) -> int:
@@ -274,6 +299,11 @@ def _check_fingerprint(found: bytes, expected: bytes | None) -> None:
                         f"this tokenizer is {expected.hex()[:12]})")
 
 
+def ids_checksum(counts: np.ndarray, ids: np.ndarray) -> int:
+    """CRC-32 of the token counts (u16) then the ids (u32), little-endian: what an entropy-coded image must decode to."""
+    return zlib.crc32(ids.astype("<u4").tobytes(), zlib.crc32(counts.astype("<u2").tobytes()))
+
+
 def count_bits(max_tokens: int) -> int:
     """Bits of one per-tile count field (k - 1 in 0..L-1): ceil(log2 L)."""
     return (max_tokens - 1).bit_length()
@@ -287,11 +317,21 @@ def _check_v2(f: TiledFile) -> None:
         raise OtokError(f"tile size {f.tile_size} or token count {f.max_tokens} out of range 1..65535")
     if not 1 <= f.num_images <= 0xFFFF:
         raise OtokError(f"{f.num_images} images, a file holds 1..65535")
+    if (f.prior_fingerprint is not None) != all(isinstance(im, CodedImage) for im in f.images):
+        raise OtokError("an entropy-coded file holds coded images (and a prior fingerprint), a packed one tiled images")
+    if f.prior_fingerprint is not None and len(f.prior_fingerprint) != FINGERPRINT_BYTES:
+        raise OtokError(f"prior fingerprint must be {FINGERPRINT_BYTES} bytes")
     for im in f.images:
         sides = (im.width, im.height, im.coded_width, im.coded_height)
         if not all(1 <= v <= MAX_SIDE for v in sides):
             raise OtokError(f"image size {im.width}x{im.height} (coded {im.coded_width}x{im.coded_height}) out of "
                             f"range 1..{MAX_SIDE}")
+        if isinstance(im, CodedImage):
+            if not 0 <= im.uniform_k <= f.max_tokens or (im.uniform_k == 0 and f.max_tokens == 1):
+                raise OtokError(f"token count {im.uniform_k} out of range 0..{f.max_tokens}")
+            if im.words.dtype != np.uint32 or im.words.ndim != 1 or not 0 <= im.checksum <= 0xFFFFFFFF:
+                raise OtokError("a coded image needs uint32 words and a 32-bit checksum")
+            continue
         rows, cols = im.grid(f.tile_size)
         if im.counts.shape != (rows * cols,) or not np.issubdtype(im.counts.dtype, np.integer):
             raise OtokError(f"{im.counts.shape} token counts for a grid of {rows}x{cols} tiles")
@@ -308,8 +348,15 @@ def _dumps_v2(f: TiledFile) -> bytes:
     if bits > 32:
         raise OtokError(f"codebook size {f.codebook_size} needs more than 32 bits per id")
     _check_v2(f)
-    parts = [_HEADER_V2.pack(MAGIC, 2, 0, f.fingerprint, f.codebook_size, f.tile_size, f.max_tokens, bits,
-                             f.num_images)]
+    parts = [_HEADER_V2.pack(MAGIC, 2, PAYLOADS.index(f.payload), f.fingerprint, f.codebook_size, f.tile_size,
+                             f.max_tokens, bits, f.num_images)]
+    if f.prior_fingerprint is not None:
+        parts.append(f.prior_fingerprint)
+        for im in f.images:
+            parts += [_CODED_V2.pack(im.width, im.height, im.coded_width, im.coded_height, im.uniform_k,
+                                     len(im.words)), im.words.astype("<u4").tobytes(), _CRC.pack(im.checksum)]
+        body = b"".join(parts)
+        return body + _CRC.pack(zlib.crc32(body))
     for im in f.images:
         uniform = bool((im.counts == im.counts[0]).all())
         parts.append(_IMAGE_V2.pack(im.width, im.height, im.coded_width, im.coded_height, 0 if uniform else 1))
@@ -363,6 +410,19 @@ def _read_image_v2(cur: _Cursor, tile: int, max_tokens: int, bits: int) -> Tiled
     return TiledImage(width, height, coded_w, coded_h, counts, ids)
 
 
+def _read_coded_v2(cur: _Cursor, max_tokens: int) -> CodedImage:
+    width, height, coded_w, coded_h, uniform_k, words = _CODED_V2.unpack(cur.take(CODED_V2_BYTES))
+    if 0 in (width, height, coded_w, coded_h):
+        raise OtokError(f"image size {width}x{height} (coded {coded_w}x{coded_h}) has a zero side")
+    if uniform_k > max_tokens or (uniform_k == 0 and max_tokens == 1):
+        raise OtokError(f"{uniform_k} tokens per tile is out of range 1..{max_tokens}")
+    if 4 * words > cur.left:  # python ints: no overflow, nothing allocated yet
+        raise OtokError(f"truncated file: {words} coder words cannot fit in the {cur.left} bytes left")
+    stream = np.frombuffer(cur.take(4 * words), dtype="<u4").astype(np.uint32)
+    (checksum,) = _CRC.unpack(cur.take(CHECKSUM_BYTES))
+    return CodedImage(width, height, coded_w, coded_h, uniform_k, stream, checksum)
+
+
 def _loads_v2(data: bytes, fingerprint: bytes | None) -> TiledFile:
     if len(data) < HEADER_V2_BYTES + CRC_BYTES:
         raise OtokError(f"truncated file ({len(data)} bytes, the header alone is {HEADER_V2_BYTES + CRC_BYTES})")
@@ -378,10 +438,14 @@ def _loads_v2(data: bytes, fingerprint: bytes | None) -> TiledFile:
     if 0 in (tile, max_tokens, n):
         raise OtokError(f"tile size {tile}, token count {max_tokens} and image count {n} must be at least 1")
     cur = _Cursor(data, HEADER_V2_BYTES)
-    images = tuple(_read_image_v2(cur, tile, max_tokens, bits) for _ in range(n))
+    if PAYLOADS[payload] == "entropy":
+        prior_fp = cur.take(FINGERPRINT_BYTES)
+        images = tuple(_read_coded_v2(cur, max_tokens) for _ in range(n))
+    else:
+        prior_fp, images = None, tuple(_read_image_v2(cur, tile, max_tokens, bits) for _ in range(n))
     if cur.left:
         raise OtokError(f"{cur.left} trailing bytes before the CRC")
-    f = TiledFile(fp, codebook_size, tile, max_tokens, images)
+    f = TiledFile(fp, codebook_size, tile, max_tokens, images, prior_fp)
     _check_v2(f)
     return f
 
