@@ -195,7 +195,7 @@ class StreamedSequences(IterableDataset):
                 sample = token_sample(key, files)
                 return Row(self.builder(self.text(sample["caption"]), sample["codes"].tolist(), rng), key)
             sample = sample_from_files(key, files, self.image_size)
-            image = torch.from_numpy(np.asarray(sample["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
             example = self.builder(self.text(sample["caption"] or ""), None, rng, num_codes=self.num_codes)
             return Row(example, key, image)  # image (3, S, S)
         except Exception as err:  # noqa: BLE001 - a bad sample is replaced, never fatal
@@ -357,7 +357,7 @@ class ARDataModule(pl.LightningDataModule):
         return image_splits(self.data).get(split)
 
     def _device(self) -> torch.device:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def load_pairs(self, split: str, limit: int | None = None) -> TokenPairs | None:
@@ -392,7 +392,7 @@ class ARDataModule(pl.LightningDataModule):
         return SequenceBuilder(self.vocab, self.t2i_ratio, self.cond_dropout)
 
     def _world(self) -> tuple[int, int]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataset(self) -> TrainSequences | StreamedSequences:
@@ -414,7 +414,7 @@ class ARDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset()
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         collate = Collate(self.vocab.pad_id)
         if isinstance(dataset, TrainSequences):
             rank, world = self._world()

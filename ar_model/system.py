@@ -92,6 +92,7 @@ class ARSystem(pl.LightningModule):
         self.save_hyperparameters()
         self.transformer: Transformer | None = None
         self.tokenizer_fingerprint: str | None = None  # from the data module (setup) or the checkpoint
+        self.tokenizer_path: str | None = None  # the tokenizer's directory on this machine (resolved by fingerprint)
         self._tokenizer = _Detached()  # loaded on first use
         self._val_sums: torch.Tensor | None = None
         if vocab is not None:
@@ -117,21 +118,23 @@ class ARSystem(pl.LightningModule):
         if datamodule is not None and hasattr(datamodule, "tokenizer_fingerprint"):
             self.tokenizer_fingerprint = datamodule.tokenizer_fingerprint
             self._resolve_tokenizer(datamodule.tokenizer_dir)
-        self.hparams["tokenizer_fingerprint"] = self.tokenizer_fingerprint
 
     def _resolve_tokenizer(self, data_tokenizer: str | None) -> None:
-        from onetok.tokenizers.registry import resolve_tokenizer
+        """`tokenizer_dir` when it exists (it must match the data's fingerprint), else the data module's directory
+        or the registry; a missing tokenizer only turns off sampling at validation."""
+        from onetok.tokenizers.registry import is_tokenizer_dir, resolve_tokenizer
 
         given = self.hparams.tokenizer_dir
+        if given is not None and not is_tokenizer_dir(given):  # e.g. a path recorded on another machine
+            rank_zero_warn(f"tokenizer_dir {given} not found; looking for tokenizer {self.tokenizer_fingerprint[:12]}")
+            given = None
         try:
             found = resolve_tokenizer(self.tokenizer_fingerprint, given, data_tokenizer)
         except FileNotFoundError:
-            if given is not None:
-                raise
             rank_zero_warn(f"tokenizer {self.tokenizer_fingerprint[:12]} not found: no sampled images at validation "
                            "(export finds it later by fingerprint, or takes --tokenizer DIR)")
             found = None
-        self.hparams.tokenizer_dir = str(found) if found is not None else None
+        self.tokenizer_path = str(found) if found is not None else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.transformer(ids)  # (B, T, V)
@@ -143,9 +146,10 @@ class ARSystem(pl.LightningModule):
         from onetok.tokenizers import Tokenizer
 
         if self._tokenizer.module is None:
-            if self.hparams.tokenizer_dir is None:
+            path = self.tokenizer_path or self.hparams.tokenizer_dir
+            if path is None:
                 raise ValueError("ARSystem: no tokenizer directory (needed to encode images and draw samples)")
-            self._tokenizer.module = Tokenizer.from_pretrained(self.hparams.tokenizer_dir).requires_grad_(False)
+            self._tokenizer.module = Tokenizer.from_pretrained(path).requires_grad_(False)
         return self._tokenizer.module.to(self.device)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -212,7 +216,7 @@ class ARSystem(pl.LightningModule):
         captions = evaluate.caption_codes(self.transformer, self.vocab, codes)
         metrics = {"val/caption_exact": sum(c == t for c, t in zip(captions, prompts)) / n}
         images = None
-        if self.hparams.tokenizer_dir is not None:
+        if self.tokenizer_path is not None:
             settings = SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
             images = self.unified_model().generate_images(prompts, settings=settings, seed=0).images  # (n, 3, S, S)
             if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
@@ -245,7 +249,8 @@ class ARSystem(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["onetok_system"] = SYSTEM_NAME
         checkpoint["onetok_ar"] = {"model_config": dataclasses.asdict(self.config), "vocab": self.vocab.to_dict(),
-                                   "tokenizer_fingerprint": self.tokenizer_fingerprint}
+                                   "tokenizer_fingerprint": self.tokenizer_fingerprint,
+                                   "tokenizer_path": self.tokenizer_path}  # a hint: valid on this machine only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint of another model or trained on another tokenizer's codes."""
@@ -254,6 +259,7 @@ class ARSystem(pl.LightningModule):
             return
         if self.tokenizer_fingerprint is None:  # loaded outside a run (load_from_checkpoint)
             self.tokenizer_fingerprint = stored.get("tokenizer_fingerprint")
+            self.tokenizer_path = self.tokenizer_path or stored.get("tokenizer_path")
         if stored["model_config"] != dataclasses.asdict(self.config):
             diff = {k: (v, getattr(self.config, k)) for k, v in stored["model_config"].items()
                     if getattr(self.config, k, None) != v}
@@ -293,8 +299,8 @@ def checkpoint_contents(ckpt: dict) -> tuple[ARConfig, Vocab, str | None, str | 
     vocab = Vocab.from_dict(vocab_dict)
     config = build_config(hp.get("preset", "shapes"), vocab, hp.get("model_overrides"),
                           stored.get("model_config") or hp.get("model_config"))
-    fingerprint = stored.get("tokenizer_fingerprint") or hp.get("tokenizer_fingerprint")
-    return config, vocab, fingerprint, hp.get("tokenizer_dir")
+    fingerprint = stored.get("tokenizer_fingerprint") or hp.get("tokenizer_fingerprint")  # older checkpoints: hparams
+    return config, vocab, fingerprint, stored.get("tokenizer_path") or hp.get("tokenizer_dir")
 
 
 def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False,

@@ -54,10 +54,10 @@ def test_checkpoint_loads_weights_only_and_exports(tokens, tmp_path):
     ckpt_path = next(tmp_path.rglob("last.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert ckpt["onetok_system"] == "ar" and ckpt["global_step"] == 3
-    hp = ckpt["hyper_parameters"]
-    assert hp["vocab"]["text"]["kind"] == "words" and Path(hp["tokenizer_dir"]).is_dir()
-    assert hp["tokenizer_fingerprint"] == fingerprint_dir(hp["tokenizer_dir"])  # THE fingerprint (codec)
-    assert ckpt["onetok_ar"]["tokenizer_fingerprint"] == hp["tokenizer_fingerprint"]
+    hp, stored = ckpt["hyper_parameters"], ckpt["onetok_ar"]
+    assert hp["vocab"]["text"]["kind"] == "words" and Path(stored["tokenizer_path"]).is_dir()
+    assert stored["tokenizer_fingerprint"] == fingerprint_dir(stored["tokenizer_path"])  # THE fingerprint (codec)
+    assert stored["vocab"] == hp["vocab"] and stored["model_config"]["vocab_size"] == len(hp["vocab"]["text"]["words"]) + 70
     # the Lightning way back works too
     system = ARSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
     assert system.vocab.size == system.transformer.config.vocab_size
@@ -67,7 +67,7 @@ def test_checkpoint_loads_weights_only_and_exports(tokens, tmp_path):
     for name, value in model.transformer.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][f"transformer.{name}"])
     # the directory alone draws images and captions them: hide the training-time tokenizer meanwhile
-    tokenizer_dir = Path(hp["tokenizer_dir"])
+    tokenizer_dir = Path(stored["tokenizer_path"])
     tokenizer_dir.rename(tokenizer_dir.with_name("hidden"))
     try:
         model = UnifiedModel.from_pretrained(out)
