@@ -18,6 +18,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -84,13 +85,34 @@ def encode_codes(codes: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@lru_cache(maxsize=16)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...]]:
+    buf = io.BytesIO(header)
+    major, _ = np.lib.format.read_magic(buf)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(buf)
+    if fortran:
+        raise ValueError("Fortran-ordered codes.npy")
+    return dtype, shape
+
+
+def decode_codes(data: bytes) -> np.ndarray:
+    """.npy bytes of `encode_codes` -> (L,) int64 (the header of a shard's samples is parsed once)."""
+    if data[6] == 1:  # magic (6), version (2), header length (2 bytes in version 1, else 4), header
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    else:
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    dtype, shape = _npy_layout(data[:offset])
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(np.int64)
+
+
 def token_sample(key: str, files: dict[str, bytes], where: str = "") -> dict:
     """One raw token-shard sample -> {"key", "codes" (L,) int64, "caption", "json"}."""
     if "codes.npy" not in files:
         raise ValueError(f"{where}: sample {key} has no codes.npy (not a token shard)")
     return {
         "key": key,
-        "codes": np.load(io.BytesIO(files["codes.npy"]), allow_pickle=False).astype(np.int64),
+        "codes": decode_codes(files["codes.npy"]),
         "caption": files["txt"].decode("utf-8").strip() if "txt" in files else "",
         "json": json.loads(files["json"]) if "json" in files else {},
     }

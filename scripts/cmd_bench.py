@@ -1,4 +1,4 @@
-"""`onetok bench tokenizer | kernels | sjd`: benchmarks that print ratios against a baseline in the same run."""
+"""`onetok bench tokenizer | kernels | sjd | data`: benchmarks that print ratios against a baseline in the same run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ BENCHES = {
     "tokenizer": ("onetok.scripts.bench_tokenizer", "encode/decode throughput of the tokenizer"),
     "kernels": ("onetok.scripts.bench_kernels", "nearest-code search and SJD verify vs torch baselines"),
     "sjd": ("onetok.scripts.bench_sjd", "speculative Jacobi decoding vs plain sampling"),
+    "data": ("onetok.scripts.bench_data", "peak memory per rank of AR token data: in memory vs streamed"),
 }
 
 

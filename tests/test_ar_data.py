@@ -104,6 +104,14 @@ def test_codes_npy_dtype():
     assert small.dtype == np.int16 and big.dtype == np.int32 and big.tolist() == [0, 65535]
 
 
+def test_decode_codes_matches_numpy():
+    from onetok.ar_model.tokenize import decode_codes
+
+    for codes in (np.array([0, 5, 32767]), np.array([0, 65535]), np.arange(200) % 4096, np.zeros(0, dtype=np.int64)):
+        data = encode_codes(codes)
+        assert np.array_equal(decode_codes(data), np.load(io.BytesIO(data))) and decode_codes(data).dtype == np.int64
+
+
 def test_token_shards_round_trip(tiny):
     root, summary = tiny
     assert summary.counts == {"train": 40, "val": 12}
