@@ -88,6 +88,34 @@ def test_streamed_token_shards_every_sample_once_per_epoch(data):
         assert [k for b in loader for k in b["key"]] != keys  # the next epoch: another order
 
 
+def test_streamed_token_folder_memory_does_not_grow_with_its_size(tmp_path):
+    """in_memory=False: the token folder is streamed, never loaded; Python's peak allocation over setup and one epoch
+    hardly moves when the token set grows 5x, while held in memory it grows with every sample."""
+    import tracemalloc
+
+    from onetok.scripts.bench_data import write_token_folder
+
+    def peak(samples: int, in_memory: bool) -> int:
+        folder = tmp_path / f"tokens_{samples}"
+        if not folder.exists():
+            write_token_folder(folder, samples, tokens=16, codebook=4096, shard_size=100)
+        tracemalloc.start()
+        dm = ARDataModule(tokens=str(folder), text="bytes", in_memory=in_memory, batch_size=16, shuffle_buffer=50,
+                          val_samples=0)
+        dm.setup("fit")
+        assert (dm.train_pairs is None) != in_memory
+        for _ in dm.train_dataloader():
+            pass
+        size = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return size
+
+    peak(200, False)  # one-time allocations (imports, caches) out of the way
+    held = peak(1000, True) - peak(200, True)
+    streamed = peak(1000, False) - peak(200, False)
+    assert held > 800 * 200 and abs(streamed) < 0.1 * held  # held in memory: > 200 bytes a sample
+
+
 def test_streamed_images_encoded_on_device_equal_pretokenized(data):
     """Image shards streamed raw: the loader ships uint8 images, ARSystem encodes them on its device and fills in
     the codes; the rows equal those streamed from token shards made by `onetok tokenize`."""
