@@ -97,7 +97,8 @@ def _train_until_killed(config: str, data: Path, root: Path, probe: Path) -> int
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "onetok.scripts.train", *overrides(config, data, root), *PROBE,
            "--trainer.max_steps=100000", "--trainer.logger=false"]
-    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    log = open(probe.with_suffix(".log"), "w")  # a file, not a pipe: a full pipe would stall the run
+    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.time() + 120
     try:
@@ -110,11 +111,12 @@ def _train_until_killed(config: str, data: Path, root: Path, probe: Path) -> int
                     proc.wait()
                     return saved
             time.sleep(0.2)
-        raise AssertionError(f"no periodic last.ckpt in time: {proc.stderr.read().decode()[-2000:]}")
+        raise AssertionError(f"no periodic last.ckpt in time: {probe.with_suffix('.log').read_text()[-2000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
 
 
 @pytest.mark.parametrize("config", ["tokenizer/shapes.yaml", "ar/shapes.yaml"])
