@@ -1,268 +1,71 @@
-"""Training data for the unified model: token shards, sequence building with loss masks, and `ARDataModule`.
+"""Training data for the unified model: the datasets and `ARDataModule` (rows in `onetok.ar_model.sequence`'s format).
 
-Token shards (written by `onetok tokenize`) are WebDataset-style tars beside a `meta.json`:
+Four ways to feed it, chosen by `tokens`/`images` and `in_memory`:
 
-    OUT/meta.json          tokenizer fingerprint + config, L, codebook size, the caption word list
-    OUT/train/000000.tar   per sample: KEY.codes.npy (L,) int16/int32, KEY.txt (caption), KEY.json (attributes)
-    OUT/val/000000.tar
+    tokens + in_memory=True    token shards (`onetok tokenize`) loaded once, map-style: small data (the shapes)
+    tokens + in_memory=False   token shards streamed, memory bounded by the shuffle buffer: the default at scale
+    images + in_memory=True    image shards encoded once at setup (on the run's device), then as the first
+    images + in_memory=False   image shards streamed; loader workers only decode images and the training system
+                               encodes them with the tokenizer on its device (`ARSystem.on_after_batch_transfer`)
 
-Sequences (ids are `Vocab` ids; `targets[t]` is the label for the prediction made at position t, -100 = no loss):
+Under DDP every rank reads its own share: map-style data through `RankSampler`, streams through `stream_pieces`
+(split by rank and by loader worker, equal batch counts per rank). A resumed run continues the epoch where its
+checkpoint left it (`ResumableLoader`). Validation rows (every val image once per task) are split across ranks
+without padding, so per-task sums over ranks equal the one-process numbers.
 
-    text -> image   <bos> text <boi> codes <eoi> <eos>     loss on codes, <eoi>, <eos>
-    image -> text   <bos> <boi> codes <eoi> text <eos>     loss on text, <eos>
-
-A fraction `t2i_ratio` of training rows is text -> image; `cond_dropout` of those replace the caption by `<null>`
-(the unconditional branch of classifier-free guidance). Batches are dicts `ids (B, T)`, `targets (B, T)`,
-`task (B,)` (`T2I` or `I2T`), right-padded with `<pad>`.
-
-Token shards of a small dataset (the built-in shapes: 20k x 16 codes) are loaded once into memory and served
-map-style, the fastest option on a 2-core machine. Raw image shards are encoded through the tokenizer, either once
-into memory (`in_memory=True`) or streamed batch by batch (`in_memory=False`, for large data).
+A fraction `t2i_ratio` of training rows is text -> image; `cond_dropout` of those replace the caption by `<null>`.
+The task and dropout of a row are drawn from (seed, epoch, sample), so they do not depend on ranks or workers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import lightning as L
+import lightning as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from onetok.ar_model.vocab import ByteText, Vocab, WordText
-from onetok.data.shards import ShardWriter, expand_shards, iter_raw_samples, iter_samples
-
-T2I, I2T = 0, 1  # task ids per row
-IGNORE = -100  # target value without loss (torch cross_entropy's ignore_index)
-META_FORMAT = "onetok-tokens"
-MAX_WORDS = 50000  # larger caption vocabularies are not kept in meta.json (use text="bytes")
-
-# --------------------------------------------------------------------------------------------------------------------
-# Token shards: writing, reading, meta.json
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike) -> str:
-    """sha256 (first 16 hex digits) of a tokenizer directory's weights (names and bytes, not the file's layout)."""
-    from safetensors.torch import load_file
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(load_file(str(Path(tokenizer_dir) / "model.safetensors")).items()):
-        digest.update(name.encode())
-        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def encode_codes(codes: np.ndarray) -> bytes:
-    """(L,) codes -> .npy bytes (int16 when every code fits, else int32)."""
-    dtype = np.int16 if codes.size == 0 or int(codes.max()) < 2**15 else np.int32
-    buf = io.BytesIO()
-    np.save(buf, codes.astype(dtype), allow_pickle=False)
-    return buf.getvalue()
-
-
-def iter_token_samples(spec) -> Iterator[dict]:
-    """Samples `key`, `codes` (L,) int64 array, `caption` str, `json` dict of every token shard in `spec`."""
-    for path in expand_shards(spec):
-        for key, files in iter_raw_samples(path):
-            if "codes.npy" not in files:
-                raise ValueError(f"{path}: sample {key} has no codes.npy (not a token shard)")
-            yield {
-                "key": key,
-                "codes": np.load(io.BytesIO(files["codes.npy"]), allow_pickle=False).astype(np.int64),
-                "caption": files["txt"].decode("utf-8").strip() if "txt" in files else "",
-                "json": json.loads(files["json"]) if "json" in files else {},
-            }
-
-
-def image_splits(data: str | os.PathLike) -> dict[str, str]:
-    """Split name -> shard spec: `train`/`val` sub-folders of a dataset root, or {"train": spec} for one spec."""
-    root = Path(data)
-    if root.is_dir() and (root / "train").is_dir():
-        return {s: str(root / s) for s in ("train", "val") if (root / s).is_dir() and expand_shards(root / s)}
-    paths = expand_shards(data)
-    if not paths or not all(os.path.isfile(p) for p in paths):
-        raise FileNotFoundError(f"{data}: no shards found")
-    return {"train": str(data)}
-
-
-def _batches(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    batch = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def images_to_tensor(images: list) -> torch.Tensor:
-    """PIL RGB images -> float (B, 3, S, S) in [0, 1]."""
-    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (B, S, S, 3)
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def encode_samples(tokenizer, samples: Iterator[dict], batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
-    """(decoded image sample, its (L,) codes) pairs; images are encoded `batch_size` at a time."""
-    device = next(tokenizer.parameters()).device
-    for batch in _batches(samples, batch_size):
-        codes = tokenizer.encode(images_to_tensor([s["image"] for s in batch]).to(device)).cpu().numpy()  # (B, L)
-        yield from zip(batch, codes)
-
-
-class TokenizeSummary(NamedTuple):
-    counts: dict[str, int]  # samples written per split
-    skipped: int  # unreadable samples skipped
-    meta: dict
-
-
-def tokenize_dataset(
-    tokenizer_dir: str | os.PathLike, data: str, out: str | os.PathLike, batch_size: int = 256,
-    shard_size: int = 5000, progress: Callable[[int], None] | None = None, device: str = "cpu",
-) -> TokenizeSummary:
-    """Encode the image shards of `data` (a dataset root with train/ and val/, or one shard spec) into token shards
-    in `out` (which must not exist yet: callers build into a temporary folder and rename it)."""
-    from onetok.data.shards import SkipCounter
-    from onetok.tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
-    out = Path(out)
-    counts, words = {}, set()
-    skips = SkipCounter()
-    for split, spec in image_splits(data).items():
-        samples = iter_samples(spec, size=tokenizer.image_size, skips=skips)
-        with ShardWriter(out / split, shard_size) as writer:
-            for sample, codes in encode_samples(tokenizer, samples, batch_size):
-                caption = sample["caption"] or ""
-                if len(words) <= MAX_WORDS:
-                    words.update(caption.split())
-                writer.write(sample["key"], {
-                    "codes.npy": encode_codes(codes),
-                    "txt": caption.encode("utf-8"),
-                    "json": json.dumps(sample["json"], sort_keys=True).encode("utf-8"),
-                })
-                if progress:
-                    progress(1)
-        counts[split] = writer.total
-    meta = {
-        "format": META_FORMAT,
-        "version": 1,
-        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "fingerprint": tokenizer_fingerprint(tokenizer_dir),
-                      "config": tokenizer.config.to_dict()},
-        "num_latent_tokens": tokenizer.num_latent_tokens,
-        "codebook_size": tokenizer.codebook_size,
-        "image_size": tokenizer.image_size,
-        "counts": counts,
-        "words": sorted(words) if len(words) <= MAX_WORDS else None,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return TokenizeSummary(counts, skips.count, meta)
-
-
-def read_meta(token_dir: str | os.PathLike) -> dict:
-    path = Path(token_dir) / "meta.json"
-    meta = json.loads(path.read_text())
-    if meta.get("format") != META_FORMAT:
-        raise ValueError(f"{path}: not an onetok token-shard meta.json")
-    return meta
-
-
-def is_token_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / "meta.json").is_file()
-
+from onetok.ar_model.sequence import T2I, Collate, Row, SequenceBuilder, TextEncoder, i2t_example, t2i_example
+from onetok.ar_model.tokenize import (
+    encode_samples,
+    image_splits,
+    is_token_dir,
+    iter_token_samples,
+    read_meta,
+    token_sample,
+)
+from onetok.ar_model.vocab import TEXT_KINDS, Vocab, text_vocab_from_spec
+from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_skip
+from onetok.data.shards import SkipCounter, expand_shards, iter_raw_samples, iter_samples, sample_from_files
 
 # --------------------------------------------------------------------------------------------------------------------
-# Sequences and batches
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class Example(NamedTuple):
-    ids: list[int]  # input ids (T,)
-    targets: list[int]  # next-token labels (T,), IGNORE where no loss
-    task: int  # T2I or I2T
-
-
-def t2i_example(vocab: Vocab, text_ids: list[int], codes: list[int], null: bool = False) -> Example:
-    """`<bos> text <boi> codes <eoi> <eos>` (text replaced by `<null>` when `null`); loss on codes, <eoi>, <eos>."""
-    cond = [vocab.null_id] if null else list(text_ids)
-    image = [vocab.image_offset + c for c in codes]
-    seq = [vocab.bos_id, *cond, vocab.boi_id, *image, vocab.eoi_id, vocab.eos_id]
-    first = len(cond) + 2  # index of the first image id in `seq`
-    targets = [IGNORE] * (first - 1) + seq[first:]
-    return Example(seq[:-1], targets, T2I)
-
-
-def i2t_example(vocab: Vocab, text_ids: list[int], codes: list[int]) -> Example:
-    """`<bos> <boi> codes <eoi> text <eos>`; loss on the text and <eos>."""
-    image = [vocab.image_offset + c for c in codes]
-    seq = [vocab.bos_id, vocab.boi_id, *image, vocab.eoi_id, *text_ids, vocab.eos_id]
-    first = len(image) + 3  # index of the first text id
-    targets = [IGNORE] * (first - 1) + seq[first:]
-    return Example(seq[:-1], targets, I2T)
-
-
-class SequenceBuilder:
-    """Draws each training row's task (t2i with probability `t2i_ratio`) and condition dropout."""
-
-    def __init__(self, vocab: Vocab, t2i_ratio: float = 0.5, cond_dropout: float = 0.1):
-        if not 0.0 <= t2i_ratio <= 1.0 or not 0.0 <= cond_dropout <= 1.0:
-            raise ValueError("t2i_ratio and cond_dropout must lie in [0, 1]")
-        self.vocab, self.t2i_ratio, self.cond_dropout = vocab, t2i_ratio, cond_dropout
-
-    def __call__(self, text_ids: list[int], codes: list[int], rng: random.Random) -> Example:
-        if rng.random() < self.t2i_ratio:
-            return t2i_example(self.vocab, text_ids, codes, null=rng.random() < self.cond_dropout)
-        return i2t_example(self.vocab, text_ids, codes)
-
-
-def collate_examples(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest row: {"ids": (B, T), "targets": (B, T), "task": (B,)}."""
-    T = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), IGNORE, dtype=torch.long)
-    for b, e in enumerate(examples):
-        ids[b, : len(e.ids)] = torch.tensor(e.ids)
-        targets[b, : len(e.targets)] = torch.tensor(e.targets)
-    return {"ids": ids, "targets": targets, "task": torch.tensor([e.task for e in examples], dtype=torch.long)}
-
-
-class Collate:
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return collate_examples(examples, self.pad_id)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Datasets
+# Splits held in memory
 # --------------------------------------------------------------------------------------------------------------------
 
 
 class TokenPairs(NamedTuple):
-    """One split in memory: codes (N, L) (int16 when the codebook allows), captions and their `json` attributes."""
+    """One split in memory: codes (N, L) (int16 when the codebook allows), captions, `json` attributes and keys."""
 
     codes: torch.Tensor
     captions: list[str]
     attributes: list[dict]
+    keys: list[str]
 
 
 def pairs_from_samples(samples: Iterator[tuple[dict, np.ndarray]], codebook_size: int,
                        limit: int | None = None) -> TokenPairs:
     dtype = torch.int16 if codebook_size <= 2**15 else torch.int32
-    codes, captions, attributes = [], [], []
+    codes, captions, attributes, keys = [], [], [], []
     for sample, c in samples:
         codes.append(torch.as_tensor(np.asarray(c)).to(dtype))
         captions.append(sample["caption"] or "")
         attributes.append(sample.get("json", {}))
+        keys.append(sample["key"])
         if limit is not None and len(codes) >= limit:
             break
     if not codes:
@@ -270,34 +73,28 @@ def pairs_from_samples(samples: Iterator[tuple[dict, np.ndarray]], codebook_size
     codes = torch.stack(codes)  # (N, L)
     if int(codes.min()) < 0 or int(codes.max()) >= codebook_size:
         raise ValueError(f"image codes outside the codebook [0, {codebook_size})")
-    return TokenPairs(codes, captions, attributes)
+    return TokenPairs(codes, captions, attributes, keys)
 
 
-class TextEncoder:
-    """Caption -> text ids, cut to `max_tokens` (None = no limit)."""
-
-    def __init__(self, vocab: Vocab, max_tokens: int | None = None):
-        self.vocab, self.max_tokens = vocab, max_tokens
-
-    def __call__(self, caption: str) -> list[int]:
-        return self.vocab.encode_text(caption)[: self.max_tokens]
+def row_rng(seed: int, epoch: int, where: object) -> random.Random:
+    """The random stream of one training row (task, condition dropout): a function of seed, epoch and sample."""
+    return random.Random(f"{seed}:{epoch}:{where}")
 
 
 class TrainSequences(Dataset):
-    """Map-style training rows: the task and condition dropout are drawn per item."""
+    """Map-style training rows; keys are (epoch, index) from `RankSampler(with_epoch=True)` (or a plain index)."""
 
     def __init__(self, pairs: TokenPairs, text: TextEncoder, builder: SequenceBuilder, seed: int = 0):
         self.pairs, self.text, self.builder, self.seed = pairs, text, builder, seed
-        self.rng, self.worker = random.Random(seed), None
 
     def __len__(self) -> int:
         return len(self.pairs.codes)
 
-    def __getitem__(self, i: int) -> Example:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.id != self.worker:  # each loader worker draws its own stream
-            self.rng, self.worker = random.Random(info.seed), info.id
-        return self.builder(self.text(self.pairs.captions[i]), self.pairs.codes[i].tolist(), self.rng)
+    def __getitem__(self, key: tuple[int, int] | int) -> Row:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        rng = row_rng(self.seed, epoch, i)
+        example = self.builder(self.text(self.pairs.captions[i]), self.pairs.codes[i].tolist(), rng)
+        return Row(example, self.pairs.keys[i])
 
 
 class ValSequences(Dataset):
@@ -309,38 +106,121 @@ class ValSequences(Dataset):
     def __len__(self) -> int:
         return 2 * len(self.pairs.codes)
 
-    def __getitem__(self, i: int) -> Example:
+    def __getitem__(self, i: int) -> Row:
         j, task = divmod(i, 2)
         text, codes = self.text(self.pairs.captions[j]), self.pairs.codes[j].tolist()
-        return t2i_example(self.vocab, text, codes) if task == T2I else i2t_example(self.vocab, text, codes)
+        example = t2i_example(self.vocab, text, codes) if task == T2I else i2t_example(self.vocab, text, codes)
+        return Row(example, self.pairs.keys[j])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streamed splits
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """A shuffle buffer of `size` items (1 = no shuffling)."""
+    buffer: list = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def count_shard_samples(urls: list[str]) -> list[int]:
+    """Samples per shard: img2dataset's `NNNNN_stats.json` ("successes") when present, else the tar's keys."""
+    counts = []
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json")
+        if stats.is_file():
+            counts.append(int(json.loads(stats.read_text())["successes"]))
+        else:
+            counts.append(sum(1 for _ in iter_raw_samples(url)))
+    return counts
 
 
 class StreamedSequences(IterableDataset):
-    """Raw image shards encoded on the fly (for data too large to hold): shard order and a buffer are shuffled."""
+    """Training rows streamed from shards: token shards (`codes=True`) or image shards whose rows carry their image
+    (uint8) for the training system to encode on its device.
 
-    def __init__(self, spec: str, tokenizer_dir: str, text: TextEncoder, builder: SequenceBuilder,
-                 encode_batch: int = 64, shuffle_buffer: int = 1000, seed: int = 0):
-        self.urls, self.tokenizer_dir, self.text, self.builder = expand_shards(spec), tokenizer_dir, text, builder
-        self.encode_batch, self.shuffle_buffer, self.seed = encode_batch, shuffle_buffer, seed
-        self.epoch = 0
+    Each (rank, worker) reads its pieces of the epoch's shard order (`stream_pieces`) through a shuffle buffer of
+    raw samples; a sample that fails to decode is replaced by the previous good one, so every rank keeps exactly its
+    share (a rank with fewer batches would stall DDP). `batch_size` and `workers` are the loader's: they set the
+    length and where a resumed epoch starts."""
 
-    def __iter__(self) -> Iterator[Example]:
-        from onetok.tokenizers import Tokenizer
+    def __init__(self, urls: list[str], counts: list[int], text: TextEncoder, builder: SequenceBuilder,
+                 codes: bool, image_size: int, num_codes: int, batch_size: int, shuffle_buffer: int = 1000,
+                 seed: int = 0, rank: int = 0, world: int = 1):
+        if len(urls) != len(counts):
+            raise ValueError("one sample count per shard")
+        self.urls, self.counts, self.text, self.builder = urls, counts, text, builder
+        self.codes, self.image_size, self.num_codes = codes, image_size, num_codes
+        self.batch_size, self.shuffle_buffer, self.seed, self.rank, self.world = (
+            batch_size, shuffle_buffer, seed, rank, world)
+        self.epoch, self.skip_batches, self.workers = 0, 0, 0
+        self.skips = SkipCounter()
 
+    def set_position(self, epoch: int, skip_batches: int) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch: whole batches of each worker's part."""
+        workers = max(1, self.workers)
+        size, extra = divmod(sum(self.counts) // self.world, workers)
+        return sum((size + (1 if w < extra else 0)) // self.batch_size for w in range(workers)) * self.batch_size
+
+    def _raw(self, pieces) -> Iterator[tuple[str, dict] | None]:
+        """The raw samples of `pieces`, in order; None for each sample a truncated shard could not give."""
+        for shard, begin, end in pieces:
+            given = 0
+            try:
+                for position, (key, files) in enumerate(iter_raw_samples(self.urls[shard])):
+                    if position >= end:
+                        break
+                    if position >= begin:
+                        given += 1
+                        yield key, files
+            except OSError as err:
+                self.skips(self.urls[shard], err)
+            yield from [None] * (end - begin - given)
+
+    def _row(self, raw: tuple[str, dict] | None, rng: random.Random) -> Row | None:
+        if raw is None:
+            return None
+        key, files = raw
+        try:
+            if self.codes:
+                sample = token_sample(key, files)
+                return Row(self.builder(self.text(sample["caption"]), sample["codes"].tolist(), rng), key)
+            sample = sample_from_files(key, files, self.image_size)
+            image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            example = self.builder(self.text(sample["caption"] or ""), None, rng, num_codes=self.num_codes)
+            return Row(example, key, image)  # image (3, S, S)
+        except Exception as err:  # noqa: BLE001 - a bad sample is replaced, never fatal
+            self.skips(key, err)
+            return None
+
+    def __iter__(self) -> Iterator[Row]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = random.Random(hash((self.seed, self.epoch, worker)))
-        self.epoch += 1
-        urls = self.urls[worker::workers] if len(self.urls) >= workers else self.urls
-        urls = rng.sample(urls, len(urls))
-        tokenizer = Tokenizer.from_pretrained(self.tokenizer_dir)
-        buffer: list[Example] = []
-        for sample, codes in encode_samples(tokenizer, iter_samples(urls, tokenizer.image_size), self.encode_batch):
-            buffer.append(self.builder(self.text(sample["caption"] or ""), codes.tolist(), rng))
-            if len(buffer) >= self.shuffle_buffer:
-                yield buffer.pop(rng.randrange(len(buffer)))
-        rng.shuffle(buffer)
-        yield from buffer
+        pieces = stream_pieces(self.counts, self.seed, self.epoch, self.rank, self.world, worker, workers)
+        skip = worker_skip(self.counts, self.world, workers, worker, self.batch_size, self.skip_batches)
+        buffer_rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
+        last, owed = None, 0
+        for n, raw in enumerate(shuffled(self._raw(pieces), self.shuffle_buffer, buffer_rng)):
+            if n < skip:
+                continue
+            row = self._row(raw, row_rng(self.seed, self.epoch, f"{self.rank}:{worker}:{n}"))
+            if row is None:
+                owed += 1
+                if last is None:
+                    continue
+                row, owed = last, owed - 1
+            for _ in range(owed + 1):
+                yield row
+            last, owed = row, 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -348,12 +228,14 @@ class StreamedSequences(IterableDataset):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ARDataModule(L.LightningDataModule):
+class ARDataModule(pl.LightningDataModule):
     """Text->image and image->text rows from token shards or from raw image shards.
 
     Give exactly one of `tokens` (a `onetok tokenize` folder with meta.json) or `images` (an image dataset root with
-    train/ and val/, or one shard spec; needs `tokenizer`, a tokenizer directory). `text`: "words" (the captions'
-    word list; short sequences) or "bytes" (UTF-8, any text).
+    train/ and val/, or one shard spec; needs `tokenizer`, a tokenizer directory). A token folder names its tokenizer
+    by fingerprint; `tokenizer` then picks a directory (it must match), else the recorded path or the registry is
+    searched (`onetok.tokenizers.registry`). `text`: "words" (the captions' word list; short sequences), "bytes"
+    (UTF-8, any text) or "sentencepiece" (a subword vocabulary from `onetok text-vocab train`, at `text_vocab`).
     """
 
     def __init__(
@@ -362,6 +244,7 @@ class ARDataModule(L.LightningDataModule):
         images: str | None = None,
         tokenizer: str | None = None,
         text: str = "words",
+        text_vocab: str | None = None,
         batch_size: int = 64,
         val_batch_size: int | None = None,
         t2i_ratio: float = 0.5,
@@ -377,18 +260,21 @@ class ARDataModule(L.LightningDataModule):
         super().__init__()
         if (tokens is None) == (images is None):
             raise ValueError("ARDataModule: give exactly one of `tokens` (token shards) or `images` (image shards)")
-        if text not in ("words", "bytes"):
-            raise ValueError(f"text must be 'words' or 'bytes', not {text!r}")
+        if text not in TEXT_KINDS:
+            raise ValueError(f"text must be one of {', '.join(TEXT_KINDS)}, not {text!r}")
+        if (text == "sentencepiece") != (text_vocab is not None):
+            raise ValueError("text='sentencepiece' needs text_vocab (from `onetok text-vocab train`), and only it does")
+        if tokenizer is None and tokens is None:
+            raise ValueError(f"{images}: raw image shards need `tokenizer` (a tokenizer directory)")
         self.save_hyperparameters()
         self.data = tokens if tokens is not None else images
-        self.tokens, self.text = tokens is not None, text
+        self.tokens, self.text, self.text_vocab = tokens is not None, text, text_vocab
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.t2i_ratio, self.cond_dropout = t2i_ratio, cond_dropout
         self.val_samples, self.max_text_tokens, self.in_memory = val_samples, max_text_tokens, in_memory
         self.encode_batch, self.shuffle_buffer, self.num_workers, self.seed = encode_batch, shuffle_buffer, num_workers, seed
-        if tokenizer is None and not self.tokens:
-            raise ValueError(f"{images}: raw image shards need `tokenizer` (a tokenizer directory)")
         self._tokenizer_arg, self._meta = tokenizer, None  # the token folder is read at first use, not here
+        self._tokenizer_dir: str | None = None
         self._vocab: Vocab | None = None
         self.train_pairs: TokenPairs | None = None
         self.val_pairs: TokenPairs | None = None
@@ -404,8 +290,34 @@ class ARDataModule(L.LightningDataModule):
         return self._meta
 
     @property
-    def tokenizer_dir(self) -> str:
-        return str(Path(self._tokenizer_arg if self._tokenizer_arg is not None else self.meta["tokenizer"]["path"]).resolve())
+    def tokenizer_fingerprint(self) -> str:
+        if self.tokens:
+            return self.meta["tokenizer"]["fingerprint"]
+        from onetok.tokenizers.registry import fingerprint_dir
+
+        return fingerprint_dir(self._tokenizer_arg)
+
+    @property
+    def tokenizer_dir(self) -> str | None:
+        """The tokenizer's directory on this machine, or None when a token folder's tokenizer is nowhere to be found
+        (training still works; sampling at validation and export need it)."""
+        if self._tokenizer_dir is None:
+            self._tokenizer_dir = self._find_tokenizer()
+        return self._tokenizer_dir or None
+
+    def _find_tokenizer(self) -> str:
+        from onetok.tokenizers.registry import resolve_tokenizer
+
+        if not self.tokens:
+            return str(Path(self._tokenizer_arg).resolve())
+        try:
+            return str(resolve_tokenizer(self.tokenizer_fingerprint, self._tokenizer_arg, self.meta["tokenizer"]["path"]))
+        except ValueError as err:
+            raise ValueError(f"{self.data}: token shards made with another tokenizer ({err})") from None
+        except FileNotFoundError:
+            if self._tokenizer_arg is not None:
+                raise
+            return ""
 
     @property
     def vocab(self) -> Vocab:
@@ -415,24 +327,23 @@ class ARDataModule(L.LightningDataModule):
 
     def _build_vocab(self) -> Vocab:
         if self.tokens:
-            if (Path(self.tokenizer_dir) / "model.safetensors").is_file():
-                found = tokenizer_fingerprint(self.tokenizer_dir)
-                if found != self.meta["tokenizer"]["fingerprint"]:
-                    raise ValueError(f"{self.data}: token shards were made by another tokenizer than "
-                                     f"{self.tokenizer_dir} (fingerprint {self.meta['tokenizer']['fingerprint']} "
-                                     f"!= {found})")
+            _ = self.tokenizer_dir  # a given tokenizer must match the shards' fingerprint
             codebook, words = self.meta["codebook_size"], self.meta["words"]
             if words is None and self.text == "words":
-                raise ValueError(f"{self.data}: too many distinct caption words for text='words'; use text='bytes'")
+                raise ValueError(f"{self.data}: too many distinct caption words for text='words'; use text='bytes' "
+                                 "or a sentencepiece vocabulary")
         else:
-            from onetok.tokenizers import Tokenizer
-
-            codebook = Tokenizer.from_pretrained(self.tokenizer_dir).codebook_size
+            codebook = self._tokenizer_config()["codebook_size"]
             words = self._scan_words() if self.text == "words" else []
-        return Vocab(codebook, WordText(words) if self.text == "words" else ByteText())
+        return Vocab(codebook, text_vocab_from_spec(self.text, words, self.text_vocab))
+
+    def _tokenizer_config(self) -> dict:
+        return json.loads((Path(self.tokenizer_dir) / "config.json").read_text())["config"]
 
     def _scan_words(self) -> list[str]:
         """The word list of every caption in the raw shards (reads only the text members' bytes)."""
+        from onetok.ar_model.vocab import WordText
+
         captions = set()
         for spec in image_splits(self.data).values():
             for path in expand_shards(spec):
@@ -445,8 +356,13 @@ class ARDataModule(L.LightningDataModule):
             return str(folder) if folder.is_dir() and expand_shards(folder) else None
         return image_splits(self.data).get(split)
 
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def load_pairs(self, split: str, limit: int | None = None) -> TokenPairs | None:
-        """A whole split (or its first `limit` samples) as codes + text ids in memory; None if the split is absent."""
+        """A whole split (or its first `limit` samples) as codes + captions in memory; None if the split is absent.
+        Image shards are encoded on the run's device."""
         spec = self.split_spec(split)
         if spec is None:
             return None
@@ -455,14 +371,14 @@ class ARDataModule(L.LightningDataModule):
         else:
             from onetok.tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_pretrained(self.tokenizer_dir)
+            tokenizer = Tokenizer.from_pretrained(self.tokenizer_dir, map_location=self._device())
             samples = encode_samples(tokenizer, iter_samples(spec, tokenizer.image_size), self.encode_batch)
         return pairs_from_samples(samples, self.vocab.codebook_size, limit)
 
     # ---- Lightning hooks -------------------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_pairs is None and (self.tokens or self.in_memory):
+        if stage in (None, "fit") and self.train_pairs is None and self.in_memory:
             self.train_pairs = self.load_pairs("train")
             if self.train_pairs is None:
                 raise FileNotFoundError(f"{self.data}: no training shards")
@@ -475,22 +391,47 @@ class ARDataModule(L.LightningDataModule):
     def _builder(self) -> SequenceBuilder:
         return SequenceBuilder(self.vocab, self.t2i_ratio, self.cond_dropout)
 
-    def _loader_kwargs(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                "collate_fn": Collate(self.vocab.pad_id)}
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataset(self) -> TrainSequences | StreamedSequences:
+        if self.train_pairs is not None:
+            return TrainSequences(self.train_pairs, self.text_encoder(), self._builder(), self.seed)
+        rank, world = self._world()
+        urls = expand_shards(self.split_spec("train") or [])
+        if not urls:
+            raise FileNotFoundError(f"{self.data}: no training shards")
+        if self.tokens:
+            counts, image_size, num_codes = self.meta["shard_counts"]["train"], 0, self.meta["num_latent_tokens"]
+        else:
+            config = self._tokenizer_config()
+            counts, image_size, num_codes = count_shard_samples(urls), config["image_size"], config["num_latent_tokens"]
+        stream = StreamedSequences(urls, counts, self.text_encoder(), self._builder(), self.tokens, image_size,
+                                   num_codes, self.batch_size, self.shuffle_buffer, self.seed, rank, world)
+        stream.workers = self.num_workers
+        return stream
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_pairs is not None:
-            dataset = TrainSequences(self.train_pairs, self.text_encoder(), self._builder(), self.seed)
-            generator = torch.Generator().manual_seed(self.seed)
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator,
-                              **self._loader_kwargs())
-        dataset = StreamedSequences(self.split_spec("train"), self.tokenizer_dir, self.text_encoder(), self._builder(),
-                                    self.encode_batch, self.shuffle_buffer, self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, drop_last=True, **self._loader_kwargs())
+        dataset = self.train_dataset()
+        trainer = self.trainer
+        collate = Collate(self.vocab.pad_id)
+        if isinstance(dataset, TrainSequences):
+            rank, world = self._world()
+            sampler = RankSampler(len(dataset), world, rank, shuffle=True, seed=self.seed, with_epoch=True)
+            return ResumableLoader(dataset, trainer=trainer, batch_size=self.batch_size, sampler=sampler,
+                                   drop_last=True, collate_fn=collate, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
+        # a stream's workers get the epoch and resume position when they start: no persistent workers
+        return ResumableLoader(dataset, trainer=trainer, batch_size=self.batch_size, drop_last=True,
+                               collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_pairs is None:
             return []
-        return DataLoader(ValSequences(self.val_pairs, self.text_encoder()), batch_size=self.val_batch_size, shuffle=False,
-                          **self._loader_kwargs())
+        rank, world = self._world()
+        dataset = ValSequences(self.val_pairs, self.text_encoder())
+        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=EvalSampler(len(dataset), world, rank),
+                          collate_fn=Collate(self.vocab.pad_id), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+

@@ -48,13 +48,14 @@ def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, model_
                     batch_size: int = 64) -> EvalItems:
     """The first `n` val samples of `data`: token shards (made by the model's tokenizer, checked when `model_dir` is
     given) or image shards (encoded with the model's tokenizer)."""
-    from onetok.ar_model.data import encode_samples, is_token_dir, iter_token_samples, read_meta, tokenizer_fingerprint
+    from onetok.ar_model.tokenize import encode_samples, is_token_dir, iter_token_samples, read_meta
     from onetok.data.shards import iter_samples
+    from onetok.tokenizers.codec import fingerprint
 
     spec = val_spec(data)
     if is_token_dir(data):
         expected = read_meta(data)["tokenizer"]["fingerprint"]
-        if model_dir is not None and tokenizer_fingerprint(Path(model_dir) / "tokenizer") != expected:
+        if model_dir is not None and fingerprint(model.tokenizer).hex() != expected:
             raise ValueError("token shards made with another tokenizer than the model's")
         pairs = ((s, s["codes"]) for s in iter_token_samples(spec))
     else:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from onetok.ar_model.model import KVCache, Transformer
+from onetok.ar_model.sequence import caption_prompt, image_prompt, unconditional_prompt
 from onetok.ar_model.vocab import Vocab
 
 
@@ -128,9 +129,9 @@ def decode_step(model: Transformer, cache: KVCache, token: torch.Tensor) -> torc
 
 def image_prompts(vocab: Vocab, prompt_ids: list[list[int]], cfg: bool) -> list[list[int]]:
     """`<bos> text <boi>` rows, followed (when `cfg`) by as many `<bos> <null> <boi>` rows."""
-    rows = [[vocab.bos_id, *p, vocab.boi_id] for p in prompt_ids]
+    rows = [image_prompt(vocab, p) for p in prompt_ids]
     if cfg:
-        rows += [[vocab.bos_id, vocab.null_id, vocab.boi_id]] * len(prompt_ids)
+        rows += [unconditional_prompt(vocab)] * len(prompt_ids)
     return rows
 
 
@@ -180,15 +181,7 @@ def generate_text(
     settings = settings or SamplingSettings(temperature=0.0)
     B = codes.shape[0]
     device = model.output.weight.device
-    image = vocab.image_to_vocab(codes.to(device))  # (B, k)
-    ids = torch.cat(
-        [
-            torch.tensor([vocab.bos_id, vocab.boi_id], device=device).expand(B, 2),
-            image,
-            torch.full((B, 1), vocab.eoi_id, device=device),
-        ],
-        dim=1,
-    )  # (B, k + 3)
+    ids = caption_prompt(vocab, codes.to(device))  # (B, k + 3)
     mask = vocab.text_mask().to(device)
     logits, cache = prefill(model, ids, max_new=max_len)
     out: list[list[int]] = [[] for _ in range(B)]

@@ -1,31 +1,40 @@
 """ARSystem: trains the unified transformer on text->image and image->text rows (see `onetok.ar_model.data`).
 
-The transformer is built from a size preset plus overrides once the vocabulary is known: from the `vocab` init
-argument (a checkpoint being loaded) or from the data module (`ARDataModule.vocab`, read from the token folder's
-meta.json). The tokenizer directory comes from `tokenizer_dir` or the data module; it is only used to draw images
-at validation and to be copied by `export_checkpoint` into the unified model directory.
+The transformer is built once the vocabulary is known: from the `vocab` init argument (a checkpoint being loaded)
+or from the data module (`ARDataModule.vocab`), with `model_config` (stored in every checkpoint) or else a size
+preset plus overrides. The tokenizer is named by its fingerprint (`onetok.tokenizers.codec.fingerprint`), taken from
+the data; its directory (`tokenizer_dir`, else the data's, else the registry `onetok.tokenizers.registry`) is used
+to encode streamed images on the training device, to draw images at validation, and by `export_checkpoint`.
+
+A checkpoint carries everything a run on another machine needs: `ckpt["onetok_ar"]` = the model config, the
+vocabulary and the tokenizer's fingerprint. Resuming refuses a checkpoint of another model config or tokenizer.
 
     onetok-train fit --config configs/ar/shapes.yaml
-    onetok export runs/ar/.../last.ckpt --out models/unified
+    onetok export runs/ar/.../last.ckpt --out models/unified [--tokenizer DIR]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import lightning as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from onetok.ar_model.data import I2T, IGNORE, T2I, tokenizer_fingerprint
 from onetok.ar_model.evaluate import DEFAULT_SETTINGS
 from onetok.ar_model.generate import SamplingSettings
 from onetok.ar_model.model import ARConfig, Transformer, config_from_preset
+from onetok.ar_model.sequence import I2T, IGNORE, T2I, fill_image_codes
 from onetok.ar_model.vocab import Vocab
+from onetok.distributed import check_strategy
+
+SYSTEM_NAME = "ar"
+TASKS = (("loss", None), ("t2i", T2I), ("i2t", I2T))  # validation metric name, task (None = all rows)
 
 
 class WarmupCosine:
@@ -41,11 +50,25 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_config(preset: str, vocab: Vocab, overrides: dict[str, Any] | None) -> ARConfig:
+def build_config(preset: str, vocab: Vocab, overrides: dict[str, Any] | None,
+                 model_config: dict[str, Any] | None = None) -> ARConfig:
+    """The stored `model_config` when there is one, else the preset with `overrides`."""
+    if model_config is not None:
+        config = ARConfig(**model_config)
+        if config.vocab_size != vocab.size:
+            raise ValueError(f"model_config vocab_size {config.vocab_size} != vocabulary size {vocab.size}")
+        return config
     return config_from_preset(preset, vocab.size, **(overrides or {}))
 
 
-class ARSystem(L.LightningModule):
+class _Detached:
+    """Holds a module outside its owner's sub-modules: not in the state dict, not moved by `.to()`, not in DDP."""
+
+    def __init__(self, module: torch.nn.Module | None = None):
+        self.module = module
+
+
+class ARSystem(pl.LightningModule):
     """Next-token cross-entropy on the loss-masked rows of `ARDataModule`; AdamW + warm-up/cosine."""
 
     def __init__(
@@ -54,6 +77,7 @@ class ARSystem(L.LightningModule):
         model_overrides: dict[str, Any] | None = None,
         tokenizer_dir: str | None = None,
         vocab: dict | None = None,
+        model_config: dict[str, Any] | None = None,
         lr: float = 3e-3,
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 100,
@@ -67,22 +91,23 @@ class ARSystem(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.transformer: Transformer | None = None
-        self._tokenizer = None  # loaded lazily for validation samples; not a sub-module (not in the checkpoint)
+        self.tokenizer_fingerprint: str | None = None  # from the data module (setup) or the checkpoint
+        self.tokenizer_path: str | None = None  # the tokenizer's directory on this machine (resolved by fingerprint)
+        self._tokenizer = _Detached()  # loaded on first use
+        self._val_sums: torch.Tensor | None = None
         if vocab is not None:
             self._build(Vocab.from_dict(vocab))
 
     def _build(self, vocab: Vocab) -> None:
         self.vocab = vocab
-        self.config = build_config(self.hparams.preset, vocab, self.hparams.model_overrides)
+        self.config = build_config(self.hparams.preset, vocab, self.hparams.model_overrides, self.hparams.model_config)
+        self.hparams.model_config = dataclasses.asdict(self.config)
         self.transformer = Transformer(self.config)
 
     def setup(self, stage: str) -> None:
-        """Take the vocabulary and tokenizer from the data module when they were not given."""
+        """Take the vocabulary and the tokenizer from the data module when they were not given."""
+        check_strategy(self.trainer, "ARSystem")
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.hparams.tokenizer_dir is None and datamodule is not None:
-            self.hparams.tokenizer_dir = datamodule.tokenizer_dir
-        if self.hparams.tokenizer_dir is not None:
-            self.hparams.tokenizer_dir = str(Path(self.hparams.tokenizer_dir).resolve())
         if self.transformer is None:
             if datamodule is None or not hasattr(datamodule, "vocab"):
                 raise ValueError("ARSystem needs `vocab` or a data module with a `vocab` (ARDataModule)")
@@ -90,53 +115,100 @@ class ARSystem(L.LightningModule):
             self._build(datamodule.vocab)
         elif datamodule is not None and hasattr(datamodule, "vocab") and datamodule.vocab != self.vocab:
             raise ValueError(f"the data's vocabulary {datamodule.vocab} differs from the model's {self.vocab}")
-        if self.hparams.tokenizer_dir is not None and not (Path(self.hparams.tokenizer_dir) / "model.safetensors").is_file():
-            rank_zero_warn(f"tokenizer {self.hparams.tokenizer_dir} not found: no sampled images at validation, "
-                           "and this run's checkpoints cannot be exported")
-            self.hparams.tokenizer_dir = None
-        if stage == "fit" and self.hparams.tokenizer_dir is not None:
-            self.hparams["tokenizer_fingerprint"] = tokenizer_fingerprint(self.hparams.tokenizer_dir)
+        if datamodule is not None and hasattr(datamodule, "tokenizer_fingerprint"):
+            self.tokenizer_fingerprint = datamodule.tokenizer_fingerprint
+            self._resolve_tokenizer(datamodule.tokenizer_dir)
+
+    def _resolve_tokenizer(self, data_tokenizer: str | None) -> None:
+        """`tokenizer_dir` when it exists (it must match the data's fingerprint), else the data module's directory
+        or the registry; a missing tokenizer only turns off sampling at validation."""
+        from onetok.tokenizers.registry import is_tokenizer_dir, resolve_tokenizer
+
+        given = self.hparams.tokenizer_dir
+        if given is not None and not is_tokenizer_dir(given):  # e.g. a path recorded on another machine
+            rank_zero_warn(f"tokenizer_dir {given} not found; looking for tokenizer {self.tokenizer_fingerprint[:12]}")
+            given = None
+        try:
+            found = resolve_tokenizer(self.tokenizer_fingerprint, given, data_tokenizer)
+        except FileNotFoundError:
+            rank_zero_warn(f"tokenizer {self.tokenizer_fingerprint[:12]} not found: no sampled images at validation "
+                           "(export finds it later by fingerprint, or takes --tokenizer DIR)")
+            found = None
+        self.tokenizer_path = str(found) if found is not None else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.transformer(ids)  # (B, T, V)
 
+    # ---- streamed images: codes on this device ---------------------------------------------------------------------
+
+    def tokenizer(self):
+        """The image tokenizer on this module's device (loaded on first use; never trained or saved here)."""
+        from onetok.tokenizers import Tokenizer
+
+        if self._tokenizer.module is None:
+            path = self.tokenizer_path or self.hparams.tokenizer_dir
+            if path is None:
+                raise ValueError("ARSystem: no tokenizer directory (needed to encode images and draw samples)")
+            self._tokenizer.module = Tokenizer.from_pretrained(path).requires_grad_(False)
+        return self._tokenizer.module.to(self.device)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Rows streamed from image shards: encode their images here, on the training device, and fill in the codes."""
+        if "image" in batch:
+            with torch.no_grad():
+                codes = self.tokenizer().encode(batch.pop("image").float().div_(255.0))  # (B, L)
+            fill_image_codes(batch, codes, self.vocab)
+        return batch
+
     # ---- training and validation -----------------------------------------------------------------------------------
 
-    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Mean cross-entropy over all loss tokens, and over the loss tokens of each task's rows."""
+    def _token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy per position (B, T) and the loss mask (B, T) as floats."""
         logits = self.transformer(batch["ids"])  # (B, T, V)
         targets = batch["targets"]
         per_token = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
                                     reduction="none").view_as(targets)  # (B, T)
-        counted = (targets != IGNORE).float()  # (B, T)
-        losses = {"loss": per_token.sum() / counted.sum().clamp(min=1)}
-        for name, task in (("t2i", T2I), ("i2t", I2T)):
-            rows = batch["task"] == task  # (B,)
-            if rows.any():
-                losses[name] = per_token[rows].sum() / counted[rows].sum().clamp(min=1)
-        return losses
+        return per_token, (targets != IGNORE).float()
+
+    def _loss_sums(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(len(TASKS), 2) float64: summed loss and loss-token count over all rows and over each task's rows."""
+        per_token, counted = self._token_losses(batch)
+        rows = [torch.ones_like(batch["task"], dtype=torch.bool) if task is None else batch["task"] == task
+                for _, task in TASKS]
+        return torch.stack([torch.stack([per_token[r].sum(), counted[r].sum()]) for r in rows]).double()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self._losses(batch)
+        per_token, counted = self._token_losses(batch)
         B = batch["ids"].shape[0]
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=B)
+        loss = per_token.sum() / counted.sum().clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        for name, task in TASKS[1:]:
+            rows = batch["task"] == task
+            if rows.any():
+                self.log(f"train/{name}", per_token[rows].sum() / counted[rows].sum().clamp(min=1), batch_size=B)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=B)
-        return losses["loss"]
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(len(TASKS), 2, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        B = batch["ids"].shape[0]
-        for name, value in self._losses(batch).items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=B, sync_dist=True)
+        self._val_sums += self._loss_sums(batch)
 
     def on_validation_epoch_end(self) -> None:
-        """Caption val images and (with a tokenizer) draw images for val captions; log accuracies, grid and table."""
+        """Token-weighted losses per task over the whole val set (summed over ranks: the same on any rank count);
+        then, on rank 0, captions of val images and (with a tokenizer) images for val captions."""
+        totals = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        metrics = {f"val/{name}": (totals[i, 0] / totals[i, 1]).float()
+                   for i, (name, _) in enumerate(TASKS) if totals[i, 1] > 0}
+        self.log_dict(metrics, prog_bar=False, sync_dist=True)
         datamodule = getattr(self.trainer, "datamodule", None)
         pairs = getattr(datamodule, "val_pairs", None)
-        if self.trainer.sanity_checking or pairs is None or self.hparams.eval_samples < 1:
+        if self.trainer.sanity_checking or pairs is None or self.hparams.eval_samples < 1 or not self.trainer.is_global_zero:
             return
-        if not self.trainer.is_global_zero:
-            return
+        self._sample_and_caption(pairs)
+
+    def _sample_and_caption(self, pairs) -> None:
         from onetok.ar_model import evaluate
 
         n = min(self.hparams.eval_samples, len(pairs.captions))
@@ -144,7 +216,7 @@ class ARSystem(L.LightningModule):
         captions = evaluate.caption_codes(self.transformer, self.vocab, codes)
         metrics = {"val/caption_exact": sum(c == t for c, t in zip(captions, prompts)) / n}
         images = None
-        if self.hparams.tokenizer_dir is not None:
+        if self.tokenizer_path is not None:
             settings = SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
             images = self.unified_model().generate_images(prompts, settings=settings, seed=0).images  # (n, 3, S, S)
             if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
@@ -167,19 +239,35 @@ class ARSystem(L.LightningModule):
         experiment.add_text("val/samples", table, self.global_step)
 
     def unified_model(self):
-        """This transformer with its vocabulary and tokenizer (loaded on first use) as a `UnifiedModel`."""
+        """This transformer with its vocabulary and tokenizer as a `UnifiedModel`."""
         from onetok.ar_model.unified import UnifiedModel
-        from onetok.tokenizers import Tokenizer
 
-        if self._tokenizer is None:  # object.__setattr__: kept out of the sub-modules and the state dict
-            object.__setattr__(self, "_tokenizer", Tokenizer.from_pretrained(self.hparams.tokenizer_dir))
-        self._tokenizer.to(self.device)
-        return UnifiedModel(self.transformer, self.vocab, self._tokenizer)
+        return UnifiedModel(self.transformer, self.vocab, self.tokenizer())
 
     # ---- checkpoints and optimizers --------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["onetok_system"] = "ar"
+        checkpoint["onetok_system"] = SYSTEM_NAME
+        checkpoint["onetok_ar"] = {"model_config": dataclasses.asdict(self.config), "vocab": self.vocab.to_dict(),
+                                   "tokenizer_fingerprint": self.tokenizer_fingerprint,
+                                   "tokenizer_path": self.tokenizer_path}  # a hint: valid on this machine only
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint of another model or trained on another tokenizer's codes."""
+        stored = checkpoint.get("onetok_ar")
+        if stored is None or self.transformer is None:
+            return
+        if self.tokenizer_fingerprint is None:  # loaded outside a run (load_from_checkpoint)
+            self.tokenizer_fingerprint = stored.get("tokenizer_fingerprint")
+            self.tokenizer_path = self.tokenizer_path or stored.get("tokenizer_path")
+        if stored["model_config"] != dataclasses.asdict(self.config):
+            diff = {k: (v, getattr(self.config, k)) for k, v in stored["model_config"].items()
+                    if getattr(self.config, k, None) != v}
+            raise ValueError(f"checkpoint: its model config differs from this run's (checkpoint vs run: {diff})")
+        fingerprint = stored.get("tokenizer_fingerprint")
+        if fingerprint and self.tokenizer_fingerprint and fingerprint != self.tokenizer_fingerprint:
+            raise ValueError(f"checkpoint: trained on the codes of tokenizer {fingerprint[:12]}, but this run's data "
+                             f"come from tokenizer {self.tokenizer_fingerprint[:12]}")
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -201,27 +289,40 @@ class ARSystem(L.LightningModule):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Write the unified model directory (weights, vocab, a copy of the tokenizer) from a loaded `.ckpt` dict."""
-    from onetok.ar_model.unified import UnifiedModel
-    from onetok.fileio import UserError
-    from onetok.tokenizers import Tokenizer
-
+def checkpoint_contents(ckpt: dict) -> tuple[ARConfig, Vocab, str | None, str | None]:
+    """(model config, vocabulary, tokenizer fingerprint, recorded tokenizer path) of an AR `.ckpt` dict."""
     hp = ckpt.get("hyper_parameters", {})
-    if ckpt.get("onetok_system") != "ar" or hp.get("vocab") is None:
-        raise UserError("checkpoint: not an AR model checkpoint (no onetok_system 'ar' or no vocabulary)")
-    tokenizer_dir = hp.get("tokenizer_dir")
-    if tokenizer_dir is None or not (Path(tokenizer_dir) / "config.json").is_file():
-        raise UserError(f"checkpoint: its tokenizer directory {tokenizer_dir} is missing")
-    vocab = Vocab.from_dict(hp["vocab"])
-    transformer = Transformer(build_config(hp.get("preset", "shapes"), vocab, hp.get("model_overrides")))
+    stored = ckpt.get("onetok_ar") or {}
+    vocab_dict = stored.get("vocab") or hp.get("vocab")
+    if ckpt.get("onetok_system") != SYSTEM_NAME or vocab_dict is None:
+        raise ValueError("not an AR model checkpoint (no onetok_system 'ar' or no vocabulary)")
+    vocab = Vocab.from_dict(vocab_dict)
+    config = build_config(hp.get("preset", "shapes"), vocab, hp.get("model_overrides"),
+                          stored.get("model_config") or hp.get("model_config"))
+    fingerprint = stored.get("tokenizer_fingerprint") or hp.get("tokenizer_fingerprint")  # older checkpoints: hparams
+    return config, vocab, fingerprint, stored.get("tokenizer_path") or hp.get("tokenizer_dir")
+
+
+def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False,
+                      tokenizer: str | os.PathLike | None = None) -> Path:
+    """Write the unified model directory (weights, vocab, a copy of the tokenizer) from a loaded `.ckpt` dict.
+
+    The tokenizer is `tokenizer` when given (it must have the checkpoint's fingerprint), else the recorded directory
+    or one in the registry with that fingerprint."""
+    from onetok.ar_model.unified import UnifiedModel
+    from onetok.tokenizers import Tokenizer
+    from onetok.tokenizers.registry import is_tokenizer_dir, resolve_tokenizer
+
+    config, vocab, fingerprint, recorded = checkpoint_contents(ckpt)
+    if fingerprint is None:  # a checkpoint from before fingerprints: only its recorded directory can be used
+        tokenizer = tokenizer or recorded
+        if tokenizer is None or not is_tokenizer_dir(tokenizer):
+            raise FileNotFoundError(f"its tokenizer directory {tokenizer} is missing")
+        tokenizer_dir = Path(tokenizer)
+    else:
+        tokenizer_dir = resolve_tokenizer(fingerprint, tokenizer, recorded)
+    transformer = Transformer(config)
     prefix = "transformer."
     state = {k[len(prefix):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     transformer.load_state_dict(state)
-    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
-    expected = hp.get("tokenizer_fingerprint")
-    if expected is not None:
-        if tokenizer_fingerprint(tokenizer_dir) != expected:
-            raise UserError(f"{tokenizer_dir}: this tokenizer changed since the model was trained on its codes")
-    return UnifiedModel(transformer, vocab, tokenizer).save_pretrained(out_dir, force=force)
-
+    return UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir)).save_pretrained(out_dir, force=force)

@@ -3,6 +3,7 @@
     DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
+    DIR/text_vocab.model   a sentencepiece text vocabulary, when the vocabulary has one (config.json names the file)
 
 `generate_images` draws images from text prompts (plain KV-cache sampling or speculative Jacobi decoding) and
 `caption` describes images; the directory alone is enough for both.
@@ -25,7 +26,7 @@ from torch import nn
 from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
-from onetok.ar_model.vocab import Vocab
+from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
 
@@ -73,7 +74,7 @@ class UnifiedModel(nn.Module):
         transformer = Transformer(ARConfig(**meta["model"]))
         load_model(transformer, str(directory / "model.safetensors"), device=str(map_location))
         tokenizer = Tokenizer.from_pretrained(directory / "tokenizer", map_location=map_location)
-        return cls(transformer, Vocab.from_dict(meta["vocab"]), tokenizer).to(map_location)
+        return cls(transformer, _load_vocab(meta["vocab"], directory), tokenizer).to(map_location)
 
     def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
         """Write the directory atomically: built beside it, then renamed into place (replacing it only if `force`)."""
@@ -89,7 +90,7 @@ class UnifiedModel(nn.Module):
                 "format": FORMAT,
                 "version": VERSION,
                 "model": dataclasses.asdict(self.transformer.config),
-                "vocab": self.vocab.to_dict(),
+                "vocab": _save_vocab(self.vocab, tmp),
             }
             (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -165,3 +166,21 @@ class UnifiedModel(nn.Module):
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _save_vocab(vocab: Vocab, directory: Path) -> dict:
+    """The vocabulary's dict for config.json; a sentencepiece model goes into its own file beside it."""
+    d = vocab.to_dict()
+    if isinstance(vocab.text, SentencePieceText):
+        vocab.text.save(directory / SPM_FILE)
+        d["text"] = {"kind": vocab.text.kind, "file": SPM_FILE, "sha256": vocab.text.sha256()}
+    return d
+
+
+def _load_vocab(d: dict, directory: Path) -> Vocab:
+    if d["text"].get("file"):
+        text = SentencePieceText.load(directory / d["text"]["file"])
+        if text.sha256() != d["text"]["sha256"]:
+            raise ValueError(f"{directory / d['text']['file']}: not the text vocabulary this model was trained with")
+        d = {**d, "text": text.to_dict()}
+    return Vocab.from_dict(d)

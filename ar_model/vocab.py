@@ -8,17 +8,26 @@ Sequences (built by `onetok.ar_model.generate` and the training data):
     text -> image    <bos> text <boi> codes <eoi> <eos>        (<null> replaces the text for CFG)
     image -> text    <bos> <boi> codes <eoi> text <eos>
 
-The text vocabulary is pluggable: `ByteText` (any string, one id per UTF-8 byte) or `WordText` (a fixed word
-list, e.g. every word of the training captions; short sequences, but unknown words are an error).
+The text vocabulary is pluggable: `ByteText` (any string, one id per UTF-8 byte), `WordText` (a fixed word
+list, e.g. every word of the training captions; short sequences, but unknown words are an error) or
+`SentencePieceText` (a BPE or unigram subword vocabulary trained on the captions with sentencepiece, byte fallback
+for anything unseen: short sequences and any string; `onetok text-vocab train`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import base64
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<null>")
+TEXT_KINDS = ("words", "bytes", "sentencepiece")
+SPM_FILE = "text_vocab.model"  # the one file of a sentencepiece text vocabulary
 
 # --------------------------------------------------------------------------------------------------------------------
 # Text vocabularies: local ids 0..size-1, offset into the shared id space by `Vocab`.
@@ -75,12 +84,88 @@ class WordText:
         return {"kind": self.kind, "words": self.words}
 
 
-def text_vocab_from_dict(d: dict) -> ByteText | WordText:
+class SentencePieceText:
+    """A sentencepiece model (BPE or unigram, byte fallback); its serialized proto travels in `to_dict`."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.proto = bytes(model_proto)
+        self.processor = spm.SentencePieceProcessor(model_proto=self.proto)
+        self.size = self.processor.get_piece_size()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SentencePieceText:
+        """From a model file, or a folder holding `text_vocab.model`."""
+        path = Path(path)
+        return cls((path / SPM_FILE if path.is_dir() else path).read_bytes())
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_bytes(self.proto)
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.processor.decode([int(i) for i in ids])
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.proto).hexdigest()
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "sha256": self.sha256(), "model": base64.b64encode(self.proto).decode("ascii")}
+
+    def __getstate__(self) -> dict:  # loader workers get the proto, not the C++ processor
+        return {"proto": self.proto}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["proto"])
+
+
+def train_sentencepiece(captions: Iterable[str], size: int, model_type: str = "bpe") -> SentencePieceText:
+    """Train a subword vocabulary of `size` pieces on `captions` (offline; byte fallback, identity normalisation so
+    decode(encode(text)) gives the text back)."""
+    import sentencepiece as spm
+
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type must be bpe or unigram, not {model_type!r}")
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_non_empty(captions), model_writer=proto, vocab_size=size, model_type=model_type,
+        byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, split_digits=True, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+        hard_vocab_limit=False, minloglevel=2, num_threads=1)
+    return SentencePieceText(proto.getvalue())
+
+
+def _non_empty(captions: Iterable[str]) -> Iterator[str]:
+    yield from (c for c in captions if c)
+
+
+def text_vocab_from_dict(d: dict) -> ByteText | WordText | SentencePieceText:
     if d["kind"] == "bytes":
         return ByteText()
     if d["kind"] == "words":
         return WordText(d["words"])
+    if d["kind"] == "sentencepiece":
+        return SentencePieceText(base64.b64decode(d["model"]))
     raise ValueError(f"unknown text vocabulary kind {d['kind']!r}")
+
+
+def text_vocab_from_spec(kind: str, words: Iterable[str] = (), model: str | os.PathLike | None = None
+                         ) -> ByteText | WordText | SentencePieceText:
+    """The text vocabulary a data config names: "bytes", "words" (from `words`) or "sentencepiece" (from `model`)."""
+    if kind == "bytes":
+        return ByteText()
+    if kind == "words":
+        return WordText(words)
+    if kind == "sentencepiece":
+        if model is None:
+            raise ValueError("text='sentencepiece' needs the model file (onetok text-vocab train)")
+        return SentencePieceText.load(model)
+    raise ValueError(f"text must be one of {', '.join(TEXT_KINDS)}, not {kind!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -94,7 +179,7 @@ class Vocab:
     pad_id, bos_id, eos_id, boi_id, eoi_id, null_id = range(len(SPECIALS))
     text_offset = len(SPECIALS)
 
-    def __init__(self, codebook_size: int, text: ByteText | WordText | None = None):
+    def __init__(self, codebook_size: int, text: ByteText | WordText | SentencePieceText | None = None):
         if codebook_size < 1:
             raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
         self.codebook_size = codebook_size

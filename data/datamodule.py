@@ -6,7 +6,9 @@ WebDataset recommendation for DDP) through a shuffle buffer; validation reads ev
 ranks and workers. Truncated shards and corrupt samples are skipped and counted, never fatal.
 
 For small datasets (the built-in shapes) `in_memory=True` decodes the training split once into a uint8 tensor and
-serves it map-style, which is much faster on a 2-core machine (Lightning adds the DistributedSampler under DDP).
+serves it map-style, which is much faster on a 2-core machine; each rank takes its share of a seeded permutation
+(`onetok.data.sampling.RankSampler`) and a resumed run continues the epoch where its checkpoint left it. A
+resumed stream instead reshuffles: its seed includes the step it resumes from (it never replays the first batches).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from onetok.data.sampling import RankSampler, ResumableLoader
 from onetok.data.shards import SkipCounter, expand_shards, iter_samples, resize_center_crop, sample_from_files
 
 
@@ -85,19 +88,23 @@ class ShardErrorHandler:
 
 
 class InMemoryImages(Dataset):
-    """A decoded split held as one uint8 tensor (N, 3, S, S); flips/crops are applied per item."""
+    """A decoded split held as one uint8 tensor (N, 3, S, S); flips/crops are applied per item, drawn from
+    (seed, epoch, index) when keys are (epoch, index) pairs (`RankSampler(with_epoch=True)`): a resumed run redraws
+    the same augmentations."""
 
-    def __init__(self, images: torch.Tensor, captions: list[str], keys: list[str], transform: ImageTransform):
-        self.images, self.captions, self.keys, self.transform = images, captions, keys, transform
+    def __init__(self, images: torch.Tensor, captions: list[str], keys: list[str], transform: ImageTransform,
+                 seed: int = 0):
+        self.images, self.captions, self.keys, self.transform, self.seed = images, captions, keys, transform, seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        epoch, i = key if isinstance(key, tuple) else (None, key)
         image = self.images[i]
         if self.transform.random_flip or self.transform.random_crop:
             pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-            image = self.transform(pil)
+            image = self.transform(pil, random.Random(f"{self.seed}:{epoch}:{i}") if epoch is not None else None)
         return {"image": image, "caption": self.captions[i], "key": self.keys[i]}
 
 
@@ -149,7 +156,7 @@ class ImageShardDataModule(L.LightningDataModule):
     # ---- helpers ---------------------------------------------------------------------------------------------------
 
     def _world(self) -> tuple[int, int]:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         if trainer is not None:
             return trainer.global_rank, trainer.world_size
         return 0, 1
@@ -168,19 +175,23 @@ class ImageShardDataModule(L.LightningDataModule):
         if self.in_memory:
             if stage in (None, "fit") and self._train_memory is None:
                 self._train_memory = load_in_memory(self.train_shards, self.train_transform)
+                self._train_memory.seed = self.seed
             if self.val_shards and self._val_memory is None:
                 self._val_memory = load_in_memory(self.val_shards, self.val_transform, self.val_samples)
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = self._world()
         if self.in_memory:
-            gen = torch.Generator().manual_seed(self.seed)
-            return DataLoader(self._train_memory, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                              collate_fn=collate, generator=gen, **self._loader_kwargs())
-        _, world = self._world()
+            sampler = RankSampler(len(self._train_memory), world, rank, shuffle=True, seed=self.seed, with_epoch=True)
+            return ResumableLoader(self._train_memory, trainer=self.trainer, sampler=sampler,
+                                   batch_size=self.batch_size, drop_last=True, collate_fn=collate,
+                                   **self._loader_kwargs())
         urls = expand_shards(self.train_shards)
+        trainer = self.trainer
+        seed = self.seed + 1_000_003 * (trainer.global_step if trainer is not None else 0)  # a resumed run reshuffles
         dataset = (
             wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None,
-                           workersplitter=None, handler=ShardErrorHandler(), empty_check=False, seed=self.seed)
+                           workersplitter=None, handler=ShardErrorHandler(), empty_check=False, seed=seed)
             .shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 500))
             .map(_DecodeSample(self.train_transform))
             .select(_not_none)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "onetok.scripts.cmd_export",      # export
     "onetok.scripts.cmd_codec",       # compress | decompress | eval-compression
     "onetok.scripts.cmd_ar",          # tokenize | sample | caption | eval-ar
+    "onetok.scripts.cmd_text_vocab",  # text-vocab train
     "onetok.scripts.cmd_eval",        # eval-tokenizer
     "onetok.scripts.cmd_bench",       # bench tokenizer | kernels | sjd
     "onetok.scripts.cmd_demo",        # demo

@@ -105,7 +105,7 @@ def _expected_count(data: str) -> int | None:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from onetok.ar_model.data import image_splits, tokenize_dataset
+    from onetok.ar_model.tokenize import image_splits, tokenize_dataset
 
     if not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"{args.tokenizer}: not a tokenizer directory (no config.json)")

@@ -1,4 +1,4 @@
-"""`onetok bench tokenizer | kernels | sjd`: benchmarks that print ratios against a baseline in the same run."""
+"""`onetok bench tokenizer | kernels | sjd | data`: benchmarks that print ratios against a baseline in the same run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHES = {
     "kernels": ("onetok.scripts.bench_kernels", "nearest-code search and SJD verify vs torch baselines"),
     "sjd": ("onetok.scripts.bench_sjd", "speculative Jacobi decoding vs plain sampling"),
     "codec": ("onetok.scripts.bench_codec", "compress/decompress time of one photo vs Pillow's WebP"),
+    "data": ("onetok.scripts.bench_data", "peak memory per rank of AR token data: in memory vs streamed"),
 }
 
 

@@ -235,7 +235,7 @@ class Tokenizers:
         if self.fixed is not None:
             return self.fixed
         if fp not in self.cache:
-            found = registry.find(fp)
+            found = registry.find_tokenizer(fp.hex())
             if found is None:
                 raise UserError(f"{path}: made with tokenizer {fp.hex()[:12]}, which is neither built in nor "
                                 f"registered in {registry.registry_dir()}; pass --tokenizer DIR")

@@ -1,7 +1,9 @@
 """`onetok export CKPT --out DIR [--force]`: a Lightning training checkpoint -> an inference directory.
 
 The checkpoint says which system wrote it (`ckpt["onetok_system"]`: "tokenizer" or "ar"); that system's
-`export_checkpoint(ckpt, out_dir, force)` writes the directory. The export goes into a temporary directory beside
+`export_checkpoint(ckpt, out_dir, force)` writes the directory. An AR checkpoint names its tokenizer by fingerprint:
+`--tokenizer DIR` gives it (it must match), else the directory recorded at training or the registry
+($ONETOK_HOME/tokenizers, default ~/.onetok) is searched. The export goes into a temporary directory beside
 DIR that is renamed onto DIR only when complete, so an interrupted export never leaves a half-written model.
 """
 
@@ -36,7 +38,7 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
+def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenizer: str | None = None) -> Path:
     ckpt_path, out = Path(ckpt_path), Path(out)
     if out.exists() and not force:
         raise UserError(f"{out}: already exists (use --force to overwrite)")
@@ -44,12 +46,15 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
     system = ckpt.get("onetok_system")
     if system not in EXPORTERS:
         raise UserError(f"{ckpt_path}: unknown checkpoint kind {system!r} (expected one of {sorted(EXPORTERS)})")
+    if tokenizer is not None and system != "ar":
+        raise UserError("--tokenizer applies to AR checkpoints only")
     exporter = importlib.import_module(EXPORTERS[system]).export_checkpoint
+    kwargs = {"tokenizer": tokenizer} if system == "ar" else {}
     tmp = staging_dir(out, force=True)  # existence was checked above
     try:
-        exporter(ckpt, tmp, force=True)
+        exporter(ckpt, tmp, force=True, **kwargs)
         replace_dir(tmp, out)
-    except (KeyError, ValueError, RuntimeError) as err:
+    except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
         raise UserError(f"{ckpt_path}: cannot export this {system} checkpoint ({err})") from None
     finally:
         if tmp.exists():
@@ -59,13 +64,13 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False) -> Path:
 
 def register_tokenizer(out: Path) -> Path:
     """Make an exported tokenizer findable by `onetok decompress` (the registry in $ONETOK_HOME/tokenizers)."""
-    from onetok.tokenizers import Tokenizer, codec, registry
+    from onetok.tokenizers import registry
 
-    return registry.register(out, codec.fingerprint(Tokenizer.from_pretrained(out)))
+    return registry.register(out, registry.fingerprint_dir(out))
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = export(args.ckpt, args.out, args.force)
+    out = export(args.ckpt, args.out, args.force, args.tokenizer)
     print(f"exported {args.ckpt} -> {out}")
     if (out / "config.json").is_file() and '"onetok-tokenizer"' in (out / "config.json").read_text():
         if args.no_register:
@@ -81,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="turn a training checkpoint (.ckpt) into an inference directory")
     p.add_argument("ckpt", help="a Lightning .ckpt written by onetok-train")
     p.add_argument("--out", required=True, help="the inference directory to write")
+    p.add_argument("--tokenizer", help="AR checkpoints: the tokenizer directory (default: found by fingerprint)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-register", action="store_true",
                    help="do not register an exported tokenizer in $ONETOK_HOME/tokenizers (default ~/.onetok)")

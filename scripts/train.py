@@ -10,19 +10,45 @@ One YAML per run names its system and data module by class path, e.g.
       init_args: {...}
 
     onetok-train fit --config configs/tokenizer/shapes.yaml
+    onetok-train fit --config configs/tokenizer/shapes.yaml --ckpt_path last     # resume a killed run
     onetok-train validate --config configs/tokenizer/shapes.yaml --ckpt_path runs/.../last.ckpt
+
+`--ckpt_path last` means the newest `last.ckpt` anywhere under the run's `default_root_dir` (every
+`lightning_logs/version_N/checkpoints/`), so a new process finds the checkpoint of the run it replaces; Lightning's
+own "last" looks only in the new run's version folder. The checkpoint restores the step count, the optimizers and
+the data position (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def newest_last_checkpoint(root: str | Path) -> Path | None:
+    """The most recently written `last.ckpt` under `root`, or None."""
+    found = sorted(Path(root).rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+class OnetokCLI(LightningCLI):
+    """LightningCLI whose `--ckpt_path last` searches every version folder of the run's root."""
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        last = newest_last_checkpoint(self.trainer.default_root_dir)
+        config["ckpt_path"] = str(last) if last is not None else None
+        rank_zero_info(f"--ckpt_path last: {'resuming from ' + str(last) if last else 'no last.ckpt yet, starting anew'}")
 
 
 def main(args: ArgsType = None) -> int:
-    LightningCLI(
+    OnetokCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from onetok.ar_model.data import read_meta
 from onetok.ar_model.evaluate import DEFAULT_SETTINGS, attribute_scores, summarize
 from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.sjd import DEFAULT_CHAINS
+from onetok.ar_model.tokenize import read_meta
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
 from onetok.data.shapes import render, write_shapes_dataset

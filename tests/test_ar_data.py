@@ -8,25 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from onetok.ar_model.data import (
+from onetok.ar_model.data import ARDataModule
+from onetok.ar_model.sequence import (
     I2T,
     IGNORE,
     T2I,
-    ARDataModule,
     Collate,
     SequenceBuilder,
     collate_examples,
-    encode_codes,
     i2t_example,
-    iter_token_samples,
-    read_meta,
     t2i_example,
-    tokenize_dataset,
-    tokenizer_fingerprint,
 )
+from onetok.ar_model.tokenize import encode_codes, iter_token_samples, read_meta, tokenize_dataset
 from onetok.ar_model.vocab import ByteText, Vocab, WordText
 from onetok.data.shapes import write_shapes_dataset
 from onetok.tokenizers import Tokenizer, preset
+from onetok.tokenizers.registry import fingerprint_dir
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +104,14 @@ def test_codes_npy_dtype():
     assert small.dtype == np.int16 and big.dtype == np.int32 and big.tolist() == [0, 65535]
 
 
+def test_decode_codes_matches_numpy():
+    from onetok.ar_model.tokenize import decode_codes
+
+    for codes in (np.array([0, 5, 32767]), np.array([0, 65535]), np.arange(200) % 4096, np.zeros(0, dtype=np.int64)):
+        data = encode_codes(codes)
+        assert np.array_equal(decode_codes(data), np.load(io.BytesIO(data))) and decode_codes(data).dtype == np.int64
+
+
 def test_token_shards_round_trip(tiny):
     root, summary = tiny
     assert summary.counts == {"train": 40, "val": 12}
@@ -115,10 +120,10 @@ def test_token_shards_round_trip(tiny):
     meta = read_meta(root / "tokens")
     tokenizer = Tokenizer.from_pretrained(root / "tok")
     assert meta["num_latent_tokens"] == tokenizer.num_latent_tokens and meta["codebook_size"] == 64
-    assert meta["tokenizer"]["fingerprint"] == tokenizer_fingerprint(root / "tok")
+    assert meta["tokenizer"]["fingerprint"] == fingerprint_dir(root / "tok")
     tokenizer.save_pretrained(root / "tok_copy")  # a re-saved copy has the same fingerprint
-    assert tokenizer_fingerprint(root / "tok_copy") == tokenizer_fingerprint(root / "tok")
-    from onetok.ar_model.data import images_to_tensor
+    assert fingerprint_dir(root / "tok_copy") == fingerprint_dir(root / "tok")
+    from onetok.ar_model.tokenize import images_to_tensor
     from onetok.data.shards import iter_samples
 
     raw = list(iter_samples(root / "shapes" / "val", size=tokenizer.image_size))

@@ -6,12 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onetok.ar_model.data import IGNORE, T2I, ARDataModule, tokenize_dataset
+from onetok.ar_model.data import ARDataModule
+from onetok.ar_model.sequence import IGNORE, T2I
 from onetok.ar_model.system import ARSystem, WarmupCosine, export_checkpoint
+from onetok.ar_model.tokenize import tokenize_dataset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.data.shapes import write_shapes_dataset
 from onetok.scripts.train import main as train_main
 from onetok.tokenizers import Tokenizer, preset
+from onetok.tokenizers.registry import fingerprint_dir
 
 CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs" / "ar").glob("*.yaml"))
 TINY = ["--model.init_args.preset", "tiny", "--model.init_args.model_overrides", "{}",
@@ -51,9 +54,10 @@ def test_checkpoint_loads_weights_only_and_exports(tokens, tmp_path):
     ckpt_path = next(tmp_path.rglob("last.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert ckpt["onetok_system"] == "ar" and ckpt["global_step"] == 3
-    hp = ckpt["hyper_parameters"]
-    assert hp["vocab"]["text"]["kind"] == "words" and Path(hp["tokenizer_dir"]).is_dir()
-    assert len(hp["tokenizer_fingerprint"]) == 16
+    hp, stored = ckpt["hyper_parameters"], ckpt["onetok_ar"]
+    assert hp["vocab"]["text"]["kind"] == "words" and Path(stored["tokenizer_path"]).is_dir()
+    assert stored["tokenizer_fingerprint"] == fingerprint_dir(stored["tokenizer_path"])  # THE fingerprint (codec)
+    assert stored["vocab"] == hp["vocab"] and stored["model_config"]["vocab_size"] == len(hp["vocab"]["text"]["words"]) + 70
     # the Lightning way back works too
     system = ARSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
     assert system.vocab.size == system.transformer.config.vocab_size
@@ -63,7 +67,7 @@ def test_checkpoint_loads_weights_only_and_exports(tokens, tmp_path):
     for name, value in model.transformer.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][f"transformer.{name}"])
     # the directory alone draws images and captions them: hide the training-time tokenizer meanwhile
-    tokenizer_dir = Path(hp["tokenizer_dir"])
+    tokenizer_dir = Path(stored["tokenizer_path"])
     tokenizer_dir.rename(tokenizer_dir.with_name("hidden"))
     try:
         model = UnifiedModel.from_pretrained(out)
@@ -81,7 +85,8 @@ def test_losses_per_task_match_cross_entropy(tokens):
     dm.setup("fit")
     system = ARSystem(preset="tiny", vocab=dm.vocab.to_dict())
     batch = next(iter(dm.train_dataloader()))
-    losses = system._losses(batch)
+    sums = system._loss_sums(batch)  # rows: all, t2i, i2t; columns: summed loss, loss tokens
+    losses = {name: (sums[i, 0] / sums[i, 1]).float() for i, name in enumerate(("loss", "t2i", "i2t"))}
     logits = system.transformer(batch["ids"])
     rows = batch["task"] == T2I
     for name, sel in (("loss", torch.ones_like(rows)), ("t2i", rows), ("i2t", ~rows)):

@@ -96,9 +96,9 @@ def test_decompress_finds_the_tokenizer_by_fingerprint(env, tmp_path, capsys, mo
     code, _, err = _run(capsys, "decompress", tmp_path / "b.otok", "-o", tmp_path / "b.png")
     assert code == 2 and "pass --tokenizer" in err and "registered" in err
     _one_line_error(err, tmp_path / "b.otok")
-    link = registry.register(env / "tok", codec.fingerprint(Tokenizer.from_pretrained(env / "tok")))
+    link = registry.register(env / "tok", registry.fingerprint_dir(env / "tok"))
     assert link.parent == tmp_path / "home" / "tokenizers" and link.is_symlink()
-    registry.register(env / "other", codec.fingerprint(Tokenizer.from_pretrained(env / "other")))
+    registry.register(env / "other", registry.fingerprint_dir(env / "other"))
     assert _run(capsys, "decompress", tmp_path / "b.otok", "-o", tmp_path / "b.png")[0] == 0
     assert Image.open(tmp_path / "b.png").size == (40, 20)
 

@@ -1,18 +1,24 @@
-"""Where tokenizers are found: the built-in ones shipped in the package, and a user registry.
+"""Where tokenizers are found by their fingerprint, so `.otok` files, checkpoints and token folders move between
+machines.
 
-A `.otok` file names its tokenizer only by fingerprint (`onetok.tokenizers.codec.fingerprint`), so `onetok
-decompress` looks the fingerprint up here when no `--tokenizer` is given:
+A tokenizer is named everywhere by `onetok.tokenizers.codec.fingerprint` (16 bytes over its config and weights; 32
+hex digits in JSON). `find_tokenizer(fingerprint)` looks through, in order:
 
-- built in: `onetok/tokenizers/pretrained/<name>/` (config.json + model.safetensors), installed with the package;
-  `photo` is the default tokenizer of `onetok compress`;
-- registered: every folder (or symlink to a folder) in `$ONETOK_HOME/tokenizers/` (default `~/.onetok/tokenizers`)
-  holding config.json + model.safetensors. `onetok export` registers what it exports as a symlink named by the
-  fingerprint, so a lookup only loads the folders whose name does not already say which fingerprint they hold.
+- the folders a caller passes (a `--tokenizer` flag, a path recorded in a checkpoint);
+- the built-in tokenizers shipped in the package, `onetok/tokenizers/pretrained/<name>/` (`photo` is the default
+  tokenizer of `onetok compress`);
+- the user registry `$ONETOK_HOME/tokenizers/` (default `~/.onetok/tokenizers`): every folder, or symlink to a
+  folder, holding config.json + model.safetensors. `onetok export` registers what it exports as a symlink named by
+  its fingerprint, so a lookup skips the entries named by another fingerprint without loading them.
+
+Fingerprints of other folders are computed by loading the weights, once per folder and process.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -20,69 +26,103 @@ DEFAULT = "photo"
 FILES = ("config.json", "model.safetensors")
 
 
-def is_tokenizer_dir(path: Path) -> bool:
-    return all((path / name).is_file() for name in FILES)
+def is_tokenizer_dir(path: str | os.PathLike) -> bool:
+    return all((Path(path) / name).is_file() for name in FILES)
 
 
-def home() -> Path:
+def onetok_home() -> Path:
     return Path(os.environ.get("ONETOK_HOME") or Path.home() / ".onetok").expanduser()
 
 
 def registry_dir() -> Path:
-    return home() / "tokenizers"
+    """The user registry folder (`onetok export` registers tokenizers here)."""
+    return onetok_home() / "tokenizers"
+
+
+def registry_dirs() -> list[Path]:
+    """Folders whose sub-folders are tokenizers, in search order: the built-in ones, then the user registry."""
+    return [BUILTIN_DIR, registry_dir()]
 
 
 def builtin(name: str = DEFAULT) -> Path:
     """The folder of a built-in tokenizer; FileNotFoundError naming the choices when there is none."""
     path = BUILTIN_DIR / name
     if not is_tokenizer_dir(path):
-        names = sorted(p.name for p in BUILTIN_DIR.glob("*") if is_tokenizer_dir(p)) if BUILTIN_DIR.is_dir() else []
+        names = [p.name for p in _candidates([BUILTIN_DIR])]
         raise FileNotFoundError(f"no built-in tokenizer {name!r} (built in: {', '.join(names) or 'none'})")
     return path
 
 
-def candidates() -> list[Path]:
-    """Every tokenizer folder to search: the built-in ones, then the registry's (sorted, stale links skipped)."""
-    found = []
-    for base in (BUILTIN_DIR, registry_dir()):
-        if base.is_dir():
-            found += [p for p in sorted(base.iterdir()) if not p.name.startswith(".") and is_tokenizer_dir(p)]
-    return found
+def _candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    for path in map(Path, paths):
+        if is_tokenizer_dir(path):
+            yield path
+        elif path.is_dir():
+            yield from (p for p in sorted(path.iterdir()) if not p.name.startswith(".") and is_tokenizer_dir(p))
 
 
-def _fingerprint_of(path: Path) -> bytes:
+@lru_cache(maxsize=64)
+def _fingerprint_cached(path: str, mtime_ns: int) -> str:
     from onetok.tokenizers.codec import fingerprint
     from onetok.tokenizers.model import Tokenizer
 
-    return fingerprint(Tokenizer.from_pretrained(path))
+    return fingerprint(Tokenizer.from_pretrained(path)).hex()
 
 
-def find(fp: bytes) -> Path | None:
-    """The folder of the tokenizer with fingerprint `fp`, or None. Folders named by another fingerprint are skipped
-    without loading; the others are loaded and fingerprinted."""
-    for path in candidates():
-        named = _named_fingerprint(path.name)
-        if named is not None and named != fp.hex():
+def fingerprint_dir(path: str | os.PathLike) -> str:
+    """THE fingerprint (hex) of the tokenizer saved in `path`."""
+    weights = Path(path) / "model.safetensors"
+    return _fingerprint_cached(str(Path(path).resolve()), weights.stat().st_mtime_ns)
+
+
+def _named_fingerprint(name: str) -> str | None:
+    """The fingerprint a registry entry is named by (32 hex digits), if it is."""
+    return name if len(name) == 32 and all(c in "0123456789abcdef" for c in name) else None
+
+
+def find_tokenizer(fingerprint: str, extra_dirs: Iterable[str | os.PathLike | None] = ()) -> Path | None:
+    """The first tokenizer folder among `extra_dirs`, the built-in ones and the registry whose fingerprint (hex) is
+    `fingerprint`, or None."""
+    searched = [p for p in extra_dirs if p is not None] + registry_dirs()
+    for candidate in _candidates(searched):
+        named = _named_fingerprint(candidate.name)
+        if named is not None and named != fingerprint:
             continue
         try:
-            if _fingerprint_of(path) == fp:
-                return path
-        except (OSError, ValueError, RuntimeError):  # a broken folder in the registry is not fatal to a lookup
+            if fingerprint_dir(candidate) == fingerprint:
+                return candidate.resolve()
+        except (OSError, ValueError, KeyError, RuntimeError):  # an unreadable folder is not a match
             continue
     return None
 
 
-def _named_fingerprint(name: str) -> str | None:
-    """The hex fingerprint a registry entry is named by (32 hex digits), if it is."""
-    return name if len(name) == 32 and all(c in "0123456789abcdef" for c in name) else None
+def resolve_tokenizer(fingerprint: str, given: str | os.PathLike | None = None,
+                      recorded: str | os.PathLike | None = None) -> Path:
+    """The tokenizer with `fingerprint`: `given` (must match), else `recorded` or the registry.
+
+    Raises FileNotFoundError when none is found, ValueError when `given` is another tokenizer."""
+    if given is not None:
+        if not is_tokenizer_dir(given):
+            raise FileNotFoundError(f"{given}: not a tokenizer directory (no config.json + model.safetensors)")
+        found = fingerprint_dir(given)
+        if found != fingerprint:
+            raise ValueError(f"{given}: this is tokenizer {found[:12]}, but the data/model were made with tokenizer "
+                             f"{fingerprint[:12]}")
+        return Path(given).resolve()
+    path = find_tokenizer(fingerprint, [recorded] if recorded is not None and is_tokenizer_dir(recorded) else [])
+    if path is None:
+        raise FileNotFoundError(f"tokenizer {fingerprint[:12]} not found (looked at {recorded or 'no recorded path'}, "
+                                f"the built-in tokenizers and {registry_dir()}); pass its directory, or register it "
+                                f"with `onetok export` / copy it into {registry_dir()}/")
+    return path
 
 
-def register(directory: str | os.PathLike, fp: bytes) -> Path:
+def register(directory: str | os.PathLike, fingerprint: str) -> Path:
     """Make `directory` findable by fingerprint: a symlink `$ONETOK_HOME/tokenizers/<fingerprint hex>` to it."""
     target = Path(directory).resolve()
     if not is_tokenizer_dir(target):
         raise FileNotFoundError(f"{target}: not a tokenizer folder (needs {' and '.join(FILES)})")
-    link = registry_dir() / fp.hex()
+    link = registry_dir() / fingerprint
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.tmp")
     tmp.unlink(missing_ok=True)

@@ -1,6 +1,10 @@
 """TokenizerSystem: the LightningModule that trains a `Tokenizer` (optimizer, schedule, EMA, losses, logging),
 and `export_checkpoint`, which turns its `.ckpt` into an inference directory.
 
+Every schedule counts batches: `warmup_steps`, `gan_start`, and Lightning's `max_steps`, `every_n_train_steps` and
+`val_check_interval` (the discriminator's optimizer steps through the strategy without advancing Lightning's step
+counter, so `global_step` is the number of batches with or without the GAN).
+
     onetok-train fit --config configs/tokenizer/shapes.yaml
     onetok export runs/.../last.ckpt --out models/tokenizer
 """
@@ -13,7 +17,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
+from onetok.distributed import check_strategy
 from onetok.tokenizers.losses import TokenizerLoss
 from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
@@ -100,15 +106,28 @@ class TokenizerSystem(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        check_strategy(self.trainer, "TokenizerSystem")
+
     def on_fit_start(self) -> None:
         if self.matmul_precision:
             torch.set_float32_matmul_precision(self.matmul_precision)
+        self._check_gan_start()
+
+    def _check_gan_start(self) -> None:
+        """Warn when the GAN would never run: `gan_start` at or past the run's last batch."""
+        if self.loss.discriminator is None:
+            return
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.loss.gan_start >= total:
+            rank_zero_warn(f"gan_start {self.loss.gan_start} >= the run's {total} batches: the GAN never runs "
+                           "(every schedule counts batches)")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images = batch["image"]
         optimizers = self.optimizers()
         opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
-        step = self.global_step if opt_d is None else self.global_step // 2  # Lightning counts every optimizer step
+        step = self.global_step  # = batches (see the module docstring)
         out = self.model(images)
         last_layer = self.model.decoder.head.last_layer_weight()
         gen = self.loss.generator_loss(out.reconstruction, images, out.quantizer.loss, step, last_layer)
@@ -117,13 +136,13 @@ class TokenizerSystem(L.LightningModule):
         self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip or None, gradient_clip_algorithm="norm")
         opt_g.step()
         self.lr_schedulers().step()
-        if opt_d is not None:  # stepped every batch (a no-op before gan_start) so global_step is 2 x batches
+        if opt_d is not None and self.loss.gan_active(step):
             opt_d.zero_grad(set_to_none=True)
-            if self.loss.gan_active(step):
-                disc = self.loss.discriminator_loss(out.reconstruction, images)
-                self.manual_backward(disc.total)
-                self.log_dict({f"train/{k}": v for k, v in disc.parts.items()})
-            opt_d.step()
+            disc = self.loss.discriminator_loss(out.reconstruction, images)
+            self.manual_backward(disc.total)
+            self.log_dict({f"train/{k}": v for k, v in disc.parts.items()})
+            # through the strategy (precision, DDP) but not `opt_d.step()`, which would count a second global step
+            self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=_no_closure)
         self._update_ema()
         with torch.no_grad():
             full = out.keep == self.model.num_latent_tokens
@@ -203,8 +222,7 @@ class TokenizerSystem(L.LightningModule):
             (decay if param.ndim >= 2 and "token" not in name and "pos" not in name else no_decay).append(param)
         opt_g = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
-        optimizer_count = 1 if self.loss.discriminator is None else 2  # manual optimization counts each one's steps
-        total = max(1, int(self.trainer.estimated_stepping_batches) // optimizer_count) if self._trainer else 1
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1  # batches
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt_g, lambda s: warmup_cosine(s, self.warmup_steps, total, self.min_lr_ratio))
         if self.loss.discriminator is None:
@@ -216,6 +234,10 @@ class TokenizerSystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["onetok_system"] = SYSTEM_NAME
         checkpoint["tokenizer_config"] = self.model.config.to_dict()
+
+
+def _no_closure() -> None:
+    """The discriminator's loss is already backpropagated (manual optimization)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""`onetok text-vocab train`: a subword text vocabulary (sentencepiece BPE or unigram) from training captions.
+
+    onetok text-vocab train --captions data/images --size 8000 --out models/text_vocab
+    onetok-train fit --config configs/ar/base_256.yaml --data.init_args.text sentencepiece \
+        --data.init_args.text_vocab models/text_vocab
+
+--captions takes a dataset root (its train/ split), a token folder, or a shard spec; only the `txt` members are read.
+DIR/text_vocab.model is the one file; the AR checkpoint and the exported unified model carry a copy of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from onetok.fileio import UserError, replace_dir, staging_dir
+
+
+def caption_shards(spec: str) -> list[str]:
+    """The shards to read captions from: a dataset root's or token folder's train/ split, or a shard spec."""
+    from onetok.data.shards import expand_shards
+
+    root = Path(spec)
+    if root.is_dir() and (root / "train").is_dir():
+        root = root / "train"
+    paths = [p for p in expand_shards(str(root)) if Path(p).is_file()]
+    if not paths:
+        raise UserError(f"{spec}: no shards found")
+    return paths
+
+
+def iter_captions(paths: list[str], limit: int | None = None) -> Iterator[str]:
+    from onetok.data.shards import iter_raw_samples
+
+    n = 0
+    for path in paths:
+        for _, files in iter_raw_samples(path):
+            if "txt" in files:
+                yield files["txt"].decode("utf-8", errors="replace").strip()
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from onetok.ar_model.vocab import SPM_FILE, train_sentencepiece
+
+    if args.size < 2:
+        raise UserError("--size must be >= 2")
+    paths = caption_shards(args.captions)
+    out = Path(args.out)
+    tmp = staging_dir(out, args.force)
+    try:
+        captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap", disable=args.quiet))
+        if not any(captions):
+            raise UserError(f"{args.captions}: no captions (txt members) found")
+        needed = 257 + len({ch for c in captions for ch in c})  # <unk>, 256 byte pieces, every character
+        if args.size < needed:
+            raise UserError(f"--size {args.size}: needs at least {needed} (<unk>, 256 byte pieces and the captions' "
+                            f"{needed - 257} characters) plus room for merges")
+        text = train_sentencepiece(captions, args.size, args.model_type)
+        text.save(tmp / SPM_FILE)
+        replace_dir(tmp, out)
+    except (RuntimeError, ValueError) as err:  # sentencepiece refuses, e.g. a size the captions cannot fill
+        raise UserError(f"sentencepiece: {' '.join(str(err).split())[:300]}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    tokens = sum(len(text.encode(c)) for c in captions) / len(captions)
+    size = sum(len(c.encode("utf-8")) for c in captions) / len(captions)
+    print(f"wrote {out / SPM_FILE}: {args.model_type} vocabulary of {text.size} pieces from {len(captions)} captions; "
+          f"mean {tokens:.1f} tokens per caption vs {size:.1f} bytes ({size / max(tokens, 1e-9):.2f} bytes a token)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("text-vocab", help="subword text vocabularies (sentencepiece) for the unified model")
+    group_sub = group.add_subparsers(dest="text_vocab_command", required=True, metavar="COMMAND")
+    p = group_sub.add_parser("train", help="train a BPE/unigram vocabulary on the training captions")
+    p.add_argument("--captions", required=True, help="a dataset root, a token folder, or a shard spec")
+    p.add_argument("--size", type=int, required=True, help="vocabulary size in pieces (256 byte pieces included)")
+    p.add_argument("--out", required=True, help="output folder (gets text_vocab.model)")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    p.add_argument("--max-captions", type=int, default=None, help="read at most this many captions")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,136 @@
+"""Resuming a killed run: the same step count, optimizer state and data position, for both systems.
+
+Every shipped config (shrunk to tiny CPU sizes) is checked in process: a run that checkpoints at step 3 and goes on to
+step 6, then a second run resumed from that checkpoint must start at step 3 with the checkpoint's optimizer state and
+see the same batches at steps 3, 4, 5. The shapes configs (what `make demo` runs) are also killed with SIGKILL
+mid-epoch in a subprocess after their periodic `last.ckpt` and resumed with `--ckpt_path last`.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from resume_probe import optimizer_digest, read_probe
+
+from onetok.ar_model.tokenize import tokenize_dataset
+from onetok.data.shapes import write_shapes_dataset
+from onetok.tokenizers import Tokenizer, preset
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+CONFIGS = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").glob("*/*.yaml"))
+PROBE = ["--trainer.callbacks+=resume_probe.StepProbe"]
+COMMON = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
+          "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_time=null"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    write_shapes_dataset(root / "shapes", size=16, train=96, val=20, seed=0, shard_size=50)
+    torch.manual_seed(0)
+    Tokenizer(preset("tiny")).save_pretrained(root / "tok")
+    tokenize_dataset(root / "tok", str(root / "shapes"), root / "tokens", shard_size=40)
+    return root
+
+
+def overrides(config: str, data: Path, root: Path) -> list[str]:
+    """Any shipped config shrunk to a tiny model on 16 px shapes, one CPU process, a logger in `root`."""
+    if config.startswith("tokenizer/"):
+        gan = "shapes" not in config  # the GPU configs: the GAN from step 2, so both optimizers have state to restore
+        size = 32 if gan else 16  # the PatchGAN needs 32 px
+        extra = ["--model.init_args.preset=tiny", f'--model.init_args.config={{"image_size": {size}}}',
+                 f"--data.init_args.train_shards={data / 'shapes' / 'train'}",
+                 f"--data.init_args.val_shards={data / 'shapes' / 'val'}", f"--data.init_args.image_size={size}",
+                 "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=20",
+                 "--data.init_args.num_workers=0", "--data.init_args.in_memory=true"]
+        extra += ["--model.init_args.gan_start=2"] if gan else []
+    else:
+        extra = ["--model.init_args.preset=tiny", "--model.init_args.model_overrides={}",
+                 "--model.init_args.eval_samples=2", f"--data.init_args.tokens={data / 'tokens'}",
+                 "--data.init_args.text=words", "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=8",
+                 "--data.init_args.num_workers=0", "--data.init_args.shuffle_buffer=10",
+                 f"--model.init_args.tokenizer_dir={data / 'tok'}"]
+    return ["fit", "--config", str(REPO / "configs" / config), *COMMON, *extra,
+            f"--trainer.default_root_dir={root}", "--trainer.logger=true"]
+
+
+def cli(args: list[str]) -> None:
+    from onetok.scripts.train import main
+
+    argv, sys.argv = sys.argv, ["onetok-train", *args]
+    try:
+        main(args)
+    finally:
+        sys.argv = argv
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.replace("/", "-")[:-5] for c in CONFIGS])
+def test_resume_restores_step_optimizer_and_data_position(config, data, tmp_path, monkeypatch):
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    monkeypatch.setenv("ONETOK_PROBE", str(first))
+    monkeypatch.setenv("ONETOK_PROBE_SAVE_AT", "3")
+    cli([*overrides(config, data, tmp_path / "a"), *PROBE, "--trainer.max_steps=6"])
+    ckpt_path = Path(f"{first}.ckpt")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    monkeypatch.setenv("ONETOK_PROBE", str(second))
+    monkeypatch.setenv("ONETOK_PROBE_SAVE_AT", "-1")
+    cli([*overrides(config, data, tmp_path / "b"), *PROBE, "--trainer.max_steps=6", f"--ckpt_path={ckpt_path}"])
+    _, uninterrupted = read_probe(first)
+    (start,), resumed = read_probe(second)
+    assert start["start"] == 3
+    assert start["optimizers"] == optimizer_digest(ckpt["optimizer_states"])
+    assert sorted(resumed) == [3, 4, 5]
+    for step in (3, 4, 5):  # the same batches, at the same place of the same epoch
+        assert resumed[step] == uninterrupted[step], step
+
+
+def _train_until_killed(config: str, data: Path, root: Path, probe: Path) -> int:
+    """Run a shapes config in a subprocess; SIGKILL it 3 steps after its first periodic last.ckpt."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ONETOK_PROBE": str(probe),
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "onetok.scripts.train", *overrides(config, data, root), *PROBE,
+           "--trainer.max_steps=100000", "--trainer.logger=false"]
+    log = open(probe.with_suffix(".log"), "w")  # a file, not a pipe: a full pipe would stall the run
+    proc = subprocess.Popen(cmd, cwd=root.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lasts = list(root.rglob("last.ckpt"))
+            if lasts and probe.exists():
+                saved = torch.load(lasts[0], map_location="cpu", weights_only=True)["global_step"]
+                if max(read_probe(probe)[1]) >= saved + 3:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return saved
+            time.sleep(0.2)
+        raise AssertionError(f"no periodic last.ckpt in time: {probe.with_suffix('.log').read_text()[-2000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("config", ["tokenizer/shapes.yaml", "ar/shapes.yaml"])
+def test_kill_9_mid_epoch_then_ckpt_path_last(config, data, tmp_path, monkeypatch):
+    root, killed, resumed_probe = tmp_path / "run", tmp_path / "killed.jsonl", tmp_path / "resumed.jsonl"
+    saved = _train_until_killed(config, data, root, killed)
+    assert saved > 0
+    _, before = read_probe(killed)
+    assert before[saved]["batch_idx"] > 0  # killed mid-epoch
+    monkeypatch.setenv("ONETOK_PROBE", str(resumed_probe))
+    cli([*overrides(config, data, root), *PROBE, "--ckpt_path=last", f"--trainer.max_steps={saved + 3}",
+         "--trainer.logger=false"])
+    (start,), after = read_probe(resumed_probe)
+    last = torch.load(next(root.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert start["start"] == saved and last["global_step"] == saved + 3
+    for step in range(saved, saved + 3):
+        assert after[step] == before[step], step
