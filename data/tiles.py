@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.datamodule import ShardErrorHandler, collate
 from onetok.data.images import ImageReadError, load_image
+from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.data.shards import IMAGE_EXTENSIONS, expand_shards, sample_from_files
 
 IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTENSIONS) + (".bmp", ".tif", ".tiff", ".gif")
@@ -72,13 +73,15 @@ def grid_tiles(array: np.ndarray, size: int, count: int, seed: int) -> list[torc
 
 
 class PhotoTiles(Dataset):
-    """Random tiles of photos held in memory; `length` crops per epoch, drawn afresh every epoch."""
+    """Random tiles of photos held in memory; `length` crops per epoch. Item (epoch, i) is drawn from
+    (seed, epoch, i) (`RankSampler(with_epoch=True)` keys), so every epoch differs and a resumed run redraws the same
+    crops; ranks get different i."""
 
     def __init__(self, photos: list[np.ndarray], size: int, length: int, min_scale: float = 1.0,
-                 max_scale: float = 1.0, flip: bool = True):
+                 max_scale: float = 1.0, flip: bool = True, seed: int = 0):
         if not photos:
             raise ValueError("no photos to crop tiles from")
-        self.photos, self.size, self.length = photos, size, length
+        self.photos, self.size, self.length, self.seed = photos, size, length, seed
         self.min_scale, self.max_scale, self.flip = min_scale, max_scale, flip
         areas = np.array([p.shape[0] * p.shape[1] for p in photos], dtype=np.float64)
         self.weights = areas / areas.sum()
@@ -86,9 +89,9 @@ class PhotoTiles(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
-        # the global torch RNG advances per item (and is seeded per worker), and i differs per rank under DDP
-        rng = np.random.default_rng([int(torch.randint(2**62, ())), i])
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        rng = np.random.default_rng([self.seed, epoch, i])
         index = int(rng.choice(len(self.photos), p=self.weights))
         tile = random_tile(self.photos[index], self.size, rng, self.min_scale, self.max_scale, self.flip)
         return {"image": tile, "caption": "", "key": f"{index}"}
@@ -133,6 +136,12 @@ def load_photos(spec: str | os.PathLike, limit: int | None = None) -> list[np.nd
     return photos[:limit]
 
 
+def _shards_exist(spec: str) -> bool:
+    """Some shard of `spec` exists (remote URLs and pipes are taken on trust)."""
+    urls = expand_shards(spec)
+    return any("://" in u or u.startswith("pipe:") or os.path.isfile(u) for u in urls)
+
+
 class TileDataModule(lightning.LightningDataModule):
     """Batches {"image": float (B, 3, T, T) in [0, 1]} of random photo tiles; `train`/`val` are a folder of images
     or shards (a directory of tars, a glob or a brace pattern)."""
@@ -175,8 +184,8 @@ class TileDataModule(lightning.LightningDataModule):
             if not photos:
                 raise FileNotFoundError(f"no readable images in {self.train}")
             self._train_set = PhotoTiles(photos, self.tile_size, self.epoch_samples, self.min_scale,
-                                         self.max_scale, self.random_flip)
-        elif stage in (None, "fit") and not expand_shards(self.train):
+                                         self.max_scale, self.random_flip, self.seed)
+        elif stage in (None, "fit") and not _shards_exist(self.train):
             raise FileNotFoundError(f"no images or shards in {self.train!r}")
         if self.val and self._val_set is None:
             tiles = [t for i, photo in enumerate(load_photos(self.val))
@@ -185,11 +194,16 @@ class TileDataModule(lightning.LightningDataModule):
                 raise FileNotFoundError(f"no readable images in {self.val}")
             self._val_set = [{"image": t, "caption": "", "key": str(i)} for i, t in enumerate(tiles)]
 
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
+        rank, world = self._world()
         if self._train_set is not None:
-            return DataLoader(self._train_set, batch_size=self.batch_size, shuffle=False, drop_last=True,
-                              collate_fn=collate, **self._loader_kwargs())
-        world = self.trainer.world_size if self._trainer is not None else 1
+            sampler = RankSampler(len(self._train_set), world, rank, shuffle=False, with_epoch=True)
+            return ResumableLoader(self._train_set, trainer=self.trainer, sampler=sampler, batch_size=self.batch_size,
+                                   drop_last=True, collate_fn=collate, **self._loader_kwargs())
         stage = _ShardTiles(self.tile_size, self.crops_per_image, self.min_scale, self.max_scale,
                             self.random_flip, self.seed)
         dataset = (
@@ -205,5 +219,6 @@ class TileDataModule(lightning.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self._val_set is None:
             return []
-        return DataLoader(self._val_set, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate,
-                          **self._loader_kwargs())
+        rank, world = self._world()
+        return DataLoader(self._val_set, batch_size=self.val_batch_size, sampler=EvalSampler(len(self._val_set), world,
+                          rank), collate_fn=collate, **self._loader_kwargs())
