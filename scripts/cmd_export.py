@@ -19,6 +19,7 @@ from onetok.fileio import UserError, replace_dir, staging_dir
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
     "ar": "onetok.ar_model.system",
+    "prior": "onetok.tokenizers.prior_system",
 }
 
 

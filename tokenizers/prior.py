@@ -59,8 +59,12 @@ class PriorConfig:
 
 
 class KVCache(NamedTuple):
-    keys: list[torch.Tensor]  # per layer (B, H, T, D/H)
+    """Static-shape keys and values of the positions seen so far: per layer (B, H, P + L, D/H), filled up to
+    `length[0]` (a one-element list, so steps can advance it)."""
+
+    keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    length: list[int]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -79,15 +83,19 @@ class Block(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                start: int = 0) -> torch.Tensor:
+        """x (B, T, D) at positions start .. start + T - 1; with `cache` (keys, values (B, H, T_max, d)) the new
+        keys/values are written at those positions and attention reads positions 0 .. start + T - 1."""
         B, T, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, d)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, T_past + T, d)
-        # causal over the whole sequence; a single new position attends to everything before it
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=past is None)
+        if cache is not None:
+            cache[0][:, :, start:start + T], cache[1][:, :, start:start + T] = k, v
+            k, v = cache[0][:, :, :start + T], cache[1][:, :, :start + T]  # (B, H, start + T, d)
+        # causal within the new positions (prefill from 0); one new position attends to everything before it
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         x = x + self.proj(attn.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
-        return x + self.mlp(self.norm2(x)), (k, v)
+        return x + self.mlp(self.norm2(x))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -101,6 +109,7 @@ class TilePrior(nn.Module):
     def __init__(self, config: PriorConfig):
         super().__init__()
         self.config = config
+        self.tokenizer_fingerprint: str | None = None  # hex, of the tokenizer whose ids this prior models
         c = config
         self.embed = nn.Embedding(c.codebook_size + 2, c.width)  # codes, <missing>, <bos>
         self.pos = nn.Parameter(0.02 * torch.randn(1, c.prefix + c.num_tokens - 1, c.width))
@@ -116,38 +125,42 @@ class TilePrior(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.embed(inputs) + self.pos[:, : inputs.shape[1]]  # (B, T, D)
         for block in self.blocks:
-            x, _ = block(x)
+            x = block(x)
         return self.head(self.norm(x[:, self.config.prefix - 1:]))  # (B, L, K): read at <bos> and after
 
     # ---- incremental inference (what the entropy coder runs) ----------------------------------------------------
 
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """context (B, 8) -> logits for id_0 (B, K) and the cache after <bos>."""
-        bos = torch.full_like(context[:, :1], self.config.bos)
-        x = self.embed(torch.cat([context, bos], dim=1)) + self.pos[:, : self.config.prefix]  # (B, P, D)
-        cache = KVCache([], [])
-        for block in self.blocks:
-            x, (k, v) = block(x)
-            cache.keys.append(k)
-            cache.values.append(v)
+        c = self.config
+        bos = torch.full_like(context[:, :1], c.bos)
+        x = self.embed(torch.cat([context, bos], dim=1)) + self.pos[:, : c.prefix]  # (B, P, D)
+        shape = (len(context), c.heads, c.prefix + c.num_tokens - 1, c.width // c.heads)
+        cache = KVCache([x.new_zeros(shape) for _ in self.blocks], [x.new_zeros(shape) for _ in self.blocks], [0])
+        for i, block in enumerate(self.blocks):
+            x = block(x, (cache.keys[i], cache.values[i]), 0)
+        cache.length[0] = c.prefix
         return self.head(self.norm(x[:, -1])), cache
 
     def step(self, ids: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """The previous id of each tile (B,) -> logits for the next one (B, K); the cache grows by one position."""
-        t = cache.keys[0].shape[2]
+        """The previous id of each tile (B,) -> logits for the next one (B, K); the cache advances one position."""
+        t = cache.length[0]
         x = self.embed(ids[:, None]) + self.pos[:, t:t + 1]  # (B, 1, D)
         for i, block in enumerate(self.blocks):
-            x, (cache.keys[i], cache.values[i]) = block(x, (cache.keys[i], cache.values[i]))
+            x = block(x, (cache.keys[i], cache.values[i]), t)
+        cache.length[0] = t + 1
         return self.head(self.norm(x[:, -1])), cache
 
     # ---- persistence ------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, tokenizer_fingerprint: str | None = None) -> None:
+        """config.json (with the fingerprint of the tokenizer whose ids it models) + model.safetensors."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"format": CONFIG_FORMAT, "version": 1, "config": self.config.to_dict()}
+        meta = {"format": CONFIG_FORMAT, "version": 1, "config": self.config.to_dict(),
+                "tokenizer_fingerprint": tokenizer_fingerprint}
         (directory / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / "model.safetensors"), metadata={"format": CONFIG_FORMAT})
@@ -162,6 +175,7 @@ class TilePrior(nn.Module):
             raise ValueError(f"{directory / 'config.json'}: not a onetok prior config")
         model = cls(PriorConfig(**meta["config"]))
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        model.tokenizer_fingerprint = meta.get("tokenizer_fingerprint")
         return model.eval()
 
 
