@@ -8,11 +8,63 @@ captions drawn with `--seed` (for models trained on `onetok data shapes`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
 
 from onetok.fileio import UserError
+
+# aten ops that make the host wait for the device on CUDA (a value or a data-dependent shape comes back)
+SYNC_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
+                      "_unique", "_unique2", "unique_consecutive", "repeat_interleave"})
+SYNC_METHODS = ("tolist", "cpu", "numpy")  # Tensor methods that copy to the host (not seen by a dispatch mode on CPU)
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Yield a Counter of the host syncs made inside the block, by op name, on any device (a CPU run shows where a
+    CUDA run would wait): item/bool/int of a tensor, nonzero, boolean-mask indexing, tensor-repeat
+    repeat_interleave, unique, and `Tensor.tolist/cpu/numpy` calls from Python."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counter: Counter = Counter()
+
+    def bool_index(args) -> bool:
+        indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+        return any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in indices)
+
+    class SyncCounter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name == "repeat_interleave":  # only repeats given as a tensor, without output_size, sync
+                synced = func._overloadname == "Tensor" and (kwargs or {}).get("output_size") is None
+            else:
+                synced = name in SYNC_OPS or (name.startswith("index") and bool_index(args))
+            if synced:
+                counter[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {name: torch.Tensor.__dict__.get(name) for name in SYNC_METHODS}
+
+    def counted(name, method):
+        def call(self, *args, **kwargs):
+            counter[name] += 1
+            return method(self, *args, **kwargs)
+        return call
+
+    for name in SYNC_METHODS:
+        setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    try:
+        with SyncCounter():
+            yield counter
+    finally:
+        for name, original in originals.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
