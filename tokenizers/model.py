@@ -22,7 +22,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from onetok.tokenizers.quantize import QuantizerOutput, build_quantizer
@@ -131,8 +130,89 @@ class TokenizerOutput(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool) -> nn.Sequential:
-    return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)])
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), then GELU or + residual. Without autograd both happen in place on the fresh
+    output (no extra allocation, one pass less)."""
+    out = F.linear(x, weight, bias)
+    in_place = not torch.is_grad_enabled()
+    if gelu:
+        out = torch.ops.aten.gelu_(out) if in_place else F.gelu(out)
+    if residual is not None:  # (in place only where it keeps the residual stream's dtype, e.g. fp32 under autocast)
+        out = out.add_(residual) if in_place and out.dtype == residual.dtype else residual + out
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with SDPA; timm's `Attention` parameters (qkv, q_norm/k_norm, proj)."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.LayerNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def attend(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """Normalised tokens x (B, N, D) -> the heads' outputs (B, n, D) before `proj`, for the query rows `rows`
+        (default all N) over keys and values from all N."""
+        B, N, D = x.shape
+        w, b = self.qkv.weight, self.qkv.bias
+        if rows is None:
+            q, k, v = linear(x, w, b).view(B, N, 3, self.heads, D // self.heads).unbind(2)  # (B, N, H, Dh) each
+        else:
+            q = linear(x[:, rows], w[:D], b[:D]).unflatten(-1, (self.heads, D // self.heads))  # (B, n, H, Dh)
+            k, v = linear(x, w[D:], b[D:]).view(B, N, 2, self.heads, D // self.heads).unbind(2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, H, n, Dh)
+        return out.transpose(1, 2).flatten(2)  # (B, n, D): a view on CPU (SDPA returns (B, n, H, Dh) memory)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 (timm's `Mlp` parameters)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(residual +) fc2(gelu(fc1(x)))."""
+        hidden = linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
+        return linear(hidden, self.fc2.weight, self.fc2.bias, residual=residual)
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block, x + attn(norm1(x)), then + mlp(norm2(x)): timm's `Block` (LayerNorm eps 1e-6, qkv
+    bias, no layer scale or drop path) with the same parameter names, shapes and initialisation order."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """x (B, N, D) -> (B, N, D), or only the output rows `rows` (B, n, D) (keys and values still from all N)."""
+        heads = self.attn.attend(self.norm1(x), rows)  # (B, n, D)
+        x = x if rows is None else x[:, rows]
+        x = linear(heads, self.attn.proj.weight, self.attn.proj.bias, residual=x)  # x + proj(heads)
+        return self.mlp(self.norm2(x), residual=x)
+
+
+class Blocks(nn.Sequential):
+    """A stack of `Block`s (state-dict keys blocks.0.*, blocks.1.*, ...). `rows` keeps only those output rows of
+    the last block: the only ones read out, so its other rows' queries, projections and MLP are skipped."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__(*[Block(width, heads, mlp_ratio, qk_norm) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        for i, block in enumerate(self):
+            x = block(x, rows if i == len(self) - 1 else None)
+        return x
 
 
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
@@ -183,7 +263,7 @@ class Encoder(nn.Module):
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
         n, L = cfg.grid_size**2, cfg.num_latent_tokens
         self.pool = nn.Parameter(torch.randn(L, n) / n**0.5) if cfg.token_mixing else None  # (L, N)
-        self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
+        self.blocks = Blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.enc_width)
         self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
         n_latent_features = cfg.num_latent_tokens * cfg.code_dim
@@ -195,8 +275,9 @@ class Encoder(nn.Module):
         if self.pool is not None:
             latents = latents + torch.einsum("ln,bnd->bld", self.pool.to(x.dtype), x)  # (B, L, D)
         x = x + self.pos_embed  # (B, N, D)
-        x = self.blocks(torch.cat([x, latents], dim=1))  # (B, N + L, D)
-        x = self.norm(x[:, -latents.shape[1]:])  # (B, L, D) read out at the latent positions
+        n = x.shape[1]
+        x = self.blocks(torch.cat([x, latents], dim=1), rows=slice(n, None))  # (B, N + L, D) in, (B, L, D) out
+        x = self.norm(x)  # (B, L, D) read out at the latent positions
         z = self.to_code(x)  # (B, L, code_dim)
         if self.latent_norm is not None:
             z = self.latent_norm(z.flatten(1).float()).view_as(z)  # per (token, dim) over the batch
@@ -220,10 +301,12 @@ class PixelHead(nn.Module):
         return self.to_rgb.weight if isinstance(self.to_rgb, nn.Conv2d) else self.linear.weight
 
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
-        x = self.linear(x)  # (B, N, p*p*C)
-        x = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=self.patch_size, q=self.patch_size)
+        x = linear(x, self.linear.weight, self.linear.bias)  # (B, N, p*p*C)
+        x = rearrange(x, "b (h w) (p q c) -> b (h p) (w q) c", h=grid, p=self.patch_size, q=self.patch_size)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W) in channels-last memory: the full-resolution convs run NHWC
         for block in self.refine:
-            x = x + block(x)  # (B, C, H, W)
+            update = block(x)  # (B, C, H, W)
+            x = update.add_(x) if not torch.is_grad_enabled() else x + update
         return self.to_rgb(x)  # (B, 3, H, W)
 
 
@@ -246,7 +329,7 @@ class ConvUpsampler(nn.Module):
         return self.to_rgb.weight
 
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
-        x = self.proj(rearrange(x, "b (h w) d -> b d h w", h=grid))  # (B, C0, g, g)
+        x = self.proj(rearrange(x, "b (h w) d -> b h w d", h=grid).permute(0, 3, 1, 2))  # (B, C0, g, g) NHWC
         for stage in self.stages:
             x = stage(x)  # (B, C, 2h, 2w)
         return self.to_rgb(x)  # (B, 3, H, W)
@@ -271,7 +354,7 @@ class Decoder(nn.Module):
             self.mix = nn.Sequential(nn.Linear(L * cfg.code_dim, n * cfg.dec_width),
                                      nn.Unflatten(1, (n, cfg.dec_width)), nn.LayerNorm(cfg.dec_width))
             self.grid_pos.data.mul_(cfg.dec_width**-0.5)  # the unit-scale content must dominate the position code
-        self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
+        self.blocks = Blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.dec_width)
         if cfg.upsample_channels > 0:
             self.head = ConvUpsampler(cfg.dec_width, cfg.dec_patch, cfg.upsample_channels)
@@ -290,9 +373,10 @@ class Decoder(nn.Module):
         else:
             grid = (self.grid_token + self.grid_pos).expand(B, -1, -1)  # (B, N, D)
         x = x + self.latent_pos[:, :L]  # (B, L, D)
-        x = self.blocks(torch.cat([grid, x], dim=1))  # (B, N + L, D)
-        x = self.norm(x[:, : self.grid**2])  # (B, N, D) read out at the grid positions
-        return (self.head(x, self.grid) + 1) / 2  # (B, 3, H, W)
+        x = self.blocks(torch.cat([grid, x], dim=1), rows=slice(0, self.grid**2))  # (B, N + L, D) in, (B, N, D) out
+        x = self.norm(x)  # (B, N, D) read out at the grid positions
+        image = self.head(x, self.grid).contiguous()  # (B, 3, H, W) back from channels-last memory
+        return (image + 1) / 2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -311,12 +395,14 @@ def _init_weights(module: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _inference(module: nn.Module):
-    """eval mode + no grad for the block, then restore the training flag."""
+def _inference(module: nn.Module, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """eval mode + no grad for the block (and autocast to `dtype` on `device` if given), then restore the training
+    flag."""
     was_training = module.training
     module.eval()
+    cast = torch.autocast(device.type, dtype=dtype) if dtype not in (None, torch.float32) else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), cast:
             yield
     finally:
         module.train(was_training)
@@ -336,6 +422,7 @@ class Tokenizer(nn.Module):
         self.decoder = Decoder(config)
         for part in (self.encoder, self.decoder):
             part.apply(_init_weights)
+        self.inference_dtype: torch.dtype | None = None  # encode/decode compute dtype; None: bf16 on CUDA, else fp32
 
     @property
     def codebook_size(self) -> int:
@@ -389,9 +476,10 @@ class Tokenizer(nn.Module):
         k = self.num_latent_tokens if num_tokens is None else int(num_tokens)
         if not 1 <= k <= self.num_latent_tokens:
             raise ValueError(f"num_tokens must be in 1..{self.num_latent_tokens}, got {k}")
-        with _inference(self):
+        with _inference(self, images.device, self.compute_dtype(images.device)):
             latents = self.encoder(images.to(self.encoder.pos_embed.dtype))  # (B, L, code_dim)
-            indices = self.quantizer(latents).indices  # (B, L)
+        with _inference(self):
+            indices = self.quantizer(latents.float()).indices  # (B, L), always in fp32
         return indices[:, :k].contiguous()
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -406,8 +494,16 @@ class Tokenizer(nn.Module):
             codes = self.quantizer.codes_from_indices(ids.long())  # (B, k, code_dim)
             codes = F.pad(codes, (0, 0, 0, L - k))  # (B, L, code_dim); the tail becomes the drop token
             keep = torch.full((B,), k, device=ids.device, dtype=torch.long)
+        with _inference(self, ids.device, self.compute_dtype(ids.device)):
             images = self.decoder(codes, keep)
         return images.float().clamp(0, 1)
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype encode/decode compute in (autocast; the quantizer stays fp32): `inference_dtype` if set, else
+        bf16 on CUDA and fp32 elsewhere."""
+        if self.inference_dtype is not None:
+            return self.inference_dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
 
     # ---- persistence ------------------------------------------------------------------------------------------------
 
