@@ -42,7 +42,13 @@ from onetok.kernels import sjd_verify
 from onetok.kernels.reference import inverse_cdf
 
 DRAFT_INITS = ("uniform", "prev")
-DEFAULT_CHAINS = 8  # draft chains per image; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
+DEFAULT_CHAINS = 8  # draft chains per image on CUDA; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
+
+
+def default_chains(device: torch.device | str) -> int:
+    """Draft chains per image when none are asked for: `DEFAULT_CHAINS` on CUDA, where a pass costs about the same
+    for a few more rows, and 1 elsewhere, where a pass costs in proportion to its rows (docs/sjd.md)."""
+    return DEFAULT_CHAINS if torch.device(device).type == "cuda" else 1
 
 
 class SJDResult(NamedTuple):

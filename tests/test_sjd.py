@@ -285,4 +285,10 @@ def test_bench_sjd_json(tmp_path, capsys):
     args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2",
                               "--chains", "3"])
     assert bench_sjd.run(args) == 0 and "plain / sjd" in capsys.readouterr().out
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4", "--chains", "2",
+                              "--dtype", "bf16", "--profile", "--json"])
+    assert bench_sjd.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dtype"] == "bf16" and report["chains"] == 2
+    assert report["profile"]["sjd"]["host_syncs_per_pass"] <= 1 and report["profile"]["plain"]["ops_per_pass"] > 10
     assert main(["bench", "sjd", "--model", str(tmp_path / "missing")]) == 2  # one-line error, exit 2
