@@ -70,16 +70,16 @@ def _seconds(fn, sync, clock: str = "wall") -> float:
 
 
 @contextlib.contextmanager
-def stage_timer(tokenizer):
+def stage_timer(tokenizer, clock: str = "wall"):
     """Yield a dict stage -> list of seconds, filled by forward hooks on the modules of `STAGES`."""
+    now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in STAGES}
     handles = []
     for name, path in STAGES.items():
         module = tokenizer.get_submodule(path)
         started: list[float] = []
-        handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda *_, s=started, n=name: times[n].append(time.perf_counter() - s.pop())))
+        handles.append(module.register_forward_pre_hook(lambda *_, s=started: s.append(now())))
+        handles.append(module.register_forward_hook(lambda *_, s=started, n=name: times[n].append(now() - s.pop())))
     try:
         yield times
     finally:
@@ -87,7 +87,7 @@ def stage_timer(tokenizer):
             handle.remove()
 
 
-def bench_device(preset: str, device: str, dtype: str, batch: int, rounds: int) -> dict:
+def bench_device(preset: str, device: str, dtype: str, batch: int, rounds: int, clock: str = "wall") -> dict:
     """Throughput (images/s, median over rounds) and median ms per batch for each stage."""
     import torch
 
@@ -102,13 +102,13 @@ def bench_device(preset: str, device: str, dtype: str, batch: int, rounds: int) 
     tok.decode(ids)  # warm-up
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     encode, decode = [], []
-    with stage_timer(tok) as stages:
+    with stage_timer(tok, clock) as stages:
         for _ in range(rounds):
-            encode.append(_seconds(lambda: tok.encode(images), sync))
-            decode.append(_seconds(lambda: tok.decode(ids), sync))
+            encode.append(_seconds(lambda: tok.encode(images), sync, clock))
+            decode.append(_seconds(lambda: tok.decode(ids), sync, clock))
     return {
         "preset": preset, "device": device, "dtype": str(tok.compute_dtype(images.device)).removeprefix("torch."),
-        "batch": batch, "image_size": tok.image_size, "tokens": tok.num_latent_tokens,
+        "batch": batch, "clock": clock, "image_size": tok.image_size, "tokens": tok.num_latent_tokens,
         "params_m": round(sum(p.numel() for p in tok.parameters()) / 1e6, 1),
         "encode_images_per_s": round(batch / statistics.median(encode), 2),
         "decode_images_per_s": round(batch / statistics.median(decode), 2),
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--rounds, --batch-cpu and --batch-gpu must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"devices": [bench_device(args.preset, "cpu", args.dtype, args.batch_cpu, args.rounds)]}
+    report = {"devices": [bench_device(args.preset, "cpu", args.dtype, args.batch_cpu, args.rounds, args.clock)]}
     if torch.cuda.is_available() and not args.no_gpu:
         report["devices"].append(bench_device(args.preset, "cuda", args.dtype, args.batch_gpu, max(args.rounds, 10)))
     if args.reference:
@@ -255,7 +255,7 @@ def format_report(report: dict) -> str:
               f"{r['decode_images_per_s']:>13.2f}" for r in report["devices"]]
     for r in report["devices"]:
         stages = ", ".join(f"{name} {ms:.1f}" for name, ms in r["stage_ms"].items())
-        lines.append(f"{r['device']} ms per batch of {r['batch']}: {stages}")
+        lines.append(f"{r['device']} ms per batch of {r['batch']} ({r['clock']} clock): {stages}")
     ref = report.get("reference")
     if ref:
         lines.append(f"vs bytedance/1d-tokenizer TiTok ({ref['params_m']['reference']}M params; ours "

@@ -350,3 +350,34 @@ def test_psnr_and_codebook_metrics():
     assert codebook_usage(counts) == 3 / 8
     assert perplexity(torch.tensor([5, 5, 5, 5])) == pytest.approx(4.0)
     assert perplexity(torch.tensor([7, 0, 0])) == pytest.approx(1.0)
+
+
+def test_bench_tokenizer_stages_and_missing_reference(tmp_path, capsys):
+    from onetok.scripts.cli import main
+
+    assert main(["bench", "tokenizer", "--preset", "tiny", "--rounds", "1", "--no-gpu", "--json",
+                 "--reference", str(tmp_path / "absent")]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    cpu = report["devices"][0]
+    assert cpu["dtype"] == "float32" and cpu["encode_images_per_s"] > 0 and cpu["decode_images_per_s"] > 0
+    assert set(cpu["stage_ms"]) == {"patch embed", "encoder", "quantize", "decoder", "pixel head"}
+    assert "reference" not in report and "skipped" in out.err  # no checkout: the side-by-side part is skipped
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "tokenizer", "--preset", "tiny", "--rounds", "1", "--no-gpu",
+                 "--reference", str(tmp_path / "empty")]) == 2  # not a 1d-tokenizer checkout: one-line error
+
+
+def test_bf16_inference_dtype_keeps_the_quantizer_in_fp32():
+    tok = tiny()
+    x = images(2)
+    assert tok.compute_dtype(torch.device("cpu")) == torch.float32
+    assert tok.compute_dtype(torch.device("cuda")) == torch.bfloat16  # the default on a GPU
+    ids = tok.encode(x)
+    tok.inference_dtype = torch.bfloat16
+    half = tok.encode(x)
+    assert half.dtype == torch.int64 and (half == ids).float().mean() > 0.5
+    rec = tok.decode(ids)
+    assert rec.dtype == torch.float32
+    tok.inference_dtype = None
+    torch.testing.assert_close(rec, tok.decode(ids), atol=0.05, rtol=0)
