@@ -306,8 +306,9 @@ def generate_image_tokens_sjd(
     """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt with SJD; same law as plain sampling.
 
     `chains` > 1 drafts that many windows per prompt as extra rows of the same pass, verified together
-    (`verify_chains`). Every pass has the same shapes (W = `window` drafts; codes past k are discarded) and
-    waits on the device once, to learn whether to go on."""
+    (`verify_chains`). Each pass waits on the device once, to learn how many codes the prompts still need. The
+    window then shrinks to what the neediest prompt can use (a pass costs per token on a CPU); for a
+    `torch.compile`d model it stays `window` long (static shapes for CUDA graphs; codes past k are discarded)."""
     check_arguments(model, vocab, prompt_ids, num_tokens, window, init, chains)
     B, k = len(prompt_ids), num_tokens
     layout = RowLayout(2 if settings.cfg_scale != 1.0 else 1, B, chains)
@@ -318,15 +319,17 @@ def generate_image_tokens_sjd(
     progress = Progress(torch.zeros(B, k + window + 1, dtype=torch.long, device=device),
                         torch.zeros(B, dtype=torch.long, device=device))
     drafts = uniform_drafts(B * chains, vocab.codebook_size, window, device, generator)  # pass 1 also reads prompts
-    passes, tokens_per_pass, remaining = 0, [], k
+    passes, tokens_per_pass, remaining, static = 0, [], k, hasattr(model, "_orig_mod")
     while remaining > 0:
+        w = window if static else min(window, remaining - 1)  # drafts this pass
         active = progress.count < k  # (B,)
         before = torch.where(layout.per_row(active), cache.lengths, cache.starts)  # finished rows idle at start
         cache.rollback(before)
-        processed = window_targets(model, vocab, settings, layout, cache, head, drafts)  # (B, C, W+1, K)
-        verdict = verify_pass(processed, drafts, generator, backend)
-        keep_accepted(cache, layout, before, head.shape[1], window, verdict)
-        progress, gained = accept(progress, verdict, drafts, layout, k)
+        window_drafts = Drafts(drafts.ids[:, :w], drafts.probs[:, :w])  # (B*C, w), (B*C, w, K)
+        processed = window_targets(model, vocab, settings, layout, cache, head, window_drafts)  # (B, C, w+1, K)
+        verdict = verify_pass(processed, window_drafts, generator, backend)
+        keep_accepted(cache, layout, before, head.shape[1], w, verdict)
+        progress, gained = accept(progress, verdict, window_drafts, layout, k)
         drafts = next_drafts(processed, verdict.accept_len, window, init, generator)
         last = progress.codes.gather(1, progress.count[:, None] - 1)  # (B, 1)
         head = layout.per_row(last + vocab.image_offset)  # (G*B*C, 1) shared ids

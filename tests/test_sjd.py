@@ -240,6 +240,28 @@ def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
     assert 1 < spec.forward_passes <= 9
 
 
+def test_compiled_model_gets_static_windows_and_greedy_still_equals_plain(model, monkeypatch):
+    """A torch.compile'd model gets the full window every pass (one input shape for CUDA graphs), drafts running
+    past k and past max_seq_len (positions clamped) included; the codes are still those of greedy plain decoding."""
+    widths = []
+    window_targets = sjd_module.window_targets
+
+    def recording(model, vocab, settings, layout, cache, head, drafts):
+        widths.append(drafts.ids.shape[1])
+        return window_targets(model, vocab, settings, layout, cache, head, drafts)
+
+    monkeypatch.setattr(sjd_module, "window_targets", recording)
+    settings = SamplingSettings(temperature=0, cfg_scale=2.0)
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    k = model.config.max_seq_len - len(PROMPTS[0]) - 2  # prompt + k fill max_seq_len: later drafts are clamped
+    spec = generate_image_tokens_sjd(compiled, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    assert torch.equal(spec.codes, generate_image_tokens(model, VOCAB, PROMPTS, k, settings).codes)
+    assert set(widths) == {16} and len(widths) == spec.forward_passes > 1
+    widths.clear()
+    generate_image_tokens_sjd(model, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    assert min(widths) < 16  # uncompiled: the window shrinks to what the prompts can still use
+
+
 @pytest.mark.parametrize(("num_tokens", "window"), [(10, 2), (9, 2), (5, 16), (1, 4)])
 def test_stops_at_k_tokens_and_counts_passes(model, monkeypatch, num_tokens, window):
     """With every draft accepted a pass yields window + 1 tokens (the first pass reads the prompt too): ceil(k / (W + 1))."""
