@@ -13,10 +13,12 @@ norm(max(0, p_n - q_n)) after a rejection or from p_w when all were accepted: n 
 Each row's KV cache is cut back to its accepted prefix; the positions after the new token are re-drafted from
 this pass's predictions there (carry-over, their q the predicted distributions) and the window is refilled.
 
-With `chains` C > 1 (the default, `DEFAULT_CHAINS`) each prompt runs C draft windows as extra batch rows of the same
-pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the mean
-of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling, and every chain
-continues from the winning chain's KV cache.
+With `chains` C > 1 (the default on CUDA, `default_chains`) each prompt runs C draft windows as extra batch rows of
+the same pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the
+mean of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling (without a
+loop over positions), and every chain continues from the winning chain's keys and values at this pass's slots.
+
+A pass waits on the device once (the GPU path: docs/sjd.md), to learn how many codes the prompts still need.
 """
 
 from __future__ import annotations
