@@ -9,8 +9,9 @@ import torch
 from onetok.tokenizers import PRESETS, Tokenizer, TokenizerConfig, preset
 from onetok.tokenizers.losses import TokenizerLoss
 from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
-from onetok.tokenizers.model import Block, Decoder, Encoder
+from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.quantize import VectorQuantizer
+from onetok.tokenizers.vit import Block
 
 QUANTIZERS = {
     "vq": dict(quantizer="vq", code_dim=8, codebook_size=64),
