@@ -106,15 +106,34 @@ def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device | str = "c
     return ids.to(device), starts.to(device)
 
 
+def new_cache(model: Transformer, batch: int, max_len: int, starts: torch.Tensor | None = None,
+              checked: bool = True) -> KVCache:
+    """`model.new_cache`; for a `torch.compile`d model its buffers are marked static (CUDA graphs update them in
+    place instead of copying them in and out)."""
+    cache = model.new_cache(batch, max_len, starts, checked)
+    if hasattr(model, "_orig_mod"):
+        cache.mark_static()
+    return cache
+
+
 def prefill(
-    model: Transformer, ids: torch.Tensor, starts: torch.Tensor | None = None, max_new: int = 0
+    model: Transformer, ids: torch.Tensor, starts: torch.Tensor | None = None, max_new: int = 0,
+    checked: bool = True,
 ) -> tuple[torch.Tensor, KVCache]:
     """Run the (left-padded) prompts ids (B, T) into a fresh cache with room for `max_new` more tokens.
 
     Returns the logits at the last prompt position (B, V) and the cache."""
-    cache = model.new_cache(ids.shape[0], ids.shape[1] + max_new, starts)
+    cache = new_cache(model, ids.shape[0], ids.shape[1] + max_new, starts, checked)
     logits = model(ids, cache)  # (B, T, V)
     return logits[:, -1], cache
+
+
+def check_length(model: Transformer, rows: list[list[int]], new_tokens: int) -> None:
+    """Raise ValueError unless the longest row plus `new_tokens` fits the model's positions (the decoding loops
+    use unchecked caches sized up front, so this is checked once here)."""
+    longest = max(len(r) for r in rows) + new_tokens
+    if longest > model.config.max_seq_len:
+        raise ValueError(f"sequence exceeds max_seq_len {model.config.max_seq_len}: {longest} tokens")
 
 
 def decode_step(model: Transformer, cache: KVCache, token: torch.Tensor) -> torch.Tensor:
@@ -155,9 +174,11 @@ def generate_image_tokens(
     """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt (text ids from `vocab.encode_text`)."""
     cfg = settings.cfg_scale != 1.0
     device = model.output.weight.device
-    ids, starts = left_pad(image_prompts(vocab, prompt_ids, cfg), vocab.pad_id, device)
+    rows = image_prompts(vocab, prompt_ids, cfg)
+    check_length(model, rows, num_tokens)
+    ids, starts = left_pad(rows, vocab.pad_id, device)
     mask = vocab.image_mask().to(device)
-    logits, cache = prefill(model, ids, starts, max_new=num_tokens)
+    logits, cache = prefill(model, ids, starts, max_new=num_tokens, checked=False)  # no host sync per token
     tokens = []
     for step in range(num_tokens):
         token = sample_from_logits(process_logits(guided(logits, settings, cfg), settings, mask), generator)  # (B,)

@@ -4,7 +4,9 @@ References: Touvron et al. 2023 (LLaMA), meta-llama/llama `llama/model.py`; Su e
 
 The KV cache keeps one row per sequence with its own `starts` (slots before it are left padding) and
 `lengths` (slots filled), so a batch of prompts of different lengths can be decoded together, and speculative
-decoding can roll each row back to its own accepted prefix by lowering `lengths`.
+decoding can roll each row back to its own accepted prefix by lowering `lengths`. Its shapes are static and every
+update is in place, so a cached forward pass has no host sync and no data-dependent shape (CUDA graphs,
+`torch.compile(mode="reduce-overhead")`). In bf16 the RoPE tables and the logits stay float32.
 """
 
 from __future__ import annotations
@@ -55,39 +57,53 @@ class ARConfig:
 
 
 class KVCache:
-    """Per-layer keys/values (B, H_kv, T_max, Dh) with per-row `starts` (B,) and `lengths` (B,).
+    """Keys/values (layers, B, H_kv, S, Dh) of static shape with per-row `starts` (B,) and `lengths` (B,).
 
     Slot s of row b holds a real token iff starts[b] <= s < lengths[b]; its RoPE position is s - starts[b].
+    `checked` caches validate every write and rollback on the host (a device sync each); unchecked ones (for
+    decoding loops that size their cache up front) never wait on the device, and an out-of-range slot is an
+    indexing error there instead of a ValueError.
     """
 
     def __init__(self, config: ARConfig, batch: int, max_len: int, starts: torch.Tensor | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        shape = (batch, config.kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, checked: bool = True):
+        shape = (config.n_layers, batch, config.kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
         if starts is None:
             starts = torch.zeros(batch, dtype=torch.long)
         self.starts = starts.to(device=device, dtype=torch.long).clone()  # (B,)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
-        self.max_len = max_len
+        self.max_len, self.checked = max_len, checked
 
     @property
     def batch(self) -> int:
         return self.starts.shape[0]
 
+    def slots(self, T: int) -> torch.Tensor:
+        """(B, T) the slots the next T tokens of each row go to."""
+        return self.lengths[:, None] + torch.arange(T, device=self.lengths.device)
+
     def rollback(self, lengths: torch.Tensor) -> None:
         """Forget every slot at or after `lengths[b]` (never grows a row)."""
         lengths = lengths.to(self.lengths)
-        if bool((lengths > self.lengths).any()) or bool((lengths < self.starts).any()):
+        if self.checked and (bool((lengths > self.lengths).any()) or bool((lengths < self.starts).any())):
             raise ValueError("rollback: new lengths must lie in [starts, lengths]")
-        self.lengths = lengths.clone()
+        self.lengths.copy_(lengths)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row b becomes a copy of old row index[b] (keys, values, starts and lengths), as in beam search."""
-        index = index.to(device=self.starts.device, dtype=torch.long)
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
-        self.starts, self.lengths = self.starts[index], self.lengths[index]
+    def copy_slots(self, source: torch.Tensor, slots: torch.Tensor) -> None:
+        """Row b takes the keys/values of row source[b] at its slots[b] (B, W), in every layer (beam-search style
+        broadcast of a winning row, restricted to the slots where the rows differ)."""
+        rows = torch.arange(self.batch, device=slots.device)[:, None]  # (B, 1)
+        for cache in (self.k, self.v):
+            cache[:, rows, :, slots] = cache[:, source[:, None], :, slots]  # (B, W, layers, H_kv, Dh)
+
+    def mark_static(self) -> None:
+        """Declare the buffers static for `torch.compile(mode="reduce-overhead")` (CUDA graphs read them in place)."""
+        import torch._dynamo
+
+        for t in (self.k, self.v, self.starts, self.lengths):
+            torch._dynamo.mark_static_address(t)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -141,10 +157,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
-            cache.k[self.layer][rows, :, slots] = k.transpose(1, 2).to(cache.k[self.layer].dtype)  # (B, T, Hkv, Dh)
-            cache.v[self.layer][rows, :, slots] = v.transpose(1, 2).to(cache.v[self.layer].dtype)
-            end = mask.shape[-1]
-            k, v = cache.k[self.layer][:, :, :end].type_as(q), cache.v[self.layer][:, :, :end].type_as(q)
+            cache_k, cache_v = cache.k[self.layer], cache.v[self.layer]  # (B, Hkv, S, Dh)
+            cache_k[rows, :, slots] = k.transpose(1, 2).to(cache_k.dtype)  # (B, T, Hkv, Dh)
+            cache_v[rows, :, slots] = v.transpose(1, 2).to(cache_v.dtype)
+            k, v = cache_k.type_as(q), cache_v.type_as(q)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)  # (B, H, S, Dh)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
@@ -218,11 +234,21 @@ class Transformer(nn.Module):
                 scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 1
                 nn.init.normal_(p, mean=0.0, std=std * scale)
 
-    def new_cache(self, batch: int, max_len: int, starts: torch.Tensor | None = None) -> KVCache:
+    def _apply(self, fn, recurse=True):
+        """Move/cast as usual, then rebuild the RoPE tables in float32 on the new device: angles rounded to bf16
+        would blur positions."""
+        super()._apply(fn, recurse)
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos, self.rope_sin = cos.to(self.rope_cos.device), sin.to(self.rope_sin.device)
+        return self
+
+    def new_cache(self, batch: int, max_len: int, starts: torch.Tensor | None = None,
+                  checked: bool = True) -> KVCache:
         p = self.output.weight
-        return KVCache(self.config, batch, max_len, starts, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch, max_len, starts, device=p.device, dtype=p.dtype, checked=checked)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) -> float32 logits (B, T, V)."""
         B, T = ids.shape
         x = self.tok_embeddings(ids)  # (B, T, D)
         if cache is None:
@@ -236,19 +262,22 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, cache, slots, mask)
         if cache is not None:
-            cache.lengths = cache.lengths + T
-        return self.output(self.norm(x))  # (B, T, V)
+            cache.lengths.add_(T)
+        return F.linear(self.norm(x).float(), self.output.weight.float())  # (B, T, V) in float32
 
     def _cache_layout(self, cache: KVCache, T: int):
-        """Slots (B, T) the new tokens go to, their RoPE positions (B, T), and the attention mask (B, 1, T, S)."""
-        slots = cache.lengths[:, None] + torch.arange(T, device=cache.lengths.device)  # (B, T)
-        end = int(slots.max()) + 1
-        if end > cache.max_len:
-            raise ValueError(f"KV cache overflow: {end} slots needed, {cache.max_len} allocated")
-        positions = (slots - cache.starts[:, None]).clamp(min=0)  # left-padding slots get position 0
-        if int(positions.max()) >= self.config.max_seq_len:
-            raise ValueError(f"sequence exceeds max_seq_len {self.config.max_seq_len}")
-        keys = torch.arange(end, device=slots.device)  # (S,)
+        """Slots (B, T) the new tokens go to, their RoPE positions (B, T), and the attention mask (B, 1, T, S)
+        over all S cache slots. Positions past max_seq_len (drafts beyond the last token a decoder keeps) are
+        clamped; a checked cache refuses them instead."""
+        slots = cache.slots(T)  # (B, T)
+        positions = slots - cache.starts[:, None]
+        if cache.checked:
+            if int(slots.max()) >= cache.max_len:
+                raise ValueError(f"KV cache overflow: {int(slots.max()) + 1} slots needed, {cache.max_len} allocated")
+            if int(positions.max()) >= self.config.max_seq_len:
+                raise ValueError(f"sequence exceeds max_seq_len {self.config.max_seq_len}")
+        positions = positions.clamp(0, self.config.max_seq_len - 1)  # left-padding slots get position 0
+        keys = torch.arange(cache.max_len, device=slots.device)  # (S,)
         mask = (keys >= cache.starts[:, None, None]) & (keys <= slots[:, :, None])  # (B, T, S)
         mask = mask | (keys == slots[:, :, None])  # padding queries see themselves (no empty softmax rows)
         return slots, positions, mask[:, None]

@@ -13,10 +13,12 @@ norm(max(0, p_n - q_n)) after a rejection or from p_w when all were accepted: n 
 Each row's KV cache is cut back to its accepted prefix; the positions after the new token are re-drafted from
 this pass's predictions there (carry-over, their q the predicted distributions) and the window is refilled.
 
-With `chains` C > 1 (the default, `DEFAULT_CHAINS`) each prompt runs C draft windows as extra batch rows of the same
-pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the mean
-of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling, and every chain
-continues from the winning chain's KV cache.
+With `chains` C > 1 (the default on CUDA, `default_chains`) each prompt runs C draft windows as extra batch rows of
+the same pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the
+mean of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling (without a
+loop over positions), and every chain continues from the winning chain's keys and values at this pass's slots.
+
+A pass waits on the device once (the GPU path: docs/sjd.md), to learn how many codes the prompts still need.
 """
 
 from __future__ import annotations
@@ -24,22 +26,31 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from einops import rearrange, repeat
 
 from onetok.ar_model.generate import (
     SamplingSettings,
+    check_length,
     guided,
     image_prompts,
     left_pad,
+    new_cache,
     process_logits,
     sample_from_logits,
 )
-from onetok.ar_model.model import Transformer
+from onetok.ar_model.model import KVCache, Transformer
 from onetok.ar_model.vocab import Vocab
 from onetok.kernels import sjd_verify
 from onetok.kernels.reference import inverse_cdf
 
 DRAFT_INITS = ("uniform", "prev")
-DEFAULT_CHAINS = 8  # draft chains per image; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
+DEFAULT_CHAINS = 8  # draft chains per image on CUDA; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
+
+
+def default_chains(device: torch.device | str) -> int:
+    """Draft chains per image when none are asked for: `DEFAULT_CHAINS` on CUDA, where a pass costs about the same
+    for a few more rows, and 1 elsewhere, where a pass costs in proportion to its rows (docs/sjd.md)."""
+    return DEFAULT_CHAINS if torch.device(device).type == "cuda" else 1
 
 
 class SJDResult(NamedTuple):
@@ -118,7 +129,7 @@ def branch_first(drafts: Drafts, chains: int) -> Drafts:
     top = drafts.probs[::chains, 0].topk(chains, dim=-1).indices.flatten()  # (B*C,): chain c gets candidate c
     ids, probs = drafts.ids.clone(), drafts.probs.clone()
     ids[:, 0] = top
-    probs[:, 0] = torch.nn.functional.one_hot(top, K).to(probs.dtype)
+    probs[:, 0] = torch.zeros_like(probs[:, 0]).scatter_(1, top[:, None], 1.0)  # one-hot (F.one_hot would sync)
     return Drafts(ids, probs)
 
 
@@ -134,7 +145,7 @@ class ChainVerdict(NamedTuple):
 
 
 def residual(target: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(0, target - q)) per row (B, K); rows where that is all zero keep `target` (probability-0 case)."""
+    """norm(max(0, target - q)) per row (..., K); rows where that is all zero keep `target` (probability-0 case)."""
     r = (target - q).clamp(min=0.0)
     total = r.sum(-1, keepdim=True)
     return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), target)
@@ -152,32 +163,37 @@ def verify_chains(
     chain order: draft x of chain c is accepted iff u * q_c(x) < r(x), where r starts at p_i and after each
     rejection becomes norm(max(0, r - q_c)). If every alive draft is rejected the token is drawn from the last r
     (from p_w if all w positions accepted). With C = 1 this is exactly `onetok.kernels.sjd_verify`.
+
+    No loop over positions and no host sync: every chain h is taken in turn as the hypothetical winner, and all
+    (h, i) are verified at once with the chains alive at i when h's drafts before i were the accepted ones. The
+    hypotheses consistent with what was accepted give the true outcome, so n is the longest run of positions a
+    hypothesis survives, and the winner the first chain with that run. Work: C x the single-chain verification.
     """
     B, C, w1, K = processed.shape
+    w, x = w1 - 1, drafts.ids  # x (B, C, w)
     p = processed.float().softmax(-1)  # (B, C, w+1, K)
-    rows = torch.arange(B, device=p.device)
-    alive = torch.ones(B, C, dtype=torch.bool, device=p.device)
-    open_ = torch.ones(B, dtype=torch.bool, device=p.device)  # still accepting
-    n = torch.zeros(B, dtype=torch.long, device=p.device)
-    weights = torch.zeros(B, K, device=p.device)  # what the final token is drawn from
-    for i in range(w1 - 1):
-        r = p[rows, alive.long().argmax(1), i]  # (B, K): the exact target at position i
-        accepted = torch.zeros(B, dtype=torch.bool, device=p.device)
-        token = torch.zeros(B, dtype=torch.long, device=p.device)
-        for c in range(C):
-            trying = open_ & alive[:, c] & ~accepted
-            x, q = drafts.ids[:, c, i], drafts.probs[:, c, i].float()  # (B,), (B, K)
-            ok = trying & (u_accept[:, c, i] * q.gather(1, x[:, None])[:, 0] < r.gather(1, x[:, None])[:, 0])
-            token, accepted = torch.where(ok, x, token), accepted | ok
-            r = torch.where((trying & ~ok)[:, None], residual(r, q), r)
-        stopped = open_ & ~accepted
-        weights = torch.where(stopped[:, None], r, weights)
-        alive = torch.where(accepted[:, None], alive & (drafts.ids[:, :, i] == token[:, None]), alive)
-        n, open_ = n + accepted.long(), accepted
-        if not bool(open_.any()):
-            break
-    winner = alive.long().argmax(1)  # (B,)
-    weights = torch.where(open_[:, None], p[rows, winner, w1 - 1], weights)
+    rows, first = torch.arange(B, device=p.device), torch.zeros(B, dtype=torch.long, device=p.device)
+    if w == 0:  # no drafts: one token from p_0
+        return ChainVerdict(first, inverse_cdf(p[:, 0, 0], u_sample.float()), first)
+    same = x[:, :, None] == x[:, None]  # (B, H, C, w): chain c's draft at j equals hypothesis h's
+    prefix_same = same.long().cumprod(-1).bool()  # (B, H, C, w): equal at every j <= i
+    alive = torch.cat([torch.ones_like(same[..., :1]), prefix_same[..., :-1]], dim=-1)  # equal at every j < i
+    lead = alive.long().argmax(2)  # (B, H, w): the first alive chain gives the target
+    r = p[:, :, :w].gather(1, lead[..., None].expand(B, C, w, K))  # (B, H, w, K)
+    accepted = torch.zeros(B, C, w, dtype=torch.bool, device=p.device)  # (B, H, w)
+    token = torch.zeros(B, C, w, dtype=torch.long, device=p.device)
+    for c in range(C):  # the chains in order; vectorised over hypotheses and positions
+        trying = alive[:, :, c] & ~accepted  # (B, H, w)
+        xc, qc = x[:, c, None], drafts.probs[:, c, None].float()  # (B, 1, w), (B, 1, w, K)
+        q_x = qc.gather(-1, xc[..., None])[..., 0]  # (B, 1, w)
+        ok = trying & (u_accept[:, c, None] * q_x < r.gather(-1, xc[..., None].expand(B, C, w, 1))[..., 0])
+        token, accepted = torch.where(ok, xc, token), accepted | ok
+        r = torch.where((trying & ~ok)[..., None], residual(r, qc), r)
+    survived = (accepted & (token == x)).long().cumprod(-1).sum(-1)  # (B, H): positions hypothesis h survives
+    n = survived.amax(1)  # (B,)
+    winner = (survived == n[:, None]).long().argmax(1)  # (B,)
+    stopped = r[rows, winner, n.clamp(max=w - 1)]  # (B, K) the residual left where the run stopped
+    weights = torch.where((n < w)[:, None], stopped, p[rows, winner, w])
     return ChainVerdict(n, inverse_cdf(weights, u_sample.float()), winner)
 
 
@@ -201,6 +217,81 @@ def verify_pass(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class RowLayout(NamedTuple):
+    """The model rows of an SJD batch, "(g b c)" in einops terms: guidance branch g (the conditional rows, then
+    under CFG the unconditional ones, as `image_prompts` and `guided` expect), prompt b, draft chain c."""
+
+    branches: int  # G: 2 with classifier-free guidance, else 1
+    prompts: int  # B
+    chains: int  # C
+
+    @property
+    def rows(self) -> int:
+        return self.branches * self.prompts * self.chains
+
+    def per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) per prompt -> (G*B*C, ...) per model row."""
+        return repeat(x, "b ... -> (g b c) ...", g=self.branches, c=self.chains)
+
+    def per_chain_row(self, x: torch.Tensor) -> torch.Tensor:
+        """(B*C, ...) per chain -> (G*B*C, ...) per model row."""
+        return repeat(x, "bc ... -> (g bc) ...", g=self.branches)
+
+    def winner_rows(self, winner: torch.Tensor) -> torch.Tensor:
+        """(B,) winning chain per prompt -> (G*B*C,) the model row each row copies: its own prompt's winner."""
+        rows = torch.arange(self.rows, device=winner.device)
+        return rows - rows % self.chains + self.per_row(winner)
+
+
+class Progress(NamedTuple):
+    codes: torch.Tensor  # (B, k + W + 1) accepted codes in [0, count); later slots are scratch
+    count: torch.Tensor  # (B,) accepted codes per prompt
+
+
+def window_targets(model: Transformer, vocab: Vocab, settings: SamplingSettings, layout: RowLayout, cache: KVCache,
+                   head: torch.Tensor, drafts: Drafts) -> torch.Tensor:
+    """One forward pass over head (G*B*C, T) then each chain's drafts (B*C, W); the processed target logits at
+    the W draft positions and the one after them, (B, C, W+1, K)."""
+    W = drafts.ids.shape[1]
+    window_ids = drafts.ids + vocab.image_offset  # codes to shared ids (drafts lie in [0, K): no checking sync)
+    inputs = torch.cat([head, layout.per_chain_row(window_ids)], dim=1)  # (G*B*C, T + W)
+    raw = model(inputs, cache)[:, -(W + 1) :]  # (G*B*C, W+1, V)
+    processed = process_logits(guided(raw, settings, layout.branches == 2)[..., vocab.image_offset :], settings)
+    return rearrange(processed, "(b c) w k -> b c w k", c=layout.chains)
+
+
+def keep_accepted(cache: KVCache, layout: RowLayout, before: torch.Tensor, head_len: int, window: int,
+                  verdict: ChainVerdict) -> None:
+    """Every chain continues from its prompt's winner: copy the winner's last head slot and window slots (the only
+    slots where the chains can differ), then cut each row back to head + accepted drafts."""
+    if layout.chains > 1:
+        slots = (before + head_len - 1)[:, None] + torch.arange(window + 1, device=before.device)  # (G*B*C, W+1)
+        cache.copy_slots(layout.winner_rows(verdict.winner), slots)
+    cache.rollback(before + head_len + layout.per_row(verdict.accept_len))
+
+
+def accept(progress: Progress, verdict: ChainVerdict, drafts: Drafts, layout: RowLayout,
+           num_tokens: int) -> tuple[Progress, torch.Tensor]:
+    """Append the winner's n accepted drafts and the drawn token to each prompt's codes (those that fit in k);
+    returns the new progress and the codes gained per prompt (B,)."""
+    B, W = layout.prompts, drafts.ids.shape[1]
+    n, token = verdict.accept_len, verdict.token
+    chosen = rearrange(drafts.ids, "(b c) w -> b c w", c=layout.chains)[torch.arange(B), verdict.winner]  # (B, W)
+    new = torch.cat([chosen, token[:, None]], dim=1).scatter(1, n[:, None], token[:, None])  # (B, W+1)
+    slots = progress.count[:, None] + torch.arange(W + 1, device=n.device)  # (B, W+1) in the scratch-padded codes
+    gained = torch.minimum(n + 1, num_tokens - progress.count).clamp(min=0)  # (B,)
+    return Progress(progress.codes.scatter(1, slots, new), progress.count + gained), gained
+
+
+def next_drafts(processed: torch.Tensor, accept_len: torch.Tensor, window: int, init: str,
+                generator: torch.Generator | None) -> Drafts:
+    """Drafts (B*C, W) for the next pass from this pass's processed logits (B, C, W+1, K)."""
+    C = processed.shape[1]
+    proposed = repeat(proposal(processed), "b w k -> (b c) w k", c=C)
+    drafts = carry_over(proposed, accept_len.repeat_interleave(C), window, init, generator)
+    return branch_first(drafts, C) if C > 1 else drafts
+
+
 @torch.no_grad()
 def generate_image_tokens_sjd(
     model: Transformer,
@@ -216,63 +307,44 @@ def generate_image_tokens_sjd(
 ) -> SJDResult:
     """Sample `num_tokens` image codes after each `<bos> text <boi>` prompt with SJD; same law as plain sampling.
 
-    `chains` > 1 drafts that many independent windows per prompt, runs them as extra batch rows of the same pass and
-    verifies them together (`verify_chains`); the winning chain's KV cache is copied to the others."""
+    `chains` > 1 drafts that many windows per prompt as extra rows of the same pass, verified together
+    (`verify_chains`). Each pass waits on the device once, to learn how many codes the prompts still need. The
+    window then shrinks to what the neediest prompt can use (a pass costs per token on a CPU); for a
+    `torch.compile`d model it stays `window` long (static shapes for CUDA graphs; codes past k are discarded)."""
+    check_arguments(model, vocab, prompt_ids, num_tokens, window, init, chains)
+    B, k = len(prompt_ids), num_tokens
+    layout = RowLayout(2 if settings.cfg_scale != 1.0 else 1, B, chains)
+    device = model.output.weight.device
+    chained = [p for p in prompt_ids for _ in range(chains)]
+    head, starts = left_pad(image_prompts(vocab, chained, layout.branches == 2), vocab.pad_id, device)  # (G*B*C, P)
+    cache = new_cache(model, layout.rows, head.shape[1] + k + window + 1, starts, checked=False)
+    progress = Progress(torch.zeros(B, k + window + 1, dtype=torch.long, device=device),
+                        torch.zeros(B, dtype=torch.long, device=device))
+    drafts = uniform_drafts(B * chains, vocab.codebook_size, window, device, generator)  # pass 1 also reads prompts
+    passes, tokens_per_pass, remaining, static = 0, [], k, hasattr(model, "_orig_mod")
+    while remaining > 0:
+        w = window if static else min(window, remaining - 1)  # drafts this pass
+        active = progress.count < k  # (B,)
+        before = torch.where(layout.per_row(active), cache.lengths, cache.starts)  # finished rows idle at start
+        cache.rollback(before)
+        window_drafts = Drafts(drafts.ids[:, :w], drafts.probs[:, :w])  # (B*C, w), (B*C, w, K)
+        processed = window_targets(model, vocab, settings, layout, cache, head, window_drafts)  # (B, C, w+1, K)
+        verdict = verify_pass(processed, window_drafts, generator, backend)
+        keep_accepted(cache, layout, before, head.shape[1], w, verdict)
+        progress, gained = accept(progress, verdict, window_drafts, layout, k)
+        drafts = next_drafts(processed, verdict.accept_len, window, init, generator)
+        last = progress.codes.gather(1, progress.count[:, None] - 1)  # (B, 1)
+        head = layout.per_row(last + vocab.image_offset)  # (G*B*C, 1) shared ids
+        passes += 1
+        stats = torch.cat([gained, active.long(), (k - progress.count).amax()[None]]).tolist()  # the one sync
+        tokens_per_pass += [g for g, a in zip(stats[:B], stats[B : 2 * B], strict=True) if a]
+        remaining = stats[-1]
+    return SJDResult(progress.codes[:, :k], passes, tokens_per_pass)
+
+
+def check_arguments(model: Transformer, vocab: Vocab, prompt_ids: list[list[int]], num_tokens: int, window: int,
+                    init: str, chains: int) -> None:
     if window < 1 or init not in DRAFT_INITS or not 1 <= chains <= vocab.codebook_size:
         raise ValueError(f"SJD needs window >= 1, 1 <= chains <= {vocab.codebook_size} and init in {DRAFT_INITS}, "
                          f"got {window}, {chains}, {init!r}")
-    cfg = settings.cfg_scale != 1.0
-    reps = 2 if cfg else 1  # model rows per chain: conditional (+ unconditional)
-    device = model.output.weight.device
-    B, C, k = len(prompt_ids), chains, num_tokens
-
-    def target(raw: torch.Tensor) -> torch.Tensor:  # model logits (reps*B*C, ..., V) -> processed (B, C, ..., K)
-        out = process_logits(guided(raw, settings, cfg)[..., vocab.image_offset :], settings)
-        return out.view(B, C, *out.shape[1:])
-
-    def per_row(x: torch.Tensor) -> torch.Tensor:  # (B, ...) per prompt -> (reps*B*C, ...) per model row
-        return x.repeat_interleave(C, 0).repeat(reps, *([1] * (x.dim() - 1)))
-
-    chained = [p for p in prompt_ids for _ in range(C)]  # model row r*B*C + b*C + c: prompt b, chain c
-    ids, starts = left_pad(image_prompts(vocab, chained, cfg), vocab.pad_id, device)
-    cache = model.new_cache(ids.shape[0], ids.shape[1] + k + window + 1, starts)
-    codes = torch.zeros(B, k, dtype=torch.long, device=device)
-    count = torch.zeros(B, dtype=torch.long, device=device)  # accepted tokens per prompt
-    # pass 1 runs the prompts and a window of uniform drafts together: no separate prefill pass
-    drafts = uniform_drafts(B * C, vocab.codebook_size, window, device, generator)
-    passes, tokens_per_pass = 0, []
-    while True:
-        remaining = k - count  # (B,)
-        active = remaining > 0
-        if not bool(active.any()):
-            break
-        w = min(window, int(remaining.max()) - 1)  # never draft past the k-th token
-        if passes == 0:
-            head, before = ids, cache.lengths.clone()  # (B', T) prompts into the empty cache
-        else:  # each prompt's last accepted token; finished rows are reset
-            head = per_row(vocab.image_to_vocab(codes.gather(1, (count - 1)[:, None])))  # (B', 1)
-            before = torch.where(per_row(active), cache.lengths, cache.starts)
-            cache.rollback(before)
-        window_ids = vocab.image_to_vocab(drafts.ids[:, :w])  # (B*C, w)
-        inputs = torch.cat([head, window_ids.repeat(reps, 1)], dim=1)
-        processed = target(model(inputs, cache)[:, -(w + 1) :])  # (B, C, w+1, K)
-        passes += 1
-        window_drafts = Drafts(drafts.ids[:, :w], drafts.probs[:, :w])
-        n, token, winner = verify_pass(processed, window_drafts, generator, backend)
-        if C > 1:  # every chain of a prompt continues from its winner's cache
-            rows = torch.arange(cache.batch, device=device)
-            cache.reorder(rows - rows % C + per_row(winner))
-        accepted = window_drafts.ids.view(B, C, w)[torch.arange(B, device=device), winner]  # (B, w)
-        # the new tokens are the winner's drafts[:n] then `token`; keep those that fit in k
-        new = torch.cat([accepted, token[:, None]], dim=1).scatter(1, n[:, None], token[:, None])
-        gained = torch.minimum(n + 1, remaining).clamp(min=0)  # (B,)
-        rows, j = (torch.arange(w + 1, device=device) < gained[:, None]).nonzero(as_tuple=True)
-        codes[rows, count[rows] + j] = new[rows, j]
-        tokens_per_pass += gained[active].tolist()
-        count = count + gained
-        cache.rollback(before + head.shape[1] + per_row(n))  # head + accepted drafts stay cached
-        drafts = carry_over(proposal(processed).repeat_interleave(C, 0), n.repeat_interleave(C), window, init,
-                            generator)
-        if C > 1:
-            drafts = branch_first(drafts, C)
-    return SJDResult(codes, passes, tokens_per_pass)
+    check_length(model, image_prompts(vocab, prompt_ids, False), num_tokens)

@@ -25,7 +25,7 @@ from torch import nn
 
 from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
-from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
+from onetok.ar_model.sjd import default_chains, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
@@ -122,9 +122,10 @@ class UnifiedModel(nn.Module):
         sjd: bool = False,
         window: int = 16,
         init: str = "uniform",
-        chains: int = DEFAULT_CHAINS,
+        chains: int | None = None,
     ) -> ImageResult:
-        """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each."""
+        """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each; SJD with
+        `chains` draft chains per image (default: `default_chains` of the device)."""
         settings = settings or SamplingSettings()
         L = self.tokenizer.num_latent_tokens
         k = L if image_tokens is None else int(image_tokens)
@@ -142,7 +143,7 @@ class UnifiedModel(nn.Module):
         start = time.perf_counter()
         if sjd:
             out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
-                                            window=window, init=init, chains=chains)
+                                            window=window, init=init, chains=chains or default_chains(self.device))
             codes, passes, per_pass = out.codes, out.forward_passes, out.tokens_per_pass
         else:
             codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)

@@ -2,17 +2,71 @@
 
 Reports forward passes per image and wall-clock seconds per image for both, their ratios (plain / SJD), and the
 histogram of tokens gained per SJD verify pass. Prompts: `--prompts-file` (one per line), else val-style shapes
-captions drawn with `--seed` (for models trained on `onetok data shapes`).
+captions drawn with `--seed` (for models trained on `onetok data shapes`). `--profile` adds, for one batch, the
+operators per forward pass (torch.profiler; a proxy for kernel launches on a GPU) and the host syncs per pass
+(`count_host_syncs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
 
 from onetok.fileio import UserError
+
+# aten ops that make the host wait for the device on CUDA (a value or a data-dependent shape comes back)
+SYNC_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
+                      "_unique", "_unique2", "unique_consecutive", "repeat_interleave"})
+SYNC_METHODS = ("tolist", "cpu", "numpy")  # Tensor methods that copy to the host (not seen by a dispatch mode on CPU)
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Yield a Counter of the host syncs made inside the block, by op name, on any device (a CPU run shows where a
+    CUDA run would wait): item/bool/int of a tensor, nonzero, boolean-mask indexing, tensor-repeat
+    repeat_interleave, unique, and `Tensor.tolist/cpu/numpy` calls from Python."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counter: Counter = Counter()
+
+    def bool_index(args) -> bool:
+        indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+        return any(t is not None and t.dtype in (torch.bool, torch.uint8) for t in indices)
+
+    class SyncCounter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name == "repeat_interleave":  # only repeats given as a tensor, without output_size, sync
+                synced = func._overloadname == "Tensor" and (kwargs or {}).get("output_size") is None
+            else:
+                synced = name in SYNC_OPS or (name.startswith("index") and bool_index(args))
+            if synced:
+                counter[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {name: torch.Tensor.__dict__.get(name) for name in SYNC_METHODS}
+
+    def counted(name, method):
+        def call(self, *args, **kwargs):
+            counter[name] += 1
+            return method(self, *args, **kwargs)
+        return call
+
+    for name in SYNC_METHODS:
+        setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    try:
+        with SyncCounter():
+            yield counter
+    finally:
+        for name, original in originals.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", help="text file, one prompt per line (default: shapes captions)")
     parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
     parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
-    parser.add_argument("--chains", type=int, default=8,  # = ar_model.sjd.DEFAULT_CHAINS (import stays torch-free)
-                        help="SJD draft chains per image, verified together as a token tree (default 8; 1 = the "
-                             "paper's single chain)")
+    parser.add_argument("--chains", type=int,
+                        help="SJD draft chains per image, verified together as a token tree (default: 8 on CUDA, 1 "
+                             "elsewhere, ar_model.sjd.default_chains; 1 = the paper's single chain)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
@@ -33,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="transformer weights and KV cache (RoPE tables and logits stay fp32); bf16 also decodes "
+                             "the images in bf16")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the transformer (mode reduce-overhead: CUDA graphs on a GPU)")
+    parser.add_argument("--profile", action="store_true", help="also count operators and host syncs per pass")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -72,14 +132,57 @@ def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
     return result
 
 
+def pass_profile(model, prompts: list[str], args, settings, sjd: bool) -> dict:
+    """Operators (leaf aten ops, torch.profiler) and host syncs per forward pass, sampling the codes of `prompts`
+    once (no image decoding)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from onetok.ar_model.generate import generate_image_tokens
+    from onetok.ar_model.sjd import generate_image_tokens_sjd
+
+    prompt_ids = [model.vocab.encode_text(p) for p in prompts]
+    k = args.image_tokens or model.tokenizer.num_latent_tokens
+
+    def sample() -> int:
+        generator = torch.Generator(model.device).manual_seed(args.seed)
+        if sjd:
+            return generate_image_tokens_sjd(model.transformer, model.vocab, prompt_ids, k, settings, generator,
+                                             window=args.window, init=args.init, chains=args.chains).forward_passes
+        return generate_image_tokens(model.transformer, model.vocab, prompt_ids, k, settings, generator).forward_passes
+
+    with count_host_syncs() as syncs:
+        passes = sample()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sample()
+    ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children)
+    return {"forward_passes": passes, "ops_per_pass": round(ops / passes, 1),
+            "host_syncs_per_pass": round(sum(syncs.values()) / passes, 2)}
+
+
+def load_model(args: argparse.Namespace):
+    import torch
+
+    from onetok.ar_model.unified import UnifiedModel
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = UnifiedModel.from_pretrained(args.model, map_location=device)
+    if args.dtype == "bf16":
+        model.transformer.to(torch.bfloat16)
+        model.tokenizer.inference_dtype = torch.bfloat16
+    if args.compile:
+        model.transformer = torch.compile(model.transformer, mode="reduce-overhead", dynamic=False)
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from onetok.ar_model.evaluate import DEFAULT_SETTINGS
     from onetok.ar_model.generate import SamplingSettings
-    from onetok.ar_model.unified import UnifiedModel
+    from onetok.ar_model.sjd import default_chains
 
-    if args.window < 1 or args.batch < 1 or args.chains < 1:
+    if args.window < 1 or args.batch < 1 or (args.chains is not None and args.chains < 1):
         raise UserError("--window, --chains and --batch must be >= 1")
     try:
         given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg}
@@ -88,13 +191,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = UnifiedModel.from_pretrained(args.model, map_location=device)
+    model = load_model(args)
+    args.chains = args.chains or default_chains(model.device)
     prompts = load_prompts(args)
+    profiles = {}
     try:
-        model.generate_images(prompts[:1], settings=settings, image_tokens=args.image_tokens, sjd=True)  # warm-up
+        for sjd in (False, True):  # warm-up (and compilation) of both
+            model.generate_images(prompts[: args.batch], settings=settings, image_tokens=args.image_tokens, sjd=sjd,
+                                  window=args.window, init=args.init, chains=args.chains)
         plain = measure(model, prompts, args, settings, sjd=False)
         sjd = measure(model, prompts, args, settings, sjd=True)
+        if args.profile:
+            profiles = {name: pass_profile(model, prompts[: args.batch], args, settings, sjd=name == "sjd")
+                        for name in ("plain", "sjd")}
     except ValueError as err:  # unknown words, too many image tokens, ...
         hint = "" if args.prompts_file else " (models not trained on shapes captions need --prompts-file)"
         raise UserError(f"{args.model}: {err}{hint}") from None
@@ -108,12 +217,16 @@ def run(args: argparse.Namespace) -> int:
         "window": args.window,
         "init": args.init,
         "chains": args.chains,
+        "dtype": args.dtype,
+        "compiled": args.compile,
         "settings": vars(settings),
         "plain": plain,
         "sjd": sjd,
         "forward_pass_ratio": plain["forward_passes_per_image"] / sjd["forward_passes_per_image"],
         "wall_clock_ratio": plain["seconds_per_image"] / sjd["seconds_per_image"],
     }
+    if profiles:
+        report["profile"] = profiles
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
@@ -121,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
 def format_report(r: dict) -> str:
     lines = [
         f"model {r['model']} on {r['device']} ({r['threads']} threads): {r['prompts']} prompts, batch {r['batch']}",
-        f"{r['image_tokens']} image tokens, window {r['window']} ({r['init']} drafts), settings {r['settings']}",
+        f"{r['image_tokens']} image tokens, window {r['window']} ({r['init']} drafts), {r['chains']} chain(s), "
+        f"{r['dtype']}{', compiled' if r['compiled'] else ''}, settings {r['settings']}",
         f"{'':8}{'passes/image':>14}{'s/image':>12}",
         f"{'plain':8}{r['plain']['forward_passes_per_image']:>14.2f}{r['plain']['seconds_per_image']:>12.4f}",
         f"{'sjd':8}{r['sjd']['forward_passes_per_image']:>14.2f}{r['sjd']['seconds_per_image']:>12.4f}",
@@ -131,4 +245,7 @@ def format_report(r: dict) -> str:
     hist = r["sjd"]["tokens_per_pass_histogram"]
     top = max(hist.values(), default=1)
     lines += [f"{n:>4} {c:>7}  {'#' * max(1, round(40 * c / top))}" for n, c in hist.items()]
+    for name, p in r.get("profile", {}).items():
+        lines.append(f"{name}: {p['ops_per_pass']} operators and {p['host_syncs_per_pass']} host syncs per forward pass "
+                     f"({p['forward_passes']} passes, one batch)")
     return "\n".join(lines)

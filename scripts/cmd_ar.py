@@ -168,10 +168,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import make_grid
 
-    if args.n < 1 or (args.window is not None and args.window < 1) or args.chains < 1:
+    from onetok.ar_model.sjd import default_chains
+
+    if args.n < 1 or (args.window is not None and args.window < 1) or (args.chains is not None and args.chains < 1):
         raise UserError("-n, --window and --chains must be >= 1")
     prompts = _read_prompts(args)
     model = _load_model(args.model)
+    args.chains = args.chains or default_chains(model.device)
     if args.chains > model.tokenizer.codebook_size:
         raise UserError(f"--chains must be <= the codebook size {model.tokenizer.codebook_size}, got {args.chains}")
     settings = _settings(args)
@@ -375,9 +378,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
     p.add_argument("--window", type=int, default=None, help="SJD draft window (default 16)")
-    p.add_argument("--chains", type=int, default=8,  # = ar_model.sjd.DEFAULT_CHAINS (the parser stays torch-free)
-                   help="SJD draft chains per image, verified together as a token tree (default 8; 1 = the paper's "
-                        "single chain: more passes, fewer rows per pass)")
+    p.add_argument("--chains", type=int,  # None: ar_model.sjd.default_chains (the parser stays torch-free)
+                   help="SJD draft chains per image, verified together as a token tree (default 8 on CUDA, 1 "
+                        "elsewhere; 1 = the paper's single chain: more passes, fewer rows per pass)")
     p.add_argument("--out", required=True, help="output folder: 000.png ..., grid.png, samples.jsonl")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_sample)

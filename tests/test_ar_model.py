@@ -81,3 +81,64 @@ def test_presets_build_with_their_head_layout():
     for name, config in PRESETS.items():
         assert config.dim % config.n_heads == 0 and config.n_heads % config.kv_heads == 0, name
     assert sum(p.numel() for p in tiny().parameters()) < 100_000
+
+
+def test_copy_slots_copies_those_slots_of_every_layer_and_nothing_else():
+    model = tiny()
+    cache = model.new_cache(batch=3, max_len=8)
+    model(torch.randint(0, 50, (3, 6)), cache)
+    k, v = cache.k.clone(), cache.v.clone()
+    source, slots = torch.tensor([2, 2, 0]), torch.tensor([[1, 2], [3, 4], [0, 5]])
+    cache.copy_slots(source, slots)
+    for want, got in ((k, cache.k), (v, cache.v)):
+        expected = want.clone()
+        for b in range(3):
+            expected[:, b, :, slots[b]] = want[:, source[b], :, slots[b]]  # (layers, H_kv, 2, Dh)
+        assert torch.equal(got, expected)
+    assert not torch.equal(cache.k, k)
+
+
+def test_unchecked_cache_never_waits_and_clamps_positions_past_max_seq_len():
+    """Unchecked: no host sync in a cached step; slots past max_seq_len (discarded drafts) get the last position."""
+    from onetok.scripts.bench_sjd import count_host_syncs
+
+    model = tiny(max_seq_len=6)
+    ids = torch.randint(0, 50, (2, 8))
+    cache = model.new_cache(batch=2, max_len=8, checked=False)
+    with count_host_syncs() as syncs:
+        out = model(ids[:, :6], cache)
+        cache.rollback(torch.tensor([4, 5]))
+        more = model(ids[:, 5:8], cache)
+    assert sum(syncs.values()) == 0, syncs
+    torch.testing.assert_close(out, model(ids[:, :6]), atol=1e-5, rtol=1e-5)
+    assert more.shape == (2, 3, 50) and cache.lengths.tolist() == [7, 8]
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(ids[:, :7], model.new_cache(batch=2, max_len=8))  # a checked cache refuses them
+
+
+def test_bf16_weights_keep_rope_tables_and_logits_in_float32():
+    model = tiny()
+    ids = torch.randint(0, 50, (2, 7))
+    full = model(ids)
+    half = tiny().to(torch.bfloat16)
+    half.load_state_dict(model.state_dict())
+    assert half.rope_cos.dtype == torch.float32 and torch.equal(half.rope_sin, model.rope_sin)
+    cache = half.new_cache(batch=2, max_len=8)
+    assert cache.k.dtype == torch.bfloat16
+    out = torch.cat([half(ids[:, :4], cache), half(ids[:, 4:], cache)], dim=1)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, full, atol=0.05, rtol=0.05)
+
+
+def test_cached_decoding_step_is_one_static_graph():
+    """torch.compile(fullgraph=True) traces a cached forward without a graph break (no host sync, no data-dependent
+    shape), the precondition for CUDA graphs / mode="reduce-overhead"."""
+    model = tiny()
+    ids = torch.randint(0, 50, (2, 8))
+    cache = model.new_cache(batch=2, max_len=8, checked=False)
+    cache.mark_static()
+    model(ids[:, :5], cache)
+    step = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        out = torch.cat([step(ids[:, t : t + 1], cache) for t in range(5, 8)], dim=1)
+    torch.testing.assert_close(out, model(ids)[:, 5:], atol=1e-5, rtol=1e-5)

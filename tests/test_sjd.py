@@ -27,6 +27,7 @@ from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import Vocab, WordText
 from onetok.kernels import reference
+from onetok.scripts.bench_sjd import count_host_syncs
 
 K, NUM_TOKENS, N = 6, 4, 2000
 VOCAB = Vocab(codebook_size=K, text=WordText(["red", "blue", "big"]))
@@ -165,6 +166,70 @@ def test_one_chain_verification_is_sjd_verify():
     assert not bool(got.winner.any()) and 0 < want.accept_len.float().mean() < W
 
 
+def verify_chains_by_definition(processed, drafts, u_accept, u_sample):
+    """The rule `verify_chains` implements, written out one row at a time: positions in order, the alive chains
+    in order, a running residual target."""
+    B, C, w1, K = processed.shape
+    p = processed.float().softmax(-1)
+    n, token, winner = [], [], []
+    for b in range(B):
+        alive, accepted = list(range(C)), 0
+        for i in range(w1 - 1):
+            r, x = p[b, alive[0], i], None
+            for c in alive:
+                draft, q = int(drafts.ids[b, c, i]), drafts.probs[b, c, i].float()
+                if u_accept[b, c, i] * q[draft] < r[draft]:
+                    x = draft
+                    break
+                r = sjd_module.residual(r, q)
+            if x is None:
+                break
+            alive, accepted = [c for c in alive if int(drafts.ids[b, c, i]) == x], accepted + 1
+        else:
+            r = p[b, alive[0], w1 - 1]
+        n.append(accepted)
+        winner.append(alive[0])
+        token.append(int(reference.inverse_cdf(r[None], u_sample[b : b + 1].float())[0]))
+    return sjd_module.ChainVerdict(torch.tensor(n), torch.tensor(token), torch.tensor(winner))
+
+
+@pytest.mark.parametrize(("chains", "window", "codes"), [(4, 3, 3), (3, 5, 2), (8, 2, 5)])
+def test_vectorised_verify_chains_equals_the_rule_written_out(chains, window, codes):
+    """Few codes, so chains often share drafts (several alive chains per position); some first drafts one-hot."""
+    g = torch.Generator().manual_seed(chains)
+    B, C, W, V = 300, chains, window, codes
+    logits = torch.randn(B, C, W + 1, V, generator=g) * 1.5
+    logits[:40, :, :, -1] = float("-inf")  # banned codes
+    q = torch.randn(B, C, W, V, generator=g).softmax(-1)
+    q[100:200, :, 0] = torch.nn.functional.one_hot(torch.randint(0, V, (100, C), generator=g), V).float()
+    ids = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, C, W)
+    u, u_sample = torch.rand(B, C, W, generator=g), torch.rand(B, generator=g)
+    drafts = sjd_module.Drafts(ids, q)
+    want = verify_chains_by_definition(logits, drafts, u, u_sample)
+    got = sjd_module.verify_chains(logits, drafts, u, u_sample)
+    for name in ("accept_len", "token", "winner"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert 0 < want.accept_len.float().mean() < W and (want.accept_len == W).any() and want.winner.any()
+
+
+@pytest.mark.parametrize(("chains", "cfg_scale"), [(1, 1.0), (3, 2.0)])
+def test_sjd_waits_on_the_device_at_most_once_per_pass(model, chains, cfg_scale):
+    """Counted on CPU: item/bool/int, nonzero, boolean masks, tolist/cpu... (where a CUDA run would wait)."""
+    settings = SamplingSettings(temperature=0.8, top_k=4, cfg_scale=cfg_scale)
+    prompts = [PROMPTS[0], PROMPTS[1], []]
+    with count_host_syncs() as syncs:
+        out = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, torch.Generator().manual_seed(0),
+                                        window=3, chains=chains)
+    assert out.forward_passes > 1 and sum(syncs.values()) <= out.forward_passes, syncs
+    with count_host_syncs() as syncs:
+        generate_image_tokens(model, VOCAB, prompts, 9, settings, torch.Generator().manual_seed(0))
+    assert sum(syncs.values()) <= 2, syncs  # plain sampling: only the final code-range check
+    with count_host_syncs() as syncs:  # the counter sees each kind of sync
+        x = torch.arange(4)
+        int(x.max()), bool(x.any()), x.tolist(), x.nonzero(), x[x > 1], x.repeat_interleave(x), x.cpu()
+    assert sum(syncs.values()) == 7, syncs
+
+
 @pytest.mark.parametrize(("cfg_scale", "chains"), [(1.0, 1), (2.5, 1), (1.0, 3), (2.5, 6)])
 def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
     settings = SamplingSettings(temperature=0, cfg_scale=cfg_scale)
@@ -173,6 +238,28 @@ def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
     spec = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, window=3, init="prev", chains=chains)
     assert torch.equal(plain.codes, spec.codes) and plain.forward_passes == 9
     assert 1 < spec.forward_passes <= 9
+
+
+def test_compiled_model_gets_static_windows_and_greedy_still_equals_plain(model, monkeypatch):
+    """A torch.compile'd model gets the full window every pass (one input shape for CUDA graphs), drafts running
+    past k and past max_seq_len (positions clamped) included; the codes are still those of greedy plain decoding."""
+    widths = []
+    window_targets = sjd_module.window_targets
+
+    def recording(model, vocab, settings, layout, cache, head, drafts):
+        widths.append(drafts.ids.shape[1])
+        return window_targets(model, vocab, settings, layout, cache, head, drafts)
+
+    monkeypatch.setattr(sjd_module, "window_targets", recording)
+    settings = SamplingSettings(temperature=0, cfg_scale=2.0)
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    k = model.config.max_seq_len - len(PROMPTS[0]) - 2  # prompt + k fill max_seq_len: later drafts are clamped
+    spec = generate_image_tokens_sjd(compiled, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    assert torch.equal(spec.codes, generate_image_tokens(model, VOCAB, PROMPTS, k, settings).codes)
+    assert set(widths) == {16} and len(widths) == spec.forward_passes > 1
+    widths.clear()
+    generate_image_tokens_sjd(model, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    assert min(widths) < 16  # uncompiled: the window shrinks to what the prompts can still use
 
 
 @pytest.mark.parametrize(("num_tokens", "window"), [(10, 2), (9, 2), (5, 16), (1, 4)])
@@ -220,4 +307,10 @@ def test_bench_sjd_json(tmp_path, capsys):
     args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2",
                               "--chains", "3"])
     assert bench_sjd.run(args) == 0 and "plain / sjd" in capsys.readouterr().out
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4", "--chains", "2",
+                              "--dtype", "bf16", "--profile", "--json"])
+    assert bench_sjd.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dtype"] == "bf16" and report["chains"] == 2
+    assert report["profile"]["sjd"]["host_syncs_per_pass"] <= 1 and report["profile"]["plain"]["ops_per_pass"] > 10
     assert main(["bench", "sjd", "--model", str(tmp_path / "missing")]) == 2  # one-line error, exit 2

@@ -11,6 +11,7 @@ from onetok.tokenizers.losses import TokenizerLoss
 from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
 from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.quantize import VectorQuantizer
+from onetok.tokenizers.vit import Block
 
 QUANTIZERS = {
     "vq": dict(quantizer="vq", code_dim=8, codebook_size=64),
@@ -172,6 +173,84 @@ def test_presets_build_with_expected_sizes():
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Our ViT block against timm's (checkpoints trained with timm's Block must load and give the same outputs)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TimmBlocks(torch.nn.Sequential):
+    """The previous encoder/decoder stacks: timm Blocks, all rows out, then the read-out rows."""
+
+    def __init__(self, width, depth, heads, mlp_ratio, qk_norm):
+        from timm.models.vision_transformer import Block as TimmBlock
+
+        super().__init__(*[TimmBlock(width, heads, mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)])
+
+    def forward(self, x, rows=None):
+        out = super().forward(x)
+        return out if rows is None else out[:, rows]
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_block_equals_timm_block(qk_norm):
+    from timm.models.vision_transformer import Block as TimmBlock
+
+    torch.manual_seed(0)
+    ours = Block(64, 4, 4.0, qk_norm)
+    torch.manual_seed(0)
+    theirs = TimmBlock(64, 4, 4.0, qkv_bias=True, qk_norm=qk_norm)
+    mine, timm_state = ours.state_dict(), theirs.state_dict()
+    assert [(k, v.shape) for k, v in mine.items()] == [(k, v.shape) for k, v in timm_state.items()]
+    assert all(torch.equal(mine[k], timm_state[k]) for k in mine)  # same initialisation from the same seed
+    for p in ours.parameters():  # move every weight (norms, biases) away from its init
+        p.data.add_(0.1 * torch.randn_like(p))
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 20, 64)
+    want = theirs(x)
+    torch.testing.assert_close(ours(x), want, atol=1e-6, rtol=1e-6)  # training path: the same ops
+    with torch.no_grad():  # CPU inference path: fused oneDNN linear + GELU / + residual
+        torch.testing.assert_close(ours(x), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x, rows=slice(12, None)), want[:, 12:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours(x, rows=slice(0, 5)), want[:, :5], atol=1e-5, rtol=1e-5)
+
+
+COMPAT_CONFIGS = {
+    "tiny vq": preset("tiny"),
+    "shapes recipe": preset("shapes"),
+    "titok-like head, qk norm, conv stem": preset("tiny", head_channels=8, refine_layers=1, qk_norm=True,
+                                                  stem_channels=8, dec_patch_size=2, quantizer="lfq", code_dim=6),
+    "conv upsampler, latent bn": preset("tiny", upsample_channels=4, latent_batchnorm=True, token_mixing=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPAT_CONFIGS))
+def test_tokenizer_state_dict_and_outputs_equal_the_timm_version(name, monkeypatch):
+    """Same seed -> identical state dicts (keys, shapes, values); the same weights -> the same encode/decode and
+    training forward within fp32 tolerance."""
+    import onetok.tokenizers.model as tokenizer_model
+
+    cfg = COMPAT_CONFIGS[name]
+    torch.manual_seed(0)
+    ours = Tokenizer(cfg)
+    with monkeypatch.context() as m:
+        m.setattr(tokenizer_model, "Blocks", TimmBlocks)
+        torch.manual_seed(0)
+        theirs = Tokenizer(cfg)
+    mine, timm_state = ours.state_dict(), theirs.state_dict()
+    assert [(k, v.shape) for k, v in mine.items()] == [(k, v.shape) for k, v in timm_state.items()]
+    assert all(torch.equal(mine[k], timm_state[k]) for k in mine)
+    x = images(4, cfg.image_size)
+    torch.manual_seed(1)
+    train_ours = ours.train()(x, keep=torch.tensor([1, 3, 8, 8]))
+    torch.manual_seed(1)
+    train_theirs = theirs.train()(x, keep=torch.tensor([1, 3, 8, 8]))
+    torch.testing.assert_close(train_ours.reconstruction, train_theirs.reconstruction, atol=1e-5, rtol=1e-5)
+    ids = theirs.encode(x)
+    assert torch.equal(ours.encode(x), ids)
+    for k in (2, 8):
+        torch.testing.assert_close(ours.decode(ids[:, :k]), theirs.decode(ids[:, :k]), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Quantizers
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -272,3 +351,34 @@ def test_psnr_and_codebook_metrics():
     assert codebook_usage(counts) == 3 / 8
     assert perplexity(torch.tensor([5, 5, 5, 5])) == pytest.approx(4.0)
     assert perplexity(torch.tensor([7, 0, 0])) == pytest.approx(1.0)
+
+
+def test_bench_tokenizer_stages_and_missing_reference(tmp_path, capsys):
+    from onetok.scripts.cli import main
+
+    assert main(["bench", "tokenizer", "--preset", "tiny", "--rounds", "1", "--no-gpu", "--json",
+                 "--reference", str(tmp_path / "absent")]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    cpu = report["devices"][0]
+    assert cpu["dtype"] == "float32" and cpu["encode_images_per_s"] > 0 and cpu["decode_images_per_s"] > 0
+    assert set(cpu["stage_ms"]) == {"patch embed", "encoder", "quantize", "decoder", "pixel head"}
+    assert "reference" not in report and "skipped" in out.err  # no checkout: the side-by-side part is skipped
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "tokenizer", "--preset", "tiny", "--rounds", "1", "--no-gpu",
+                 "--reference", str(tmp_path / "empty")]) == 2  # not a 1d-tokenizer checkout: one-line error
+
+
+def test_bf16_inference_dtype_keeps_the_quantizer_in_fp32():
+    tok = tiny()
+    x = images(2)
+    assert tok.compute_dtype(torch.device("cpu")) == torch.float32
+    assert tok.compute_dtype(torch.device("cuda")) == torch.bfloat16  # the default on a GPU
+    ids = tok.encode(x)
+    tok.inference_dtype = torch.bfloat16
+    half = tok.encode(x)
+    assert half.dtype == torch.int64 and (half == ids).float().mean() > 0.5
+    rec = tok.decode(ids)
+    assert rec.dtype == torch.float32
+    tok.inference_dtype = None
+    torch.testing.assert_close(rec, tok.decode(ids), atol=0.05, rtol=0)

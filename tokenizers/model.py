@@ -22,10 +22,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from onetok.tokenizers.quantize import QuantizerOutput, build_quantizer
+from onetok.tokenizers.vit import Blocks, linear
 
 CONFIG_FORMAT = "onetok-tokenizer"
 CONFIG_VERSION = 1
@@ -131,10 +131,6 @@ class TokenizerOutput(NamedTuple):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _vit_blocks(width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool) -> nn.Sequential:
-    return nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)])
-
-
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
     """(1, grid*grid, width) 2D sine-cosine position table (MAE); the learned position embeddings start here."""
     quarter = width // 4
@@ -183,7 +179,7 @@ class Encoder(nn.Module):
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(1, cfg.num_latent_tokens, cfg.enc_width))
         n, L = cfg.grid_size**2, cfg.num_latent_tokens
         self.pool = nn.Parameter(torch.randn(L, n) / n**0.5) if cfg.token_mixing else None  # (L, N)
-        self.blocks = _vit_blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
+        self.blocks = Blocks(cfg.enc_width, cfg.enc_depth, cfg.enc_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.enc_width)
         self.to_code = nn.Linear(cfg.enc_width, cfg.code_dim)
         n_latent_features = cfg.num_latent_tokens * cfg.code_dim
@@ -195,8 +191,9 @@ class Encoder(nn.Module):
         if self.pool is not None:
             latents = latents + torch.einsum("ln,bnd->bld", self.pool.to(x.dtype), x)  # (B, L, D)
         x = x + self.pos_embed  # (B, N, D)
-        x = self.blocks(torch.cat([x, latents], dim=1))  # (B, N + L, D)
-        x = self.norm(x[:, -latents.shape[1]:])  # (B, L, D) read out at the latent positions
+        n = x.shape[1]
+        x = self.blocks(torch.cat([x, latents], dim=1), rows=slice(n, None))  # (B, N + L, D) in, (B, L, D) out
+        x = self.norm(x)  # (B, L, D) read out at the latent positions
         z = self.to_code(x)  # (B, L, code_dim)
         if self.latent_norm is not None:
             z = self.latent_norm(z.flatten(1).float()).view_as(z)  # per (token, dim) over the batch
@@ -220,10 +217,12 @@ class PixelHead(nn.Module):
         return self.to_rgb.weight if isinstance(self.to_rgb, nn.Conv2d) else self.linear.weight
 
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
-        x = self.linear(x)  # (B, N, p*p*C)
-        x = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=self.patch_size, q=self.patch_size)
+        x = linear(x, self.linear.weight, self.linear.bias)  # (B, N, p*p*C)
+        x = rearrange(x, "b (h w) (p q c) -> b (h p) (w q) c", h=grid, p=self.patch_size, q=self.patch_size)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W) in channels-last memory: the full-resolution convs run NHWC
         for block in self.refine:
-            x = x + block(x)  # (B, C, H, W)
+            update = block(x)  # (B, C, H, W)
+            x = update.add_(x) if not torch.is_grad_enabled() else x + update
         return self.to_rgb(x)  # (B, 3, H, W)
 
 
@@ -246,7 +245,7 @@ class ConvUpsampler(nn.Module):
         return self.to_rgb.weight
 
     def forward(self, x: torch.Tensor, grid: int) -> torch.Tensor:
-        x = self.proj(rearrange(x, "b (h w) d -> b d h w", h=grid))  # (B, C0, g, g)
+        x = self.proj(rearrange(x, "b (h w) d -> b h w d", h=grid).permute(0, 3, 1, 2))  # (B, C0, g, g) NHWC
         for stage in self.stages:
             x = stage(x)  # (B, C, 2h, 2w)
         return self.to_rgb(x)  # (B, 3, H, W)
@@ -271,7 +270,7 @@ class Decoder(nn.Module):
             self.mix = nn.Sequential(nn.Linear(L * cfg.code_dim, n * cfg.dec_width),
                                      nn.Unflatten(1, (n, cfg.dec_width)), nn.LayerNorm(cfg.dec_width))
             self.grid_pos.data.mul_(cfg.dec_width**-0.5)  # the unit-scale content must dominate the position code
-        self.blocks = _vit_blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
+        self.blocks = Blocks(cfg.dec_width, cfg.dec_depth, cfg.dec_heads, cfg.mlp_ratio, cfg.qk_norm)
         self.norm = nn.LayerNorm(cfg.dec_width)
         if cfg.upsample_channels > 0:
             self.head = ConvUpsampler(cfg.dec_width, cfg.dec_patch, cfg.upsample_channels)
@@ -290,9 +289,10 @@ class Decoder(nn.Module):
         else:
             grid = (self.grid_token + self.grid_pos).expand(B, -1, -1)  # (B, N, D)
         x = x + self.latent_pos[:, :L]  # (B, L, D)
-        x = self.blocks(torch.cat([grid, x], dim=1))  # (B, N + L, D)
-        x = self.norm(x[:, : self.grid**2])  # (B, N, D) read out at the grid positions
-        return (self.head(x, self.grid) + 1) / 2  # (B, 3, H, W)
+        x = self.blocks(torch.cat([grid, x], dim=1), rows=slice(0, self.grid**2))  # (B, N + L, D) in, (B, N, D) out
+        x = self.norm(x)  # (B, N, D) read out at the grid positions
+        image = self.head(x, self.grid).contiguous()  # (B, 3, H, W) back from channels-last memory
+        return (image + 1) / 2
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -311,12 +311,14 @@ def _init_weights(module: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _inference(module: nn.Module):
-    """eval mode + no grad for the block, then restore the training flag."""
+def _inference(module: nn.Module, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """eval mode + no grad for the block (and autocast to `dtype` on `device` if given), then restore the training
+    flag."""
     was_training = module.training
     module.eval()
+    cast = torch.autocast(device.type, dtype=dtype) if dtype not in (None, torch.float32) else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), cast:
             yield
     finally:
         module.train(was_training)
@@ -336,6 +338,7 @@ class Tokenizer(nn.Module):
         self.decoder = Decoder(config)
         for part in (self.encoder, self.decoder):
             part.apply(_init_weights)
+        self.inference_dtype: torch.dtype | None = None  # encode/decode compute dtype; None: bf16 on CUDA, else fp32
 
     @property
     def codebook_size(self) -> int:
@@ -389,9 +392,10 @@ class Tokenizer(nn.Module):
         k = self.num_latent_tokens if num_tokens is None else int(num_tokens)
         if not 1 <= k <= self.num_latent_tokens:
             raise ValueError(f"num_tokens must be in 1..{self.num_latent_tokens}, got {k}")
-        with _inference(self):
+        with _inference(self, images.device, self.compute_dtype(images.device)):
             latents = self.encoder(images.to(self.encoder.pos_embed.dtype))  # (B, L, code_dim)
-            indices = self.quantizer(latents).indices  # (B, L)
+        with _inference(self):
+            indices = self.quantizer(latents.float()).indices  # (B, L), always in fp32
         return indices[:, :k].contiguous()
 
     def decode(self, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -410,8 +414,16 @@ class Tokenizer(nn.Module):
         with _inference(self):
             codes = self.quantizer.codes_from_indices(ids.long())  # (B, k, code_dim)
             codes = F.pad(codes, (0, 0, 0, L - k))  # (B, L, code_dim); the tail becomes the drop token
+        with _inference(self, ids.device, self.compute_dtype(ids.device)):
             images = self.decoder(codes, keep.to(ids.device).long())
         return images.float().clamp(0, 1)
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype encode/decode compute in (autocast; the quantizer stays fp32): `inference_dtype` if set, else
+        bf16 on CUDA and fp32 elsewhere."""
+        if self.inference_dtype is not None:
+            return self.inference_dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
 
     # ---- persistence ------------------------------------------------------------------------------------------------
 
