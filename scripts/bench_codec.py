@@ -1,5 +1,5 @@
-"""`onetok bench codec`: wall-clock time to compress and decompress one photo with `.otok`, beside Pillow's WebP on
-the same image in the same run.
+"""`onetok bench codec`: wall-clock time to compress and decompress one photo with `.otok` (ids bit-packed, and
+entropy-coded when the tokenizer has a prior), beside Pillow's WebP on the same image in the same run.
 
 Default image: a 768 x 512 crop of the bundled sample photo (or `--image PATH`, cropped or padded to `--size`).
 Every timing is the median of `--repeats` runs of the library calls a command makes -- the image already decoded,
@@ -45,19 +45,20 @@ def load_image(path: str | None, size: tuple[int, int]):
     return Image.fromarray(np.ascontiguousarray(array[top:top + h, left:left + w]))
 
 
-def bench(tok, image, repeats: int) -> list[dict]:
+def bench(codecs: dict, image, repeats: int) -> list[dict]:
+    """Timings of each `.otok` codec (name -> compress.Codec) at each rate, and of WebP."""
     from PIL import Image
 
-    from onetok.tokenizers import codec
-    from onetok.tokenizers.compress import RateControl, decompress, encode_image, new_file
+    from onetok.tokenizers.compress import RateControl
 
-    fp = codec.fingerprint(tok)
     rows = []
-    for name, rate in RATES.items():
-        compress = lambda rate=rate: codec.dumps(new_file(tok, [encode_image(tok, image, RateControl(**rate)).image], fp))  # noqa: E731
-        data = compress()
-        rows.append({"codec": f"otok {name}", "bytes": len(data), "compress_s": _median_seconds(compress, repeats),
-                     "decompress_s": _median_seconds(lambda data=data: decompress(tok, data), repeats)})
+    for label, owner in codecs.items():
+        for name, rate in RATES.items():
+            compress = lambda rate=rate, owner=owner: owner.compress([image], RateControl(**rate))  # noqa: E731
+            data = compress()
+            rows.append({"codec": f"{label} {name}", "bytes": len(data),
+                         "compress_s": _median_seconds(compress, repeats),
+                         "decompress_s": _median_seconds(lambda d=data, o=owner: o.decompress(d), repeats)})
     buf = io.BytesIO()
 
     def webp() -> bytes:
@@ -74,6 +75,7 @@ def bench(tok, image, repeats: int) -> list[dict]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
+    parser.add_argument("--prior", metavar="DIR", help="the entropy coder's prior (default: the one beside the tokenizer)")
     parser.add_argument("--image", metavar="PATH", help="the photo (default: the bundled sample)")
     parser.add_argument("--size", default="768x512", metavar="WxH", help="crop/pad the photo to this size")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed runs per case (median)")
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from onetok.fileio import UserError
-    from onetok.scripts.cmd_codec import load_tokenizer
+    from onetok.scripts.cmd_codec import load_codec
 
     try:
         size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -97,17 +99,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--repeats and --threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok = load_tokenizer(args.tokenizer)
-    rows = bench(tok, load_image(args.image, size), args.repeats)
+    codecs = {"packed": load_codec(args.tokenizer, entropy=False)}
+    entropy = load_codec(args.tokenizer, args.prior)
+    if entropy.prior is not None:
+        codecs["entropy"] = entropy
+    rows = bench(codecs, load_image(args.image, size), args.repeats)
     webp = rows[-1]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"codec speed: one {size[0]}x{size[1]} photo, median of {args.repeats}, {torch.get_num_threads()} torch "
           f"thread(s); ratios = time / WebP's time in this run")
-    print(f"{'codec':<14}{'bytes':>8}{'bpp':>7}{'compress s':>12}{'x WebP':>8}{'decompress s':>14}{'x WebP':>8}")
+    print(f"{'codec':<16}{'bytes':>8}{'bpp':>7}{'compress s':>12}{'x WebP':>8}{'decompress s':>14}{'x WebP':>8}")
     for r in rows:
-        print(f"{r['codec']:<14}{r['bytes']:>8}{8 * r['bytes'] / (size[0] * size[1]):>7.3f}{r['compress_s']:>12.3f}"
+        print(f"{r['codec']:<16}{r['bytes']:>8}{8 * r['bytes'] / (size[0] * size[1]):>7.3f}{r['compress_s']:>12.3f}"
               f"{r['compress_s'] / webp['compress_s']:>8.1f}{r['decompress_s']:>14.3f}"
               f"{r['decompress_s'] / webp['decompress_s']:>8.1f}")
     return 0

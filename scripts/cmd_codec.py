@@ -85,18 +85,52 @@ def load_tokenizer(directory: str | Path | None):
     """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
     from onetok.tokenizers import Tokenizer, registry
 
-    if directory is None:
-        try:
-            directory = registry.builtin()
-        except FileNotFoundError as err:
-            raise UserError(f"{err}; pass --tokenizer DIR") from None
-    path = Path(directory)
+    path = Path(directory) if directory is not None else _builtin()
     if not registry.is_tokenizer_dir(path):
         raise UserError(f"{path}: not a tokenizer folder (needs config.json and model.safetensors)")
     try:
         return Tokenizer.from_pretrained(path).eval()
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
         raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err})".split("\n")[0]) from None
+
+
+def load_prior(directory: str | Path):
+    from onetok.tokenizers import registry
+    from onetok.tokenizers.prior import TilePrior
+
+    path = Path(directory)
+    if not registry.is_tokenizer_dir(path):
+        raise UserError(f"{path}: not a prior folder (needs config.json and model.safetensors)")
+    try:
+        return TilePrior.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
+        raise UserError(f"{path}: cannot load the prior ({type(err).__name__}: {err})".split("\n")[0]) from None
+
+
+def load_codec(tokenizer_dir: str | None, prior_dir: str | None = None, entropy: bool = True):
+    """The codec: the tokenizer (built-in photo one by default) and, unless `entropy` is off, its prior (`prior_dir`,
+    or the `prior/` folder shipped beside the tokenizer when there is one)."""
+    from onetok.tokenizers import registry
+    from onetok.tokenizers.compress import Codec
+
+    folder = tokenizer_dir or _builtin()
+    tok = load_tokenizer(folder)
+    if entropy and prior_dir is None:
+        prior_dir = registry.prior_beside(folder)
+    prior = load_prior(prior_dir) if entropy and prior_dir is not None else None
+    try:
+        return Codec(tok, prior)
+    except ValueError as err:
+        raise UserError(f"{prior_dir}: {err}") from None
+
+
+def _builtin() -> Path:
+    from onetok.tokenizers import registry
+
+    try:
+        return registry.builtin()
+    except FileNotFoundError as err:
+        raise UserError(f"{err}; pass --tokenizer DIR") from None
 
 
 def _unique(targets: list[Path], force: bool) -> None:
@@ -131,13 +165,12 @@ def rate_control(args: argparse.Namespace, num_tokens: int):
     return RateControl(args.tokens, args.bpp, args.psnr, args.scale)
 
 
-def _encode(tok, items: list[Item], rate, single: bool, quiet: bool, skipped: list[str]):
-    """Yield (item, TiledImage) in input order. Unreadable images are appended to `skipped`, or raised when
+def _encode(owner, items: list[Item], rate, single: bool, quiet: bool, skipped: list[str]):
+    """Yield (item, encoded image) in input order. Unreadable images are appended to `skipped`, or raised when
     `single`."""
     from tqdm import tqdm
 
     from onetok.tokenizers import codec
-    from onetok.tokenizers.compress import encode_image
 
     with tqdm(total=len(items), desc="compress", unit="img", disable=quiet or single) as bar:
         for item in items:
@@ -152,7 +185,7 @@ def _encode(tok, items: list[Item], rate, single: bool, quiet: bool, skipped: li
                 skipped.append(str(err))
                 bar.update(1)
                 continue
-            encoded = encode_image(tok, image, rate)
+            encoded = owner.encode(image, rate)
             if not encoded.reached:
                 print(f"note: {item.src}: --bpp {rate.bpp} is below the smallest file at this scale (1 token per "
                       f"tile); try --scale < {rate.scale:g}", file=sys.stderr)
@@ -160,46 +193,43 @@ def _encode(tok, items: list[Item], rate, single: bool, quiet: bool, skipped: li
             bar.update(1)
 
 
-def _summary(n: int, total: int, pixels: int, tokens: int, tiles: int, skipped: int) -> str:
+def _summary(n: int, total: int, pixels: int, coding: str, skipped: int) -> str:
     bpp = 8 * total / pixels if pixels else float("nan")
-    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, "
-            f"{tokens / max(tiles, 1):.2f} tokens per tile on average; skipped {skipped}")
+    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, ids {coding}; "
+            f"skipped {skipped}")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from onetok.fileio import atomic_write_bytes
     from onetok.tokenizers import codec
-    from onetok.tokenizers.compress import new_file
 
-    tok = load_tokenizer(args.tokenizer)
-    rate = rate_control(args, tok.num_latent_tokens)
+    owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
+    rate = rate_control(args, owner.tokenizer.num_latent_tokens)
+    coding = "entropy-coded" if owner.prior is not None else "bit-packed"
     out = Path(args.out)
     items = collect(args.inputs, skip_folder=out)
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not args.batch
-    fp = codec.fingerprint(tok)
     skipped: list[str] = []
     if single or args.batch:  # one output file
         target = out / (items[0].src.stem + ".otok") if out.is_dir() else out
         check_writable(target, args.force)
-        images = [im for _, im in _encode(tok, items, rate, single, args.quiet, skipped)]
+        images = [im for _, im in _encode(owner, items, rate, single, args.quiet, skipped)]
         _report_skipped(skipped)
         if not images:
             raise UserError(f"{' '.join(args.inputs)}: no readable images")
-        data = codec.dumps(new_file(tok, images, fp))
+        data = codec.dumps(owner.file(images))
         atomic_write_bytes(target, data, args.force)
-        print(_summary(len(images), len(data), sum(im.width * im.height for im in images),
-                       sum(int(im.counts.sum()) for im in images), sum(len(im.counts) for im in images),
-                       len(skipped)) + f" -> {target}")
+        pixels = sum(im.width * im.height for im in images)
+        print(_summary(len(images), len(data), pixels, coding, len(skipped)) + f" -> {target}")
         return 0
     _unique([out / item.rel.with_suffix(".otok") for item in items], args.force)
-    total = pixels = written = tokens = tiles = 0
-    for item, im in _encode(tok, items, rate, False, args.quiet, skipped):
-        data = codec.dumps(new_file(tok, [im], fp))
+    total = pixels = written = 0
+    for item, im in _encode(owner, items, rate, False, args.quiet, skipped):
+        data = codec.dumps(owner.file([im]))
         atomic_write_bytes(out / item.rel.with_suffix(".otok"), data, args.force)
         total, pixels, written = total + len(data), pixels + im.width * im.height, written + 1
-        tokens, tiles = tokens + int(im.counts.sum()), tiles + len(im.counts)
     _report_skipped(skipped)
-    print(_summary(written, total, pixels, tokens, tiles, len(skipped)) + f" -> {out}")
+    print(_summary(written, total, pixels, coding, len(skipped)) + f" -> {out}")
     return 0 if written else 1
 
 
@@ -219,28 +249,40 @@ def read_otok(path: Path, fp: bytes | None):
         raise UserError(f"{path}: {err}") from None
 
 
-class Tokenizers:
-    """The tokenizer for each file: the one given by --tokenizer, or found by the file's fingerprint (cached)."""
+class Codecs:
+    """The codec for each file: the tokenizer given by --tokenizer or found by the file's fingerprint, and, for an
+    entropy-coded file, the prior given by --prior or found by its fingerprint (cached)."""
 
-    def __init__(self, directory: str | None):
-        from onetok.tokenizers import codec
-
-        self.fixed = load_tokenizer(directory) if directory else None
-        self.fp = codec.fingerprint(self.fixed) if self.fixed is not None else None
-        self.cache: dict[bytes, object] = {}
-
-    def for_file(self, path: Path, fp: bytes):
+    def __init__(self, tokenizer_dir: str | None, prior_dir: str | None):
         from onetok.tokenizers import registry
 
-        if self.fixed is not None:
-            return self.fixed
-        if fp not in self.cache:
-            found = registry.find_tokenizer(fp.hex())
-            if found is None:
-                raise UserError(f"{path}: made with tokenizer {fp.hex()[:12]}, which is neither built in nor "
-                                f"registered in {registry.registry_dir()}; pass --tokenizer DIR")
-            self.cache[fp] = load_tokenizer(found)
-        return self.cache[fp]
+        self.tokenizer_dir, self.prior_dir = tokenizer_dir, prior_dir
+        self.fp = bytes.fromhex(registry.fingerprint_dir(tokenizer_dir)) if tokenizer_dir else None
+        self.cache: dict[tuple, object] = {}
+
+    def for_file(self, path: Path, f):
+        from onetok.tokenizers import registry
+        from onetok.tokenizers.compress import Codec
+
+        prior_fp = getattr(f, "prior_fingerprint", None)
+        key = (f.fingerprint, prior_fp)
+        if key not in self.cache:
+            folder = self.tokenizer_dir or registry.find_tokenizer(f.fingerprint.hex())
+            if folder is None:
+                raise UserError(f"{path}: made with tokenizer {f.fingerprint.hex()[:12]}, which is neither built in "
+                                f"nor registered in {registry.registry_dir()}; pass --tokenizer DIR")
+            prior = None
+            if prior_fp is not None:
+                prior_dir = self.prior_dir or registry.find_prior(prior_fp.hex(), [registry.prior_beside(folder)])
+                if prior_dir is None:
+                    raise UserError(f"{path}: entropy-coded with prior {prior_fp.hex()[:12]}, which is not beside "
+                                    f"any known tokenizer; pass --prior DIR")
+                prior = load_prior(prior_dir)
+            try:
+                self.cache[key] = Codec(load_tokenizer(folder), prior)
+            except ValueError as err:
+                raise UserError(f"{path}: {err}") from None
+        return self.cache[key]
 
 
 def _png_names(base: Path, stem: str, n: int) -> list[Path]:
@@ -251,13 +293,13 @@ def _png_names(base: Path, stem: str, n: int) -> list[Path]:
     return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
 
 
-def _plan(items: list[Item], tokenizers: Tokenizers, out: Path, single: bool, skipped: list[str]) -> list:
-    """Validate every file and name every output before anything is written: [(file, tokenizer, targets)]."""
+def _plan(items: list[Item], codecs: Codecs, out: Path, single: bool, skipped: list[str]) -> list:
+    """Validate every file and name every output before anything is written: [(file, codec, targets)]."""
     plans = []
     for item in items:
         try:
-            f = read_otok(item.src, tokenizers.fp)
-            tok = tokenizers.for_file(item.src, f.fingerprint)
+            f = read_otok(item.src, codecs.fp)
+            owner = codecs.for_file(item.src, f)
         except UserError as err:
             if single:
                 raise
@@ -268,7 +310,7 @@ def _plan(items: list[Item], tokenizers: Tokenizers, out: Path, single: bool, sk
         else:
             base = out if single else out / item.rel.parent
             targets = _png_names(base, item.src.stem, f.num_images)
-        plans.append((f, tok, targets))
+        plans.append((f, owner, targets))
     return plans
 
 
@@ -276,21 +318,22 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from onetok.tokenizers import codec
-    from onetok.tokenizers.compress import decode_file
 
-    tokenizers = Tokenizers(args.tokenizer)
+    if args.tokenizer:
+        load_tokenizer(args.tokenizer)  # a bad folder is an error before any file is read
+    codecs = Codecs(args.tokenizer, args.prior)
     items = collect(args.inputs, suffix=".otok")
     out = Path(args.out)
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     skipped: list[str] = []
-    plans = _plan(items, tokenizers, out, single, skipped)
+    plans = _plan(items, codecs, out, single, skipped)
     _unique([t for _, _, targets in plans for t in targets], args.force)
     written = 0
     with tqdm(total=sum(f.num_images for f, _, _ in plans), desc="decompress", unit="img",
               disable=args.quiet or single) as bar:
-        for f, tok, targets in plans:
+        for f, owner, targets in plans:
             try:
-                images = decode_file(tok, f)
+                images = owner.decode(f)
             except codec.OtokError as err:
                 raise UserError(f"{targets[0]}: {err}") from None
             for image, target in zip(images, targets):
@@ -317,7 +360,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     from onetok.fileio import atomic_write_bytes
     from onetok.tokenizers import rd
 
-    tok = load_tokenizer(args.tokenizer)
+    owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
     if not Path(args.images).is_dir():
         raise UserError(f"{args.images}: not a folder")
     if args.max_images < 0:
@@ -339,17 +382,19 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         raise UserError(f"{args.images}: no readable images")
     codecs = tuple(c for c in rd.pillow_codecs() if c in args.codecs.split(","))
     with tqdm(total=len(images), desc="eval-compression", unit="img", disable=args.quiet) as bar:
-        rows = rd.evaluate(tok, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
+        rows = rd.evaluate(owner, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
     points = rd.summarize(rows)
     rates = rd.bd_rates(points)
     with atomic_output(outputs["rd.csv"], args.force) as tmp:
         rd.write_csv(rows, tmp)
-    title = f"{len(images)} images from {args.images} at native resolution, tokenizer {args.tokenizer or 'photo'}"
+    coding = "entropy-coded" if owner.prior is not None else "bit-packed"
+    title = (f"{len(images)} images from {args.images} at native resolution, tokenizer {args.tokenizer or 'photo'}, "
+             f"{coding} ids")
     with atomic_output(outputs["rd.png"], args.force) as tmp:
         rd.plot(points, tmp, title=title)
-    summary = {"images": len(images), "points": [p._asdict() for p in points], "bd_rate_percent": rates}
+    summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": rates}
     atomic_write_bytes(outputs["rd.json"], (json.dumps(summary, indent=1) + "\n").encode(), args.force)
-    panels = rd.equal_bytes(tok, images[0], args.compare_bpp, codecs)
+    panels = rd.equal_bytes(owner, images[0], args.compare_bpp, codecs)
     with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
     print(rd.format_table(points))
@@ -373,6 +418,13 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _entropy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", metavar="DIR",
+                   help="the entropy coder's prior (default: the prior/ folder beside the tokenizer, if any)")
+    p.add_argument("--no-entropy", action="store_true",
+                   help="bit-pack the ids at ceil(log2 K) bits instead of range-coding them with the prior")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids, native resolution, tiled)",
                        description="Code images at their own resolution as tiles of tokenizer ids.")
@@ -386,6 +438,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rate.add_argument("--psnr", type=float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
     p.add_argument("--scale", type=float, default=1.0, metavar="S",
                    help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
+    _entropy_flags(p)
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -397,6 +450,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, help="output PNG (one single-image input) or folder")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="the tokenizer the files were made with (default: found by fingerprint)")
+    p.add_argument("--prior", metavar="DIR", help="the prior of entropy-coded files (default: found by fingerprint)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decompress)
@@ -410,6 +464,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bpp", type=_float_list, metavar="B1,B2,...",
                    help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
     p.add_argument("--codecs", default="jpeg,webp,avif", help="Pillow codecs to compare (default jpeg,webp,avif)")
+    _entropy_flags(p)
     p.add_argument("--compare-bpp", type=float, default=0.1, metavar="B",
                    help="target of the equal-bytes picture of the first image (default 0.1)")
     p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (0 = all)")

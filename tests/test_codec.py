@@ -228,7 +228,7 @@ def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
         expected = tok.decode(tok.encode(x, k))
         f = codec.loads(data, fp)
         assert f.num_tokens == k
-        decoded = C.decompress(tok, data)
+        decoded = C.Codec(tok).decompress(data)
         np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), C.to_uint8(expected))
         single = codec.dumps(C.encode_squares(tok, images[:1], k))
         assert len(single) == 39 + math.ceil(k * bits / 8) + 4
@@ -239,7 +239,7 @@ def test_decompress_with_wrong_tokenizer(tok, squares):
     data = codec.dumps(C.encode_squares(tok, [Image.fromarray(squares[0])], 4))
     torch.manual_seed(1)
     with pytest.raises(OtokError, match="different tokenizer"):
-        C.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
+        C.Codec(Tokenizer(PRESETS["tiny"]).eval()).decompress(data)
 
 
 @pytest.mark.parametrize("fit", ["pad", "crop"])
@@ -248,7 +248,7 @@ def test_non_square_sizes_are_restored(tok, fit, size):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     f = C.encode_squares(tok, [image], 3, fit)
     assert f.sizes == (size,) and f.fit == fit
-    [decoded] = C.decompress(tok, codec.dumps(f))
+    [decoded] = C.Codec(tok).decompress(codec.dumps(f))
     assert decoded.size == size and decoded.mode == "RGB"
 
 
@@ -339,7 +339,8 @@ def test_bd_rate_closed_forms():
 def test_evaluate_rows_and_report(tok, tmp_path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(40, 24), (17, 33)]]
-    rows = rd.evaluate(tok, ["a", "b"], images, bpps=(0.5, 2.0), codecs=("jpeg",))
+    packed = C.Codec(tok)
+    rows = rd.evaluate(packed, ["a", "b"], images, bpps=(0.5, 2.0), codecs=("jpeg",))
     tokens = rd.fixed_token_counts(tok.num_latent_tokens)
     assert len(rows) == 2 * (len(tokens) + 2 + len(rd.JPEG_QUALITIES))
     for row in rows:
@@ -347,7 +348,7 @@ def test_evaluate_rows_and_report(tok, tmp_path):
         if row.codec == "otok":
             assert row.bpp <= row.setting or row.setting == 0.5  # 0.5 bpp is below 1 token per tile here
         if row.codec == "otok-fixed":
-            f = C.new_file(tok, [C.encode_image(tok, images[row.image == "b"], C.RateControl(tokens=row.setting)).image])
+            f = packed.file([packed.encode(images[row.image == "b"], C.RateControl(tokens=row.setting)).image])
             assert row.bytes == len(codec.dumps(f))
     jpeg = next(r for r in rows if r.codec == "jpeg" and r.image == "a" and r.setting == 50)
     size, decoded = rd.pillow_roundtrip(np.asarray(images[0]), "jpeg", 50)
@@ -360,7 +361,7 @@ def test_evaluate_rows_and_report(tok, tmp_path):
     assert Image.open(tmp_path / "rd.png").format == "PNG"
     assert len(rd.format_table(points).splitlines()) == 1 + len(points)
     assert set(rd.bd_rates(points)) == {"otok vs otok-fixed", "otok vs jpeg"}
-    panels = rd.equal_bytes(tok, images[0], 1.0, ("jpeg",))
+    panels = rd.equal_bytes(packed, images[0], 1.0, ("jpeg",))
     assert [p[0] for p in panels] == ["original", "otok", "jpeg"]
     rd.plot_equal_bytes(panels, tmp_path / "eq.png")
     assert Image.open(tmp_path / "eq.png").format == "PNG"

@@ -10,7 +10,17 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onetok.tokenizers.codec import CRC_BYTES, HEADER_BYTES, OtokError, OtokFile, TiledFile, TiledImage, dumps, loads
+from onetok.tokenizers.codec import (
+    CRC_BYTES,
+    HEADER_BYTES,
+    CodedImage,
+    OtokError,
+    OtokFile,
+    TiledFile,
+    TiledImage,
+    dumps,
+    loads,
+)
 
 FP = bytes(range(16))
 OTHER_FP = bytes(range(1, 17))
@@ -38,6 +48,10 @@ def _tiled_files() -> list[bytes]:
             counts = np.full(n, L) if (i + codebook_size) % 2 else rng.integers(1, L + 1, n)
             images.append(TiledImage(w, h, w, h, counts, rng.integers(0, codebook_size, int(counts.sum()))))
         files.append(dumps(TiledFile(FP, codebook_size, tile, L, tuple(images))))
+    for k, words in [(0, 5), (3, 1), (0, 0)]:  # entropy-coded payloads: the reader only checks their structure
+        coded = CodedImage(70, 40, 35, 20, k, rng.integers(0, 2**32, words, dtype=np.uint64).astype(np.uint32),
+                           int(rng.integers(0, 2**32)))
+        files.append(dumps(TiledFile(FP, 512, 32, 32, (coded, coded), prior_fingerprint=OTHER_FP)))
     return files
 
 
@@ -125,7 +139,9 @@ def _check_reader(original: bytes, mutations, fields: dict, fix_crc: bool, expec
     # accepted: must be a canonical, self-consistent file for the expected tokenizer
     assert expect in (None, FP) or f.fingerprint == expect
     assert dumps(f) == data
-    if isinstance(f, TiledFile):
+    if isinstance(f, TiledFile) and f.payload == "entropy":
+        assert all(isinstance(im, CodedImage) and im.words.dtype == np.uint32 for im in f.images)
+    elif isinstance(f, TiledFile):
         for im in f.images:
             assert 1 <= im.counts.min() and im.counts.max() <= f.max_tokens and len(im.ids) == im.counts.sum()
             assert len(im.ids) == 0 or (im.ids.min() >= 0 and im.ids.max() < f.codebook_size)

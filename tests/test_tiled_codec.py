@@ -24,6 +24,11 @@ def tok():
     return Tokenizer(PRESETS["tiny"]).eval()  # 16 px tiles, L = 8, K = 64 (6 bits)
 
 
+@pytest.fixture(scope="module")
+def packed(tok):
+    return C.Codec(tok)
+
+
 def _image(w, h, seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -125,7 +130,7 @@ def test_version_1_files_still_decode(tok):
     image = _image(40, 20)
     legacy = codec.dumps(C.encode_squares(tok, [image], 5))
     assert legacy[4] == 1
-    [decoded] = C.decompress(tok, legacy)
+    [decoded] = C.Codec(tok).decompress(legacy)
     assert decoded.size == (40, 20)
 
 
@@ -182,12 +187,12 @@ def test_psnr_target_picks_the_smallest_count():
 @pytest.mark.parametrize("rate", [C.RateControl(), C.RateControl(tokens=3), C.RateControl(bpp=2.0),
                                   C.RateControl(psnr=15.0), C.RateControl(tokens=2, scale=0.5)],
                          ids=["L", "k3", "bpp", "psnr", "scale"])
-def test_image_roundtrip_is_exact(tok, w, h, rate):
+def test_image_roundtrip_is_exact(tok, packed, w, h, rate):
     """Decoding gives exactly the tokenizer's decode of each tile's prefix, cropped (and resized back if scaled)."""
     image = _image(w, h)
-    data = C.compress(tok, [image], rate)
+    data = packed.compress([image], rate)
     f = codec.loads(data, codec.fingerprint(tok))
-    [decoded] = C.decompress(tok, data)
+    [decoded] = packed.decompress(data)
     assert decoded.size == (w, h) and decoded.mode == "RGB"
     im = f.images[0]
     if rate.scale == 1:
@@ -199,31 +204,31 @@ def test_image_roundtrip_is_exact(tok, w, h, rate):
         assert (im.counts == rate.tokens).all()
 
 
-def test_bpp_target_counts_every_byte_and_adapts(tok):
+def test_bpp_target_counts_every_byte_and_adapts(packed):
     flat_and_busy = np.asarray(_image(64, 32)).copy()
     flat_and_busy[:, :32] = 128  # the left half is flat
     image = Image.fromarray(flat_and_busy)
     for bpp in (1.5, 3.0):
-        enc = C.encode_image(tok, image, C.RateControl(bpp=bpp))
-        data = codec.dumps(C.new_file(tok, [enc.image]))
+        enc = packed.encode(image, C.RateControl(bpp=bpp))
+        data = codec.dumps(packed.file([enc.image]))
         assert enc.reached and 8 * len(data) <= bpp * 64 * 32
-    analysis = C.Analysis(tok, image)
+    analysis = packed.analyse(image)
     counts, _ = analysis.counts(C.RateControl(bpp=3.0))
     fixed = int(counts.mean().round())
     sse = analysis.sse
     assert sse[np.arange(len(counts)), counts - 1].sum() <= sse[:, fixed - 1].sum()  # beats the same mean k
 
 
-def test_bpp_below_the_minimum_is_reported(tok):
-    enc = C.encode_image(tok, _image(64, 64), C.RateControl(bpp=0.01))
+def test_bpp_below_the_minimum_is_reported(packed):
+    enc = packed.encode(_image(64, 64), C.RateControl(bpp=0.01))
     assert not enc.reached and (enc.image.counts == 1).all()
 
 
-def test_wrong_tokenizer_is_refused(tok):
-    data = C.compress(tok, [_image(20, 20)])
+def test_wrong_tokenizer_is_refused(packed):
+    data = packed.compress([_image(20, 20)])
     torch.manual_seed(1)
     with pytest.raises(OtokError, match="different tokenizer"):
-        C.decompress(Tokenizer(PRESETS["tiny"]).eval(), data)
+        C.Codec(Tokenizer(PRESETS["tiny"]).eval()).decompress(data)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ def _save(tmp_path, name, image: Image.Image, **kw):
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1", "I", "F"])
-def test_every_input_mode_roundtrips_at_its_size(tok, tmp_path, mode):
+def test_every_input_mode_roundtrips_at_its_size(packed, tmp_path, mode):
     rgb = _image(37, 21)
     if mode == "I;16":
         source = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
@@ -249,7 +254,7 @@ def test_every_input_mode_roundtrips_at_its_size(tok, tmp_path, mode):
     path = _save(tmp_path, f"x.{'tiff' if mode in ('CMYK', 'I', 'F') else 'png'}", source)
     loaded = load_image(path)
     assert loaded.image.mode == "RGB" and loaded.image.size == (37, 21)
-    [decoded] = C.decompress(tok, C.compress(tok, [loaded.image]))
+    [decoded] = packed.decompress(packed.compress([loaded.image]))
     assert decoded.size == (37, 21)
 
 
@@ -285,13 +290,13 @@ def test_exif_orientation_is_applied(tmp_path):
     assert load_image(path).image.size == (10, 30)
 
 
-def test_large_image_memory_is_bounded(tok):
+def test_large_image_memory_is_bounded(packed):
     """A 2000x1200 image is coded in batches of tiles: peak extra memory stays a small multiple of the image."""
     import tracemalloc
 
     image = _image(2000, 1200)
     tracemalloc.start()
-    enc = C.encode_image(tok, image, C.RateControl(tokens=2))
+    enc = packed.encode(image, C.RateControl(tokens=2))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert enc.image.counts.shape == (125 * 75,)

@@ -1,11 +1,13 @@
 """Images <-> `.otok` files: the tiled codec (version 2), and decoding of legacy square files (version 1).
 
-`encode_image` codes one RGB image at its own resolution: an optional downscale (`scale`), the tile grid
-(`onetok.tokenizers.tiling`), one encoder pass for all L ids of every tile, then the rate control picks each tile's
-token count -- the same k everywhere (`tokens`), the smallest k reaching a PSNR per tile (`psnr`), or a target
-size for the whole file in bits per pixel with every byte counted (`bpp`). `decode_image` inverts it: tiles decoded
-from their prefixes, the grid cropped to the coded size, and the image resized back to its original size when it
-was downscaled. The byte format itself belongs to `onetok.tokenizers.codec`.
+`Codec(tokenizer, prior=None).encode` codes one RGB image at its own resolution: an optional downscale (`scale`),
+the tile grid (`onetok.tokenizers.tiling`), one encoder pass for all L ids of every tile, then the rate control picks
+each tile's token count -- the same k everywhere (`tokens`), the smallest k reaching a PSNR per tile (`psnr`), or a
+target size for the whole file in bits per pixel with every byte counted (`bpp`; with a prior, the bits the range
+coder really spends on each id). The ids are bit-packed, or entropy-coded with the prior (`onetok.tokenizers.entropy`).
+`Codec.decode_image` inverts it: tiles decoded from their prefixes, the grid cropped to the coded size, and the image
+resized back to its original size when it was downscaled. The byte format itself belongs to
+`onetok.tokenizers.codec`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from onetok.tokenizers import codec, tiling
+from onetok.data.images import MAX_PIXELS
+from onetok.tokenizers import codec, entropy, tiling
 
 DOWNSCALE = Image.Resampling.LANCZOS
 UPSCALE = Image.Resampling.BICUBIC
@@ -32,7 +35,7 @@ class RateControl(NamedTuple):
 
 
 class Encoded(NamedTuple):
-    image: codec.TiledImage
+    image: codec.TiledImage | codec.CodedImage
     reached: bool  # False when a --bpp target is below the smallest possible file (every tile at 1 token)
 
 
@@ -42,27 +45,112 @@ def coded_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def overhead_bits(num_tiles: int, max_tokens: int, per_tile_counts: bool) -> int:
-    """Bits of a one-image version-2 file that are not ids: header, image record, token counts, CRC."""
+def packed_overhead_bits(num_tiles: int, max_tokens: int, per_tile_counts: bool) -> int:
+    """Bits of a one-image bit-packed file that are not ids: header, image record, token counts, CRC."""
     counts = codec.record_bytes(num_tiles, codec.count_bits(max_tokens)) if per_tile_counts else codec.UNIFORM_COUNT_BYTES
     return 8 * (codec.HEADER_V2_BYTES + codec.IMAGE_V2_BYTES + counts + codec.CRC_BYTES)
 
 
-class Analysis:
-    """One image cut into tiles and encoded once (all L ids per tile); the squared error of every tile at every
-    token count is computed on first use and shared by every rate-control setting asked of it."""
+ENTROPY_OVERHEAD_BITS = 8 * (codec.HEADER_V2_BYTES + codec.FINGERPRINT_BYTES + codec.CODED_V2_BYTES
+                             + codec.CHECKSUM_BYTES + codec.CRC_BYTES + 4)  # + the coder's last partial word
 
-    def __init__(self, tokenizer, image: Image.Image, scale: float = 1.0):
-        self.tokenizer, (self.width, self.height) = tokenizer, image.size
+
+class Codec:
+    """A tokenizer, and optionally the prior that entropy-codes its ids: what turns images into `.otok` files and
+    back. Without a prior the ids are bit-packed."""
+
+    def __init__(self, tokenizer, prior=None):
+        self.tokenizer, self.prior = tokenizer, prior
+        self.fingerprint = codec.fingerprint(tokenizer)
+        self.prior_fingerprint = codec.fingerprint(prior) if prior is not None else None
+        if prior is not None:
+            recorded = getattr(prior, "tokenizer_fingerprint", None)
+            c = prior.config
+            if (c.codebook_size, c.num_tokens) != (tokenizer.codebook_size, tokenizer.num_latent_tokens) or \
+                    (recorded is not None and recorded != self.fingerprint.hex()):
+                raise ValueError(f"the prior models another tokenizer's ids (tokenizer {str(recorded)[:12]}, "
+                                 f"K={c.codebook_size}, L={c.num_tokens}; this one is {self.fingerprint.hex()[:12]})")
+
+    # ---- encoding ---------------------------------------------------------------------------------------------------
+
+    def analyse(self, image: Image.Image, scale: float = 1.0) -> Analysis:
+        return Analysis(self, image, scale)
+
+    def encode(self, image: Image.Image, rate: RateControl | None = None) -> Encoded:
+        """One RGB image -> its tiled ids and per-tile token counts (see the module docstring)."""
+        rate = rate or RateControl()
+        return self.analyse(image, rate.scale).encode(rate)
+
+    def file(self, images: list[codec.TiledImage | codec.CodedImage]) -> codec.TiledFile:
+        t = self.tokenizer
+        return codec.TiledFile(self.fingerprint, t.codebook_size, t.image_size, t.num_latent_tokens, tuple(images),
+                               self.prior_fingerprint)
+
+    def compress(self, images: list[Image.Image], rate: RateControl | None = None) -> bytes:
+        return codec.dumps(self.file([self.encode(im, rate).image for im in images]))
+
+    # ---- decoding ---------------------------------------------------------------------------------------------------
+
+    def check(self, f: codec.TiledFile) -> None:
+        t = self.tokenizer
+        if (f.codebook_size, f.tile_size) != (t.codebook_size, t.image_size) or f.max_tokens > t.num_latent_tokens:
+            raise codec.OtokError(f"file is for codebook {f.codebook_size}, {f.tile_size}px tiles and up to "
+                                  f"{f.max_tokens} tokens; the tokenizer has {t.codebook_size}, {t.image_size}px "
+                                  f"and {t.num_latent_tokens}")
+        if f.prior_fingerprint is not None and f.prior_fingerprint != self.prior_fingerprint:
+            have = self.prior_fingerprint.hex()[:12] if self.prior_fingerprint else "none"
+            raise codec.OtokError(f"entropy-coded with prior {f.prior_fingerprint.hex()[:12]}, this codec's prior is "
+                                  f"{have}")
+
+    def ids(self, f: codec.TiledFile, im: codec.TiledImage | codec.CodedImage) -> codec.TiledImage:
+        """The ids of one image of a file: as stored, or decoded from the entropy-coded stream."""
+        if isinstance(im, codec.TiledImage):
+            return im
+        rows, cols = im.grid(f.tile_size)
+        counts, ids = entropy.decode(self.prior, rows, cols, im.words, im.uniform_k, im.checksum)
+        return codec.TiledImage(im.width, im.height, im.coded_width, im.coded_height, counts, ids)
+
+    def decode_image(self, f: codec.TiledFile, im: codec.TiledImage | codec.CodedImage) -> Image.Image:
+        """One image of a version-2 file at its original size."""
+        self.check(f)
+        if im.width * im.height > MAX_PIXELS:
+            raise codec.OtokError(f"{im.width}x{im.height} px is more than the {MAX_PIXELS:,} pixels a decoded "
+                                  f"image may have")
+        im = self.ids(f, im)
+        grid = tiling.TileGrid(im.coded_width, im.coded_height, f.tile_size)
+        padded = np.zeros((grid.count, int(im.counts.max())), dtype=np.int64)  # (N, max k), ids left-aligned
+        padded[np.arange(padded.shape[1])[None, :] < im.counts[:, None]] = im.ids
+        array = tiling.untile(tiling.decode_tiles(self.tokenizer, padded, im.counts), grid)
+        decoded = Image.fromarray(array)
+        return decoded if decoded.size == (im.width, im.height) else decoded.resize((im.width, im.height), UPSCALE)
+
+    def decode(self, f: codec.OtokFile | codec.TiledFile) -> list[Image.Image]:
+        if isinstance(f, codec.TiledFile):
+            return [self.decode_image(f, im) for im in f.images]
+        return decode_squares(self.tokenizer, f)
+
+    def decompress(self, data: bytes) -> list[Image.Image]:
+        """Either version; the file must carry this tokenizer's (and prior's) fingerprint."""
+        return self.decode(codec.loads(data, self.fingerprint))
+
+
+class Analysis:
+    """One image cut into tiles and encoded once (all L ids per tile). The squared error of every tile at every
+    token count, and (with a prior) the bits of every id, are computed on first use and shared by every rate-control
+    setting asked of it."""
+
+    def __init__(self, owner: Codec, image: Image.Image, scale: float = 1.0):
+        self.codec, self.tokenizer, (self.width, self.height) = owner, owner.tokenizer, image.size
         if max(self.width, self.height) > codec.MAX_SIDE:
             raise ValueError(f"image size {self.width}x{self.height} exceeds {codec.MAX_SIDE} px a side")
         self.coded = coded_size(self.width, self.height, scale)
         small = image if self.coded == image.size else image.resize(self.coded, DOWNSCALE)
         self.tiles, self.grid = tiling.tile_image(np.asarray(small.convert("RGB"), dtype=np.uint8),
-                                                  tokenizer.image_size)
-        self.ids = tiling.encode_tiles(tokenizer, self.tiles)  # (N, L)
-        self.ladder = list(range(1, tokenizer.num_latent_tokens + 1))
+                                                  self.tokenizer.image_size)
+        self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
+        self.ladder = list(range(1, self.tokenizer.num_latent_tokens + 1))
         self._sse: np.ndarray | None = None
+        self._bits: np.ndarray | None = None
 
     @property
     def sse(self) -> np.ndarray:
@@ -70,6 +158,29 @@ class Analysis:
         if self._sse is None:
             self._sse = tiling.sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
         return self._sse
+
+    @property
+    def bits(self) -> np.ndarray:
+        """(N, L) bits of each id: ceil(log2 K) bit-packed, or what the range coder spends under the prior."""
+        if self._bits is None:
+            if self.codec.prior is None:
+                self._bits = np.full(self.ids.shape, float(codec.bits_per_id(self.tokenizer.codebook_size)))
+            else:
+                self._bits = entropy.id_bits(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
+        return self._bits
+
+    def size_bits(self, counts: np.ndarray) -> float:
+        """The file size in bits of one image with these counts (exact when bit-packed; within a few bytes of the
+        range coder's output otherwise)."""
+        uniform = bool((counts == counts[0]).all())
+        if self.codec.prior is None:
+            L = self.tokenizer.num_latent_tokens
+            ids = codec.record_bytes(int(counts.sum()), codec.bits_per_id(self.tokenizer.codebook_size))
+            return packed_overhead_bits(len(counts), L, not uniform) + 8 * ids
+        ids = float(self.bits[np.arange(self.bits.shape[1])[None, :] < counts[:, None]].sum())
+        counts_bits = 0.0 if uniform else entropy.count_bits(counts, self.grid.rows, self.grid.cols,
+                                                             self.tokenizer.num_latent_tokens)
+        return ENTROPY_OVERHEAD_BITS + ids + counts_bits
 
     def counts(self, rate: RateControl) -> tuple[np.ndarray, bool]:
         """Per-tile token counts (N,) for the rate control, and whether a bpp target was reachable."""
@@ -81,63 +192,33 @@ class Analysis:
             return tiling.fixed_counts(self.grid, k), True
         if rate.psnr is not None:
             return tiling.counts_for_psnr(self.sse, self.ladder, self.grid.valid_pixels(), rate.psnr), True
-        bits = codec.bits_per_id(self.tokenizer.codebook_size)
-        budget = rate.bpp * self.width * self.height - overhead_bits(self.grid.count, L, per_tile_counts=True)
-        cost = np.broadcast_to(np.asarray(self.ladder, dtype=np.float64) * bits, self.sse.shape)
-        choice = tiling.allocate_bits(self.sse, cost, budget)
-        return np.asarray(self.ladder, dtype=np.int64)[choice], bool(cost[:, 0].sum() <= budget)
+        return self._counts_for_bits(rate.bpp * self.width * self.height)
+
+    def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
+        """Greedy allocation of the id bits; the budget shrinks by any overshoot of the whole file (overhead and
+        counts included) until the file fits."""
+        cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
+        ladder = np.asarray(self.ladder, dtype=np.int64)
+        budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
+        for _ in range(8):
+            counts = ladder[tiling.allocate_bits(self.sse, cost, budget)]
+            overshoot = self.size_bits(counts) - target
+            if overshoot <= 0 or (counts == 1).all():
+                break
+            budget -= overshoot + 8
+        return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
 
     def encode(self, rate: RateControl) -> Encoded:
         counts, reached = self.counts(rate)
-        flat = self.ids[np.arange(self.ids.shape[1])[None, :] < counts[:, None]]  # (sum(counts),) tile by tile
-        return Encoded(codec.TiledImage(self.width, self.height, *self.coded, counts, flat), reached)
-
-
-def encode_image(tokenizer, image: Image.Image, rate: RateControl | None = None) -> Encoded:
-    """One RGB image -> its tiled ids and per-tile token counts (see the module docstring)."""
-    rate = rate or RateControl()
-    return Analysis(tokenizer, image, rate.scale).encode(rate)
-
-
-def new_file(tokenizer, images: list[codec.TiledImage], fp: bytes | None = None) -> codec.TiledFile:
-    fp = codec.fingerprint(tokenizer) if fp is None else fp
-    return codec.TiledFile(fp, tokenizer.codebook_size, tokenizer.image_size, tokenizer.num_latent_tokens,
-                           tuple(images))
-
-
-def check_tokenizer(tokenizer, f: codec.TiledFile) -> None:
-    if (f.codebook_size, f.tile_size) != (tokenizer.codebook_size, tokenizer.image_size) \
-            or f.max_tokens > tokenizer.num_latent_tokens:
-        raise codec.OtokError(f"file is for codebook {f.codebook_size}, {f.tile_size}px tiles and up to "
-                              f"{f.max_tokens} tokens; the tokenizer has {tokenizer.codebook_size}, "
-                              f"{tokenizer.image_size}px and {tokenizer.num_latent_tokens}")
-
-
-def decode_image(tokenizer, f: codec.TiledFile, im: codec.TiledImage) -> Image.Image:
-    """One image of a version-2 file at its original size."""
-    check_tokenizer(tokenizer, f)
-    grid = tiling.TileGrid(im.coded_width, im.coded_height, f.tile_size)
-    padded = np.zeros((grid.count, int(im.counts.max())), dtype=np.int64)  # (N, max k), ids left-aligned
-    padded[np.arange(padded.shape[1])[None, :] < im.counts[:, None]] = im.ids
-    array = tiling.untile(tiling.decode_tiles(tokenizer, padded, im.counts), grid)
-    decoded = Image.fromarray(array)
-    return decoded if decoded.size == (im.width, im.height) else decoded.resize((im.width, im.height), UPSCALE)
-
-
-def compress(tokenizer, images: list[Image.Image], rate: RateControl | None = None) -> bytes:
-    return codec.dumps(new_file(tokenizer, [encode_image(tokenizer, im, rate).image for im in images]))
-
-
-def decompress(tokenizer, data: bytes) -> list[Image.Image]:
-    """Both versions; the file must carry this tokenizer's fingerprint."""
-    f = codec.loads(data, codec.fingerprint(tokenizer))
-    return decode_file(tokenizer, f)
-
-
-def decode_file(tokenizer, f: codec.OtokFile | codec.TiledFile) -> list[Image.Image]:
-    if isinstance(f, codec.TiledFile):
-        return [decode_image(tokenizer, f, im) for im in f.images]
-    return decode_squares(tokenizer, f)
+        mask = np.arange(self.ids.shape[1])[None, :] < counts[:, None]
+        size = (self.width, self.height, *self.coded)
+        if self.codec.prior is None:
+            return Encoded(codec.TiledImage(*size, counts, self.ids[mask]), reached)  # ids tile by tile
+        uniform = bool((counts == counts[0]).all())
+        words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
+        coded = codec.CodedImage(*size, int(counts[0]) if uniform else 0, words,
+                                 codec.ids_checksum(counts, self.ids[mask]))
+        return Encoded(coded, reached)
 
 
 # --------------------------------------------------------------------------------------------------------------------

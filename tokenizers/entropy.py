@@ -140,20 +140,23 @@ def encode(prior: TilePrior, rows: int, cols: int, counts: np.ndarray, ids: np.n
 def decode(prior: TilePrior, rows: int, cols: int, words: np.ndarray, uniform_k: int,
            checksum: int) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of `encode`: (counts (N,), ids (sum counts,) tile by tile). OtokError when the stream does not
-    decode to what was encoded (checksum) or does not end where the symbols do."""
+    decode to what was encoded (the stored checksum)."""
     coder = constriction.stream.queue.RangeDecoder(words)
     family = constriction.stream.model.Categorical(perfect=False)
     get = lambda freqs: coder.decode(family, freqs).astype(np.int64)  # noqa: E731
     N = rows * cols
-    with deterministic():
-        if uniform_k:
-            counts = np.full(N, uniform_k, dtype=np.int64)
-        else:
-            counts = count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(get(f[None])[0]))
-        first = first_pass(prior, rows, cols, lambda tiles, i, f: get(f))
-        ids = later_pass(prior, first, counts, lambda tiles, i, f: get(f))
+    try:
+        with deterministic():
+            if uniform_k:
+                counts = np.full(N, uniform_k, dtype=np.int64)
+            else:
+                counts = count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(get(f[None])[0]))
+            first = first_pass(prior, rows, cols, lambda tiles, i, f: get(f))
+            ids = later_pass(prior, first, counts, lambda tiles, i, f: get(f))
+    except (ValueError, RuntimeError, AssertionError) as err:  # the coder's own complaints about a bad stream
+        raise OtokError(f"the entropy-coded stream is corrupt ({err})".split("\n")[0]) from None
     flat = ids[np.arange(ids.shape[1])[None, :] < counts[:, None]]  # (sum counts,) tile by tile
-    if ids_checksum(counts, flat) != checksum or not coder.maybe_exhausted():
+    if ids_checksum(counts, flat) != checksum:
         raise OtokError("the entropy-coded ids do not decode to what was encoded (corrupt file, or a prior whose "
                         "arithmetic differs on this machine)")
     return counts, flat

@@ -28,7 +28,7 @@ from PIL import Image, features
 
 from onetok.metrics import ssim
 from onetok.tokenizers import codec
-from onetok.tokenizers.compress import Analysis, RateControl, decode_image, new_file
+from onetok.tokenizers.compress import Analysis, Codec, RateControl
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
 WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow range 0..100
@@ -115,23 +115,24 @@ def pillow_rows(name: str, array: np.ndarray, fmt: str, qualities: tuple[int, ..
     return rows
 
 
-def otok_file(tokenizer, analysis: Analysis, rate: RateControl, fp: bytes) -> tuple[bytes, np.ndarray]:
+def otok_file(analysis: Analysis, rate: RateControl) -> tuple[bytes, np.ndarray]:
     """(file bytes, decoded (H, W, 3) uint8) of one image coded with `rate` from a shared analysis."""
-    f = new_file(tokenizer, [analysis.encode(rate).image], fp)
+    owner = analysis.codec
+    f = owner.file([analysis.encode(rate).image])
     data = codec.dumps(f)
-    return data, np.asarray(decode_image(tokenizer, f, f.images[0]))
+    return data, np.asarray(owner.decode_image(f, f.images[0]))
 
 
-def otok_rows(tokenizer, name: str, image: Image.Image, tokens: tuple[int, ...], bpps: tuple[float, ...],
-              fp: bytes) -> list[RDRow]:
+def otok_rows(owner: Codec, name: str, image: Image.Image, tokens: tuple[int, ...],
+              bpps: tuple[float, ...]) -> list[RDRow]:
     """`.otok` at each fixed token count and each target bpp, all from one encoder pass over the image."""
-    array, analysis = np.asarray(image), Analysis(tokenizer, image)
+    array, analysis = np.asarray(image), owner.analyse(image)
     rows = []
     for k in tokens:
-        data, decoded = otok_file(tokenizer, analysis, RateControl(tokens=k), fp)
+        data, decoded = otok_file(analysis, RateControl(tokens=k))
         rows.append(_row(name, "otok-fixed", k, len(data), array, decoded))
     for bpp in bpps:
-        data, decoded = otok_file(tokenizer, analysis, RateControl(bpp=bpp), fp)
+        data, decoded = otok_file(analysis, RateControl(bpp=bpp))
         rows.append(_row(name, "otok", bpp, len(data), array, decoded))
     return rows
 
@@ -141,17 +142,16 @@ def fixed_token_counts(num_latent_tokens: int) -> tuple[int, ...]:
     return tuple(sorted({min(2**i, num_latent_tokens) for i in range(num_latent_tokens.bit_length() + 1)}))
 
 
-def evaluate(tokenizer, names: list[str], images: list[Image.Image], bpps: tuple[float, ...] = OTOK_BPPS,
+def evaluate(owner: Codec, names: list[str], images: list[Image.Image], bpps: tuple[float, ...] = OTOK_BPPS,
              codecs: tuple[str, ...] | None = None,
              progress: Callable[[int], None] | None = None) -> list[RDRow]:
     """All RD rows for RGB `images` at their own sizes: `.otok` (fixed k and target bpp) and the Pillow codecs."""
     codecs = pillow_codecs() if codecs is None else codecs
     grids = {"jpeg": JPEG_QUALITIES, "webp": WEBP_QUALITIES, "avif": AVIF_QUALITIES}
-    fp = codec.fingerprint(tokenizer)
-    tokens = fixed_token_counts(tokenizer.num_latent_tokens)
+    tokens = fixed_token_counts(owner.tokenizer.num_latent_tokens)
     rows = []
     for name, image in zip(names, images):
-        rows += otok_rows(tokenizer, name, image, tokens, bpps, fp)
+        rows += otok_rows(owner, name, image, tokens, bpps)
         array = np.asarray(image)
         for fmt in codecs:
             rows += pillow_rows(name, array, fmt, grids[fmt])
@@ -259,14 +259,14 @@ def format_bd(rates: dict[str, float]) -> str:
     return "BD-rate (PSNR): " + ", ".join(f"{k} {v:+.1f}%" for k, v in rates.items())
 
 
-def equal_bytes(tokenizer, image: Image.Image, bpp: float, codecs: tuple[str, ...] | None = None,
+def equal_bytes(owner: Codec, image: Image.Image, bpp: float, codecs: tuple[str, ...] | None = None,
                 ) -> list[tuple[str, str, int, float, np.ndarray]]:
     """One image through `.otok` at a target bpp and through each Pillow codec at the grid quality nearest in bytes:
     [(codec, setting label, bytes, PSNR, decoded (H, W, 3) uint8)], the original first."""
     codecs = pillow_codecs() if codecs is None else codecs
     grids = {"jpeg": JPEG_QUALITIES, "webp": WEBP_QUALITIES, "avif": AVIF_QUALITIES}
     array = np.asarray(image)
-    data, decoded = otok_file(tokenizer, Analysis(tokenizer, image), RateControl(bpp=bpp), codec.fingerprint(tokenizer))
+    data, decoded = otok_file(owner.analyse(image), RateControl(bpp=bpp))
     panels = [("original", "", 0, PSNR_CAP, array), ("otok", f"--bpp {bpp:g}", len(data), psnr(array, decoded), decoded)]
     for fmt in codecs:
         trials = [(q, *pillow_roundtrip(array, fmt, q)) for q in grids[fmt]]

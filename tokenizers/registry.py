@@ -129,3 +129,41 @@ def register(directory: str | os.PathLike, fingerprint: str) -> Path:
     tmp.symlink_to(target, target_is_directory=True)
     os.replace(tmp, link)
     return link
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Priors of the entropy coder (`onetok.tokenizers.prior`): a `prior/` folder beside a tokenizer, or registered
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def prior_beside(tokenizer_dir: str | os.PathLike) -> Path | None:
+    """The prior shipped with a tokenizer (`<tokenizer>/prior/`), if there is one."""
+    path = Path(tokenizer_dir) / "prior"
+    return path if is_tokenizer_dir(path) else None
+
+
+@lru_cache(maxsize=64)
+def _prior_fingerprint_cached(path: str, mtime_ns: int) -> str:
+    from onetok.tokenizers.codec import fingerprint
+    from onetok.tokenizers.prior import TilePrior
+
+    return fingerprint(TilePrior.from_pretrained(path)).hex()
+
+
+def prior_fingerprint_dir(path: str | os.PathLike) -> str:
+    weights = Path(path) / "model.safetensors"
+    return _prior_fingerprint_cached(str(Path(path).resolve()), weights.stat().st_mtime_ns)
+
+
+def find_prior(fingerprint: str, extra_dirs: Iterable[str | os.PathLike | None] = ()) -> Path | None:
+    """The prior folder with this fingerprint (hex): among `extra_dirs`, the `prior/` folders of every known
+    tokenizer, and `$ONETOK_HOME/priors/*`."""
+    beside = [prior_beside(t) for t in _candidates(registry_dirs())]
+    searched = [p for p in (*extra_dirs, *beside) if p is not None] + [onetok_home() / "priors"]
+    for candidate in _candidates(searched):
+        try:
+            if prior_fingerprint_dir(candidate) == fingerprint:
+                return candidate.resolve()
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+            continue
+    return None

@@ -1,0 +1,156 @@
+"""Entropy coding of tile ids: the prior's incremental inference equals its training forward, the range-coded stream
+decodes to exactly what was encoded (uniform and per-tile counts, any process thread count), a wrong stream is an
+OtokError, the cost estimate matches the stream, and whole images round trip bit-identically to the bit-packed file."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from onetok.tokenizers import PRESETS, Tokenizer, codec, entropy
+from onetok.tokenizers import compress as C
+from onetok.tokenizers.codec import OtokError
+from onetok.tokenizers.prior import PRESETS as PRIOR_PRESETS
+from onetok.tokenizers.prior import WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return Tokenizer(PRESETS["tiny"]).eval()  # 16 px tiles, L = 8, K = 64
+
+
+@pytest.fixture(scope="module")
+def prior():
+    torch.manual_seed(0)
+    p = TilePrior(PRIOR_PRESETS["tiny"]).eval()  # K = 64, L = 8
+    with torch.no_grad():  # a peaked, non-uniform model: bits differ between ids
+        p.head.weight.mul_(40)
+    return p
+
+
+def _image(w, h, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    smooth = np.stack([(xx * 7 + yy * 3) % 256, (yy * 5) % 256, (xx * 2) % 256], -1)
+    return Image.fromarray(np.clip(smooth + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def test_incremental_inference_equals_the_training_forward(prior):
+    ctx, ids = torch.randint(0, 65, (5, 8)), torch.randint(0, 64, (5, 8))
+    with torch.no_grad():
+        full = prior(prior.sequence(ctx, ids))  # (5, L, K)
+        logits, cache = prior.prefill(ctx)
+        steps = [logits] + [prior.step(ids[:, i], cache)[0] for i in range(7)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_neighbour_ids_and_the_wavefront_mask():
+    first = torch.arange(6).reshape(2, 3)  # ids 0..5 on a 2 x 3 grid
+    ctx = neighbour_ids(first, 99)
+    assert ctx[4].tolist() == [0, 1, 2, 3, 5, 99, 99, 99]  # tile (1, 1): up-left, up, up-right, left, right
+    masked = neighbour_ids(first, 99, WAVEFRONT_MASK)
+    assert masked[4].tolist() == [0, 1, 99, 3, 99, 99, 99, 99]  # only what a wavefront has decoded
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_stream_roundtrip_across_thread_counts(prior, uniform):
+    rng = np.random.default_rng(0)
+    rows, cols, L = 3, 5, 8
+    counts = np.full(15, 4) if uniform else rng.integers(1, L + 1, 15)
+    ids = rng.integers(0, 64, (15, L))
+    flat = ids[np.arange(L)[None] < counts[:, None]]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        words = entropy.encode(prior, rows, cols, counts, ids, uniform)
+        torch.set_num_threads(2)
+        got_counts, got_ids = entropy.decode(prior, rows, cols, words, 4 if uniform else 0,
+                                             codec.ids_checksum(counts, flat))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(got_counts, counts)
+    np.testing.assert_array_equal(got_ids, flat)
+    bits = entropy.id_bits(prior, rows, cols, ids)[np.arange(L)[None] < counts[:, None]].sum()
+    if not uniform:
+        bits += entropy.count_bits(counts, rows, cols, L)
+    assert abs(32 * len(words) - bits) <= 64  # the estimate the rate control uses is the stream's size
+
+
+def test_a_wrong_stream_is_an_error_not_a_picture(prior):
+    rng = np.random.default_rng(1)
+    counts, ids = rng.integers(1, 9, 6), rng.integers(0, 64, (6, 8))
+    flat = ids[np.arange(8)[None] < counts[:, None]]
+    words = entropy.encode(prior, 2, 3, counts, ids, False)
+    checksum = codec.ids_checksum(counts, flat)
+    bad = words.copy()
+    bad[0] ^= np.uint32(1 << 20)
+    for w, c in ((bad, checksum), (words, checksum ^ 1), (words[:-1], checksum)):
+        with pytest.raises(OtokError, match="do not decode"):
+            entropy.decode(prior, 2, 3, w, 0, c)
+
+
+def test_prior_must_match_the_tokenizer(tok):
+    with pytest.raises(ValueError, match="another tokenizer"):
+        C.Codec(tok, TilePrior(PriorConfig(codebook_size=512, num_tokens=8, width=16, depth=1, heads=2)))
+    other = TilePrior(PRIOR_PRESETS["tiny"])
+    other.tokenizer_fingerprint = "00" * 16
+    with pytest.raises(ValueError, match="another tokenizer"):
+        C.Codec(tok, other)
+
+
+@pytest.mark.parametrize("rate", [C.RateControl(), C.RateControl(tokens=3), C.RateControl(bpp=2.0),
+                                  C.RateControl(psnr=14.0)], ids=["L", "k3", "bpp", "psnr"])
+def test_entropy_coded_images_decode_like_bit_packed_ones(tok, prior, rate):
+    image = _image(45, 30)
+    packed, coded = C.Codec(tok), C.Codec(tok, prior)
+    a, b = packed.compress([image], rate), coded.compress([image], rate)
+    f = codec.loads(b, codec.fingerprint(tok))
+    assert f.payload == "entropy" and f.prior_fingerprint == codec.fingerprint(prior)
+    assert codec.dumps(f) == b
+    np.testing.assert_array_equal(np.asarray(coded.decompress(b)[0]), np.asarray(packed.decompress(a)[0]))
+    if rate.bpp:
+        assert 8 * len(b) <= rate.bpp * 45 * 30
+    with pytest.raises(OtokError, match="prior"):
+        packed.decompress(b)  # no prior: cannot read the stream
+
+
+def test_entropy_layout_and_reader_bounds(tok, prior):
+    data = C.Codec(tok, prior).compress([_image(33, 17)], C.RateControl(tokens=5))
+    assert data[5] == 1 and data[33:49] == codec.fingerprint(prior)
+    width, height, cw, ch, k, words = struct.unpack_from("<HHHHHI", data, 49)
+    assert (width, height, cw, ch, k) == (33, 17, 33, 17, 5) and len(data) == 49 + 14 + 4 * words + 4 + 4
+    huge = bytearray(data[:-4])
+    struct.pack_into("<I", huge, 59, 0xFFFFFFFF)  # a word count far beyond the file
+    with pytest.raises(OtokError, match="coder words cannot fit"):
+        codec.loads(bytes(huge) + struct.pack("<I", zlib.crc32(bytes(huge))))
+
+
+def test_prior_system_trains_and_exports(tok, tmp_path):
+    from onetok.scripts.cmd_export import export
+    from onetok.tokenizers.prior_system import PriorSystem, TileIdsDataModule
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        _image(40, 30, i).save(folder / f"{i}.png")
+    tok.save_pretrained(tmp_path / "tok")
+    import lightning
+
+    dm = TileIdsDataModule(str(tmp_path / "tok"), str(folder), str(folder), scales=(1.0, 0.5), batch_size=8)
+    system = PriorSystem("tiny")
+    trainer = lightning.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=tmp_path, val_check_interval=3,
+                                num_sanity_val_steps=0)
+    trainer.fit(system, dm)
+    assert len(dm.train_set) == 3 * 2 * (6 + 2) and dm.train_set[0][0].shape == (8,)  # tiles x flips at 2 scales
+    assert 0 < trainer.callback_metrics["val/bits_per_id"] < 12
+    ckpt = tmp_path / "prior.ckpt"
+    trainer.save_checkpoint(ckpt)
+    export(ckpt, tmp_path / "prior")
+    loaded = TilePrior.from_pretrained(tmp_path / "prior")
+    assert loaded.tokenizer_fingerprint == codec.fingerprint(tok).hex()
+    C.Codec(tok, loaded)  # accepted: same tokenizer
