@@ -189,14 +189,14 @@ def _encode(owner, items: list[Item], rate, single: bool, quiet: bool, skipped: 
             if not encoded.reached:
                 print(f"note: {item.src}: --bpp {rate.bpp} is below the smallest file at this scale (1 token per "
                       f"tile); try --scale < {rate.scale:g}", file=sys.stderr)
-            yield item, encoded.image
+            yield item, encoded
             bar.update(1)
 
 
-def _summary(n: int, total: int, pixels: int, coding: str, skipped: int) -> str:
+def _summary(n: int, total: int, pixels: int, tokens: int, tiles: int, coding: str, skipped: int) -> str:
     bpp = 8 * total / pixels if pixels else float("nan")
-    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, ids {coding}; "
-            f"skipped {skipped}")
+    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, "
+            f"{tokens / max(tiles, 1):.2f} tokens per tile on average, ids {coding}; skipped {skipped}")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -213,23 +213,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if single or args.batch:  # one output file
         target = out / (items[0].src.stem + ".otok") if out.is_dir() else out
         check_writable(target, args.force)
-        images = [im for _, im in _encode(owner, items, rate, single, args.quiet, skipped)]
+        encoded = [enc for _, enc in _encode(owner, items, rate, single, args.quiet, skipped)]
         _report_skipped(skipped)
-        if not images:
+        if not encoded:
             raise UserError(f"{' '.join(args.inputs)}: no readable images")
-        data = codec.dumps(owner.file(images))
+        data = codec.dumps(owner.file([enc.image for enc in encoded]))
         atomic_write_bytes(target, data, args.force)
-        pixels = sum(im.width * im.height for im in images)
-        print(_summary(len(images), len(data), pixels, coding, len(skipped)) + f" -> {target}")
+        pixels = sum(enc.image.width * enc.image.height for enc in encoded)
+        tokens, tiles = sum(int(enc.counts.sum()) for enc in encoded), sum(len(enc.counts) for enc in encoded)
+        print(_summary(len(encoded), len(data), pixels, tokens, tiles, coding, len(skipped)) + f" -> {target}")
         return 0
     _unique([out / item.rel.with_suffix(".otok") for item in items], args.force)
-    total = pixels = written = 0
-    for item, im in _encode(owner, items, rate, False, args.quiet, skipped):
-        data = codec.dumps(owner.file([im]))
+    total = pixels = written = tokens = tiles = 0
+    for item, enc in _encode(owner, items, rate, False, args.quiet, skipped):
+        data = codec.dumps(owner.file([enc.image]))
         atomic_write_bytes(out / item.rel.with_suffix(".otok"), data, args.force)
-        total, pixels, written = total + len(data), pixels + im.width * im.height, written + 1
+        total, pixels, written = total + len(data), pixels + enc.image.width * enc.image.height, written + 1
+        tokens, tiles = tokens + int(enc.counts.sum()), tiles + len(enc.counts)
     _report_skipped(skipped)
-    print(_summary(written, total, pixels, coding, len(skipped)) + f" -> {out}")
+    print(_summary(written, total, pixels, tokens, tiles, coding, len(skipped)) + f" -> {out}")
     return 0 if written else 1
 
 

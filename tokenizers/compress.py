@@ -36,6 +36,7 @@ class RateControl(NamedTuple):
 
 class Encoded(NamedTuple):
     image: codec.TiledImage | codec.CodedImage
+    counts: np.ndarray  # (N,) tokens per tile
     reached: bool  # False when a --bpp target is below the smallest possible file (every tile at 1 token)
 
 
@@ -213,12 +214,12 @@ class Analysis:
         mask = np.arange(self.ids.shape[1])[None, :] < counts[:, None]
         size = (self.width, self.height, *self.coded)
         if self.codec.prior is None:
-            return Encoded(codec.TiledImage(*size, counts, self.ids[mask]), reached)  # ids tile by tile
+            return Encoded(codec.TiledImage(*size, counts, self.ids[mask]), counts, reached)  # ids tile by tile
         uniform = bool((counts == counts[0]).all())
         words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
         coded = codec.CodedImage(*size, int(counts[0]) if uniform else 0, words,
                                  codec.ids_checksum(counts, self.ids[mask]))
-        return Encoded(coded, reached)
+        return Encoded(coded, counts, reached)
 
 
 # --------------------------------------------------------------------------------------------------------------------
