@@ -1,4 +1,5 @@
-"""`onetok demo` (what `make demo` runs): the whole pipeline end to end on the built-in shapes data.
+"""`onetok demo` (what `make demo` runs): the whole pipeline end to end on the built-in shapes data, then the
+built-in photo codec on a real photograph.
 
 Each step is one `onetok` / `onetok-train` command run as a subprocess (so its own progress bar shows) and writes
 a marker `OUT/.done/<step>` when it succeeds: a re-run skips finished steps, a killed training run resumes from its
@@ -28,6 +29,9 @@ DEMO_PROMPTS = [
     "a large blue circle in the top right on a gray background",
     "a small red triangle in the bottom left on a white background",
 ]
+
+
+PHOTO_LADDER = (0.03, 0.05, 0.1, 0.2)  # bits per pixel of the real-photo rate ladder
 
 
 class Demo:
@@ -143,6 +147,22 @@ class Demo:
                  "-o", str(self.out / "decompressed"), "--force")
         self.run("eval-compression", "--tokenizer", tok, str(images), "--out", str(self.out / "rd"), "--force")
 
+    def photo(self) -> None:
+        """The built-in photo codec on the bundled photo: a rate ladder (--bpp) and the RD / equal-bytes report."""
+        from onetok.data.images import sample_photo
+
+        folder = self.out / "photo"
+        if folder.exists():
+            shutil.rmtree(folder)
+        (folder / "in").mkdir(parents=True)
+        shutil.copy(sample_photo(), folder / "in" / sample_photo().name)
+        for bpp in PHOTO_LADDER:
+            otok = folder / f"coffee_{bpp:g}.otok"
+            self.run("compress", str(folder / "in" / sample_photo().name), "--bpp", str(bpp), "-o", str(otok))
+            self.run("decompress", str(otok), "-o", str(otok.with_suffix(".png")))
+        self.run("eval-compression", str(folder / "in"), "--out", str(folder / "rd"), "--compare-bpp", "0.1",
+                 "--quiet")
+
     def report(self) -> None:
         from onetok.scripts.demo_report import write_report
 
@@ -159,6 +179,7 @@ class Demo:
         self.step("eval_ar", self.eval_ar)
         self.step("bench_sjd", self.bench_sjd)
         self.step("compression", self.compression)
+        self.step("photo", self.photo)
         self.step("report", self.report)
         print(f"[demo] finished in {time.time() - start:.0f}s: {self.out / 'report.md'}", flush=True)
 
