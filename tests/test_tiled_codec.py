@@ -149,6 +149,12 @@ def test_tile_untile_roundtrip(w, h):
     np.testing.assert_array_equal(tiles[0, : min(h, 16), : min(w, 16)], array[:16, :16])
 
 
+def test_rate_ladder():
+    assert tiling.rate_ladder(32) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]
+    assert tiling.rate_ladder(8) == list(range(1, 9)) and tiling.rate_ladder(1) == [1]
+    assert tiling.rate_ladder(13)[-1] == 13
+
+
 def test_lower_hull_and_greedy_allocation():
     cost = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
     sse = np.array([[100.0, 90, 20, 19], [50, 10, 9, 8]])  # tile 0: point 1 lies above the hull

@@ -149,13 +149,13 @@ class Analysis:
         self.tiles, self.grid = tiling.tile_image(np.asarray(small.convert("RGB"), dtype=np.uint8),
                                                   self.tokenizer.image_size)
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
-        self.ladder = list(range(1, self.tokenizer.num_latent_tokens + 1))
+        self.ladder = tiling.rate_ladder(self.tokenizer.num_latent_tokens)
         self._sse: np.ndarray | None = None
         self._bits: np.ndarray | None = None
 
     @property
     def sse(self) -> np.ndarray:
-        """(N, L) squared 8-bit error of each tile decoded from its first k ids, k = 1..L."""
+        """(N, M) squared 8-bit error of each tile decoded from its first k ids, k in the rate ladder."""
         if self._sse is None:
             self._sse = tiling.sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
         return self._sse
@@ -185,7 +185,7 @@ class Analysis:
 
     def counts(self, rate: RateControl) -> tuple[np.ndarray, bool]:
         """Per-tile token counts (N,) for the rate control, and whether a bpp target was reachable."""
-        L = len(self.ladder)
+        L = self.tokenizer.num_latent_tokens
         if rate.bpp is None and rate.psnr is None:
             k = L if rate.tokens is None else rate.tokens
             if not 1 <= k <= L:
@@ -198,8 +198,8 @@ class Analysis:
     def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
         """Greedy allocation of the id bits; the budget shrinks by any overshoot of the whole file (overhead and
         counts included) until the file fits."""
-        cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
         ladder = np.asarray(self.ladder, dtype=np.int64)
+        cost = np.cumsum(self.bits, axis=1)[:, ladder - 1]  # (N, M): bits of the first k ids, k in the ladder
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
         for _ in range(8):
             counts = ladder[tiling.allocate_bits(self.sse, cost, budget)]

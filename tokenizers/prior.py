@@ -182,6 +182,7 @@ class TilePrior(nn.Module):
 PRESETS: dict[str, PriorConfig] = {
     "tiny": PriorConfig(codebook_size=64, num_tokens=8, width=32, depth=1, heads=2),
     "photo": PriorConfig(codebook_size=512, num_tokens=32, width=128, depth=2, heads=4),
+    "photo-fast": PriorConfig(codebook_size=512, num_tokens=32, width=64, depth=2, heads=2),
 }
 
 

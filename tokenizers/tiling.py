@@ -10,6 +10,9 @@ available from that one pass, and the rate control only chooses a prefix length 
 - `allocate_bits`: a bit budget spread over the tiles greedily by distortion drop per bit, on each tile's lower
   convex hull of (bits, squared error) points -- a flat sky stops at 1-2 tokens while foliage takes many.
 
+The adaptive modes choose among the counts of `rate_ladder(L)` (all k up to 8, then sparser: 15 counts for L = 32),
+each measured by one decoder pass over all tiles.
+
 Distortion is the sum of squared errors in 8-bit units over the pixels a tile covers inside the image, so the
 allocation maximises the PSNR of the whole image. Work is done `batch` tiles at a time, so memory stays bounded
 for any image size.
@@ -132,6 +135,13 @@ def sse_ladder(tokenizer, tiles: np.ndarray, ids: np.ndarray, ladder: list[int],
 # --------------------------------------------------------------------------------------------------------------------
 # Rate control
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def rate_ladder(num_tokens: int) -> list[int]:
+    """The token counts the adaptive rate control chooses from (each costs one decoder pass to measure): every k
+    up to 8, every 2nd up to 16, every 4th up to 32, every 8th beyond, and L itself."""
+    dense = [*range(1, 9), *range(10, 17, 2), *range(20, 33, 4), *range(40, num_tokens + 1, 8)]
+    return sorted({k for k in dense if k <= num_tokens} | {num_tokens})
 
 
 def fixed_counts(grid: TileGrid, k: int) -> np.ndarray:
