@@ -20,6 +20,7 @@ EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
     "ar": "onetok.ar_model.system",
     "prior": "onetok.tokenizers.prior_system",
+    "postfilter": "onetok.tokenizers.postfilter_system",
 }
 
 

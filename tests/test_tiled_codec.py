@@ -307,3 +307,56 @@ def test_large_image_memory_is_bounded(packed):
     tracemalloc.stop()
     assert enc.image.counts.shape == (125 * 75,)
     assert peak < 40 * 2000 * 1200  # numpy buffers (tiles, ids); the model's activations are per batch
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the post-filter
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_postfilter_identity_strips_and_fingerprint(tmp_path):
+    torch.manual_seed(0)
+    tok = Tokenizer(PRESETS["tiny"]).eval()
+    before = codec.fingerprint(tok)
+    filt = tok.add_postfilter(8, 3)
+    image = np.asarray(_image(45, 70))
+    np.testing.assert_array_equal(tiling.refine(tok, image), image)  # a new filter is the identity
+    with torch.no_grad():
+        filt.body[-1].weight.normal_(0, 0.05)
+    whole = C.to_uint8(tok.refine(C.to_tensor([image])))[0]
+    np.testing.assert_array_equal(tiling.refine(tok, image, rows=16), whole)  # strips with margins = whole image
+    assert codec.fingerprint(tok) != before
+    tok.save_pretrained(tmp_path / "tok")
+    again = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert again.postfilter is not None and codec.fingerprint(again) == codec.fingerprint(tok)
+    data = C.Codec(tok).compress([Image.fromarray(image)], C.RateControl(tokens=3))
+    [decoded] = C.Codec(again).decompress(data)
+    tiles, grid = tiling.tile_image(image, 16)
+    ids = tiling.encode_tiles(tok, tiles)
+    plain = tiling.untile(tiling.decode_tiles(tok, ids, np.full(grid.count, 3)), grid)
+    np.testing.assert_array_equal(np.asarray(decoded), tiling.refine(tok, plain))
+
+
+def test_postfilter_system_trains_and_exports(tmp_path):
+    import lightning
+
+    from onetok.data.tiles import TileDataModule
+    from onetok.scripts.cmd_export import export
+    from onetok.tokenizers.postfilter_system import PostFilterSystem
+
+    torch.manual_seed(0)
+    Tokenizer(PRESETS["tiny"]).save_pretrained(tmp_path / "tok")
+    (tmp_path / "photos").mkdir()
+    for i in range(2):
+        _image(60, 50, i).save(tmp_path / "photos" / f"{i}.png")
+    dm = TileDataModule(str(tmp_path / "photos"), str(tmp_path / "photos"), tile_size=32, batch_size=4,
+                        epoch_samples=16, val_tiles_per_image=2)
+    trainer = lightning.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(PostFilterSystem(str(tmp_path / "tok"), channels=4, layers=2), dm)
+    trainer.save_checkpoint(tmp_path / "pf.ckpt")
+    export(tmp_path / "pf.ckpt", tmp_path / "out")
+    tok = Tokenizer.from_pretrained(tmp_path / "out")
+    assert tok.postfilter is not None and tok.postfilter.layers == 2
+    base = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert all(torch.equal(tok.state_dict()[k], v) for k, v in base.state_dict().items())  # tokenizer untouched

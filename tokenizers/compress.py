@@ -122,7 +122,7 @@ class Codec:
         padded = np.zeros((grid.count, int(im.counts.max())), dtype=np.int64)  # (N, max k), ids left-aligned
         padded[np.arange(padded.shape[1])[None, :] < im.counts[:, None]] = im.ids
         array = tiling.untile(tiling.decode_tiles(self.tokenizer, padded, im.counts), grid)
-        decoded = Image.fromarray(array)
+        decoded = Image.fromarray(tiling.refine(self.tokenizer, array))
         return decoded if decoded.size == (im.width, im.height) else decoded.resize((im.width, im.height), UPSCALE)
 
     def decode(self, f: codec.OtokFile | codec.TiledFile) -> list[Image.Image]:

@@ -300,6 +300,38 @@ class Decoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class PostFilter(nn.Module):
+    """Decoded tiles put side by side (B, 3, H, W) in [0, 1] -> the same image with the seams between tiles (and some
+    of the codec's blur) removed: a small residual CNN that also sees how far each pixel is from a tile border.
+
+    Applied after decoding, on the whole tiled image (`Tokenizer.refine`); only a tiled codec needs it. Its last
+    convolution starts at zero, so an untrained filter is the identity."""
+
+    def __init__(self, tile: int, channels: int = 16, layers: int = 3):
+        super().__init__()
+        self.tile, self.layers = tile, layers
+        widths = [5] + [channels] * (layers - 1)
+        body: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            body += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU()]
+        self.body = nn.Sequential(*body, nn.Conv2d(widths[-1], 3, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def border_map(self, length: int, offset: int, device: torch.device) -> torch.Tensor:
+        """(length,) 1 on a tile's first and last pixel, falling to ~0 at its centre."""
+        phase = (torch.arange(length, device=device) + offset) % self.tile
+        return 1 - 2 * torch.minimum(phase, self.tile - 1 - phase).float() / (self.tile - 1)
+
+    def forward(self, images: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """`origin`: where images[..., 0, 0] sits in the tile grid (the images may be strips of a larger one)."""
+        B, _, H, W = images.shape
+        ys = self.border_map(H, origin[0], images.device)[:, None].expand(H, W)  # (H, W)
+        xs = self.border_map(W, origin[1], images.device)[None, :].expand(H, W)
+        borders = torch.stack([ys, xs]).to(images.dtype).expand(B, 2, H, W)  # (B, 2, H, W)
+        return images + self.body(torch.cat([images * 2 - 1, borders], dim=1))
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
@@ -338,7 +370,22 @@ class Tokenizer(nn.Module):
         self.decoder = Decoder(config)
         for part in (self.encoder, self.decoder):
             part.apply(_init_weights)
+        self.postfilter: PostFilter | None = None  # see add_postfilter
         self.inference_dtype: torch.dtype | None = None  # encode/decode compute dtype; None: bf16 on CUDA, else fp32
+
+    def add_postfilter(self, channels: int = 16, layers: int = 3) -> PostFilter:
+        """Attach a (new, identity) `PostFilter` for tiled decoding. It is saved with the weights and, being part
+        of the state dict, of the fingerprint; its size is stored in config.json beside (not in) the config, so
+        tokenizers without one keep their fingerprints."""
+        self.postfilter = PostFilter(self.image_size, channels, layers)
+        return self.postfilter
+
+    def refine(self, images: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """The post-filter on decoded tiles put together, (B, 3, H, W) in [0, 1] (identity without one)."""
+        if self.postfilter is None:
+            return images
+        with _inference(self):
+            return self.postfilter(images.float(), origin).clamp(0, 1)
 
     @property
     def codebook_size(self) -> int:
@@ -434,6 +481,8 @@ class Tokenizer(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "config": self.config.to_dict()}
+        if self.postfilter is not None:
+            meta["postfilter"] = {"channels": self.postfilter.body[0].out_channels, "layers": self.postfilter.layers}
         (directory / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / "model.safetensors"), metadata={"format": CONFIG_FORMAT})
@@ -447,6 +496,8 @@ class Tokenizer(nn.Module):
         if meta.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{directory / 'config.json'}: not a onetok tokenizer config")
         model = cls(TokenizerConfig.from_dict(meta["config"]))
+        if meta.get("postfilter"):
+            model.add_postfilter(**meta["postfilter"])
         model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(map_location)))
         return model.to(map_location).eval()
 

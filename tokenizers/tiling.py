@@ -106,6 +106,22 @@ def decode_tiles(tokenizer, ids: np.ndarray, counts: np.ndarray, batch: int = BA
     return np.concatenate(out)
 
 
+def refine(tokenizer, image: np.ndarray, rows: int = 256) -> np.ndarray:
+    """The tokenizer's post-filter (`Tokenizer.refine`) over a decoded image (H, W, 3) uint8, in strips of `rows` rows
+    with a margin as wide as the filter's reach, so memory stays bounded; unchanged when there is no filter."""
+    if tokenizer.postfilter is None:
+        return image
+    reach = tokenizer.postfilter.layers  # 3x3 convolutions: one pixel each
+    device, H = _device(tokenizer), image.shape[0]
+    out = np.empty_like(image)
+    for top in range(0, H, rows):
+        lo, hi = max(0, top - reach), min(H, top + rows + reach)
+        strip = _to_float(image[None, lo:hi], device)  # (1, 3, h, W)
+        refined = _to_uint8(tokenizer.refine(strip, origin=(lo, 0)))[0]  # (h, W, 3)
+        out[top:top + rows] = refined[top - lo: top - lo + min(rows, H - top)]
+    return out
+
+
 def _valid_mask(grid: TileGrid) -> np.ndarray:
     """(N, T, T) bool: which pixels of each tile lie inside the image."""
     T = grid.tile
