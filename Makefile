@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean triton-compat gpu-check
+.PHONY: install test demo lint clean triton-compat gpu-check photo-codec
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,28 @@ triton-compat: $(STAMP)
 gpu-check:
 	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash scripts/gpu_check.sh $(or $(OUT),runs/gpu_check) \
 		$(if $(DRY),--dry-run) $(if $(MODEL),--model $(MODEL))
+
+# Retrain the built-in photo codec from ../shared/data/photos/train on 2 CPU cores: the tokenizer (configs/tokenizer/
+# photo.yaml, <= 20 min), its post-filter (photo_postfilter.yaml, <= 8 min) and the entropy coder's prior
+# (photo_prior.yaml, <= 15 min); the result replaces tokenizers/pretrained/photo (PHOTO_OUT to put it elsewhere).
+PHOTO_RUNS ?= runs/photo_codec
+PHOTO_OUT ?= tokenizers/pretrained/photo
+ONETOK := $(VENV)/bin/onetok
+TRAIN := $(VENV)/bin/onetok-train
+
+photo-codec: $(STAMP)
+	rm -rf $(PHOTO_RUNS)
+	$(TRAIN) fit --config configs/tokenizer/photo.yaml --trainer.default_root_dir $(PHOTO_RUNS)/tokenizer
+	$(ONETOK) export $(PHOTO_RUNS)/tokenizer/lightning_logs/version_0/checkpoints/last.ckpt \
+		--out $(PHOTO_RUNS)/tokenizer_only --no-register
+	$(TRAIN) fit --config configs/tokenizer/photo_postfilter.yaml --trainer.default_root_dir $(PHOTO_RUNS)/postfilter \
+		--model.init_args.tokenizer $(PHOTO_RUNS)/tokenizer_only
+	$(ONETOK) export $(PHOTO_RUNS)/postfilter/lightning_logs/version_0/checkpoints/last.ckpt --out $(PHOTO_RUNS)/photo \
+		--no-register
+	$(TRAIN) fit --config configs/tokenizer/photo_prior.yaml --trainer.default_root_dir $(PHOTO_RUNS)/prior \
+		--data.init_args.tokenizer $(PHOTO_RUNS)/photo
+	$(ONETOK) export $(PHOTO_RUNS)/prior/lightning_logs/version_0/checkpoints/last.ckpt --out $(PHOTO_RUNS)/photo/prior
+	rm -rf $(PHOTO_OUT) && cp -r $(PHOTO_RUNS)/photo $(PHOTO_OUT)
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache
