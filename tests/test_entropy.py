@@ -146,7 +146,7 @@ def test_prior_system_trains_and_exports(tok, tmp_path):
                                 enable_model_summary=False, default_root_dir=tmp_path, val_check_interval=3,
                                 num_sanity_val_steps=0)
     trainer.fit(system, dm)
-    assert len(dm.train_set) == 3 * 2 * (6 + 2) and dm.train_set[0][0].shape == (8,)  # tiles x flips at 2 scales
+    assert len(dm.train_set) == 3 * 2 * (6 + 2) and dm.train_set[0]["context"].shape == (8,)  # x flips, 2 scales
     assert 0 < trainer.callback_metrics["val/bits_per_id"] < 12
     ckpt = tmp_path / "prior.ckpt"
     trainer.save_checkpoint(ckpt)

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from resume_probe import optimizer_digest, read_probe
-
-from onetok.ar_model.tokenize import tokenize_dataset
-from onetok.data.shapes import write_shapes_dataset
-from onetok.tokenizers import Tokenizer, preset
+from tiny_configs import TinyData, make_tiny_data, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -30,34 +28,18 @@ COMMON = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strateg
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    write_shapes_dataset(root / "shapes", size=16, train=96, val=20, seed=0, shard_size=50)
-    torch.manual_seed(0)
-    Tokenizer(preset("tiny")).save_pretrained(root / "tok")
-    tokenize_dataset(root / "tok", str(root / "shapes"), root / "tokens", shard_size=40)
-    return root
+def data(tmp_path_factory) -> TinyData:
+    return make_tiny_data(tmp_path_factory.mktemp("resume"))
 
 
-def overrides(config: str, data: Path, root: Path) -> list[str]:
-    """Any shipped config shrunk to a tiny model on 16 px shapes, one CPU process, a logger in `root`."""
-    if config.startswith("tokenizer/"):
-        gan = "shapes" not in config  # the GPU configs: the GAN from step 2, so both optimizers have state to restore
-        size = 32 if gan else 16  # the PatchGAN needs 32 px
-        extra = ["--model.init_args.preset=tiny", f'--model.init_args.config={{"image_size": {size}}}',
-                 f"--data.init_args.train_shards={data / 'shapes' / 'train'}",
-                 f"--data.init_args.val_shards={data / 'shapes' / 'val'}", f"--data.init_args.image_size={size}",
-                 "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=20",
-                 "--data.init_args.num_workers=0", "--data.init_args.in_memory=true"]
-        extra += ["--model.init_args.gan_start=2"] if gan else []
-    else:
-        extra = ["--model.init_args.preset=tiny", "--model.init_args.model_overrides={}",
-                 "--model.init_args.eval_samples=2", f"--data.init_args.tokens={data / 'tokens'}",
-                 "--data.init_args.text=words", "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=8",
-                 "--data.init_args.num_workers=0", "--data.init_args.shuffle_buffer=10",
-                 f"--model.init_args.tokenizer_dir={data / 'tok'}"]
-    return ["fit", "--config", str(REPO / "configs" / config), *COMMON, *extra,
-            f"--trainer.default_root_dir={root}", "--trainer.logger=true"]
+def overrides(config: str, data: TinyData, root: Path) -> list[str]:
+    """Any shipped config shrunk to tiny sizes, one CPU process, a logger in `root`; the GAN configs (gan_weight > 0)
+    start the GAN at step 2, so both optimizers have state to restore."""
+    path = REPO / "configs" / config
+    gan = (yaml.safe_load(path.read_text())["model"]["init_args"].get("gan_weight") or 0) > 0
+    extra = tiny_overrides(path, data, gan) + (["--model.init_args.gan_start=2"] if gan else [])
+    return ["fit", "--config", str(path), *COMMON, *extra, f"--trainer.default_root_dir={root}",
+            "--trainer.logger=true"]
 
 
 def cli(args: list[str]) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import make_tiny_data
+from tiny_configs import tiny_overrides as config_overrides
 
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
@@ -16,6 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
 TOKENIZER_CONFIGS = sorted((REPO / "configs" / "tokenizer").glob("*.yaml"))
 TINY_MODEL = ["--model.init_args.preset=tiny", "--model.init_args.config={}"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +58,12 @@ def cli(args: list[str]):
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in ALL_CONFIGS])
-def test_every_config_instantiates(config, monkeypatch):
+def test_every_config_instantiates(config, tiny_data, monkeypatch):
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    args = ["--config", str(config)]
-    if "tokenizer" in config.parts:  # the GPU-sized models are big; the class path and arguments are what is checked
-        args += TINY_MODEL
+    # the GPU-sized models are big and the data paths are the user's: the class paths and arguments are what is checked
+    args = ["--config", str(config), *config_overrides(config, tiny_data)]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
              "--trainer.precision=32-true"]  # GPU configs must still parse and build on a CPU-only machine
     monkeypatch.setattr(sys, "argv", ["onetok-train", *args])
@@ -67,9 +73,11 @@ def test_every_config_instantiates(config, monkeypatch):
 
 
 @pytest.mark.parametrize("config", TOKENIZER_CONFIGS, ids=[p.stem for p in TOKENIZER_CONFIGS])
-def test_fast_dev_run(config, shapes16, tmp_path):
+def test_fast_dev_run(config, tiny_data, tmp_path):
     # the GPU configs carry a LearningRateMonitor, which needs a logger: keep the default TensorBoard one (in tmp)
-    cli(["fit", "--config", str(config), *tiny_overrides(shapes16, tmp_path), "--trainer.logger=true",
+    cli(["fit", "--config", str(config), *config_overrides(config, tiny_data), "--trainer.accelerator=cpu",
+         "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true",
+         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=true",
          "--trainer.fast_dev_run=2"])
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.optim import adamw_warmup_cosine
@@ -43,7 +43,20 @@ def photo_ids(tokenizer, image: Image.Image, missing: int) -> tuple[torch.Tensor
     return context, ids
 
 
-def tile_ids(tokenizer, folder: str, scales: tuple[float, ...], flips: bool, missing: int) -> TensorDataset:
+class TileIds(Dataset):
+    """(context (N, 8), ids (N, L)) of tiles; item i is {"context": (8,), "ids": (L,)}."""
+
+    def __init__(self, context: torch.Tensor, ids: torch.Tensor):
+        self.context, self.ids = context, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"context": self.context[i], "ids": self.ids[i]}
+
+
+def tile_ids(tokenizer, folder: str, scales: tuple[float, ...], flips: bool, missing: int) -> TileIds:
     """(context, ids) of every tile of every photo in `folder`, at each scale, and mirrored when `flips`."""
     from onetok.data.images import ImageReadError, load_image
     from onetok.data.tiles import image_files
@@ -63,11 +76,11 @@ def tile_ids(tokenizer, folder: str, scales: tuple[float, ...], flips: bool, mis
                 ids.append(i)
     if not ids:
         raise FileNotFoundError(f"no readable images in {folder}")
-    return TensorDataset(torch.cat(contexts), torch.cat(ids))
+    return TileIds(torch.cat(contexts), torch.cat(ids))
 
 
 class TileIdsDataModule(lightning.LightningDataModule):
-    """(context (B, 8), ids (B, L)) batches of photo tiles coded by the tokenizer in `tokenizer` (a folder)."""
+    """{"context": (B, 8), "ids": (B, L)} batches of photo tiles coded by the tokenizer in `tokenizer` (a folder)."""
 
     def __init__(self, tokenizer: str, train: str, val: str | None = None,
                  scales: tuple[float, ...] = (1.0, 0.75, 0.5), flips: bool = True, batch_size: int = 256,
@@ -77,8 +90,8 @@ class TileIdsDataModule(lightning.LightningDataModule):
         self.tokenizer_dir, self.train, self.val = tokenizer, train, val
         self.scales, self.flips, self.seed = tuple(scales), flips, seed
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
+        self.train_set: TileIds | None = None
+        self.val_set: TileIds | None = None
         self.fingerprint: str | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -143,8 +156,8 @@ class PriorSystem(lightning.LightningModule):
         logits = self.prior(self.prior.sequence(context, ids)).float()  # (B, L, K)
         return F.cross_entropy(logits.transpose(1, 2), ids, reduction="none") / math.log(2)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        context, ids = batch
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        context, ids = batch["context"], batch["ids"]
         masked = mask_context(context, self.config.missing, self.hparams.wavefront_prob, self.hparams.drop_prob)
         bits = self._bits(masked, ids).mean()
         self.log("train/bits_per_id", bits, prog_bar=True)
@@ -154,8 +167,8 @@ class PriorSystem(lightning.LightningModule):
         self._val = {k: torch.zeros((), device=self.device, dtype=torch.float64)
                      for k in ("ids", "full", "first_wavefront", "first_full", "none")}
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        context, ids = batch
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        context, ids = batch["context"], batch["ids"]
         missing = self.config.missing
         full = self._bits(context, ids)  # (B, L)
         wavefront = self._bits(mask_context(context, missing, 1.0, 0.0), ids)
