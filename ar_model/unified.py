@@ -1,6 +1,7 @@
 """The unified model: AR transformer + shared vocabulary + image tokenizer, saved together in one directory.
 
-    DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict}
+    DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict,
+                            "tokenizer_fingerprint": hex of onetok.tokenizers.codec.fingerprint, checked on load}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
 
@@ -28,6 +29,7 @@ from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
 from onetok.ar_model.vocab import Vocab
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
+from onetok.tokenizers.codec import fingerprint
 
 FORMAT, VERSION = "onetok-unified", 1
 
@@ -73,6 +75,7 @@ class UnifiedModel(nn.Module):
         transformer = Transformer(ARConfig(**meta["model"]))
         load_model(transformer, str(directory / "model.safetensors"), device=str(map_location))
         tokenizer = Tokenizer.from_pretrained(directory / "tokenizer", map_location=map_location)
+        _check_tokenizer(tokenizer, meta.get("tokenizer_fingerprint"), directory / "tokenizer")
         return cls(transformer, Vocab.from_dict(meta["vocab"]), tokenizer).to(map_location)
 
     def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
@@ -90,6 +93,7 @@ class UnifiedModel(nn.Module):
                 "version": VERSION,
                 "model": dataclasses.asdict(self.transformer.config),
                 "vocab": self.vocab.to_dict(),
+                "tokenizer_fingerprint": fingerprint(self.tokenizer).hex(),
             }
             (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -165,3 +169,11 @@ class UnifiedModel(nn.Module):
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _check_tokenizer(tokenizer: Tokenizer, expected: str | None, path: Path) -> None:
+    """The tokenizer/ folder must hold the tokenizer the model was saved with (models saved before the fingerprint
+    was recorded are not checked)."""
+    if expected and fingerprint(tokenizer).hex() != expected:
+        raise ValueError(f"{path}: not the tokenizer this model was trained with (fingerprint "
+                         f"{fingerprint(tokenizer).hex()[:12]}, the model expects {expected[:12]})")

@@ -5,10 +5,13 @@ Images are coded at their own resolution as tiles of the tokenizer's size, each 
 and `decompress` finds the tokenizer by the fingerprint each file carries (built in, or registered by `onetok
 export` in $ONETOK_HOME/tokenizers).
 
-One input file -> one output file. Several inputs, or a folder -> an output folder mirroring the input names
-(`a.png` -> `a.otok` -> `a.png`); in that mode unreadable images and corrupt `.otok` files are skipped, listed and
-counted instead of stopping the run. `--batch` packs all inputs into one `.otok` file, which decompresses to
-`NAME_000.png`, `NAME_001.png`, ... Every output is written atomically and never replaces a file without --force.
+Outputs are named by what they hold: one input file -> the file OUT (`.otok` for compress, `.png` for decompress) or
+OUT/NAME.otok when OUT is a folder; several inputs or a folder -> an output folder mirroring the input names (`a.png`
+-> `a.otok` -> `a.png`); `--batch` packs all inputs into the one `.otok` file OUT, which decompresses to
+`NAME_000.png`, `NAME_001.png`, ... In folder mode unreadable images and corrupt `.otok` files are skipped, listed and
+counted (exit code 1 when any was), and each output is written as soon as it is finished: an interrupted run keeps
+the finished files and `--resume` does the rest. Every output is written atomically, never replaces a file without
+--force, and never replaces one of the inputs.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, check_writable
+from onetok.fileio import UserError, atomic_output, check_writable, file_ids
 
 
 class Item(NamedTuple):
@@ -27,8 +31,13 @@ class Item(NamedTuple):
     rel: Path  # its name below the output folder
 
 
+class Skip(NamedTuple):
+    message: str  # one line naming the file and the reason
+    why: str  # the reason in two or three words, counted in the summary
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# Inputs
+# Inputs and outputs
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -64,8 +73,31 @@ def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | No
         else:
             raise UserError(f"{path}: no such file or folder")
     if not items:
-        raise UserError(f"{' '.join(inputs)}: no input files found")
+        raise UserError(f"{' '.join(inputs)}: no input files found" + (f" (looked for *{suffix})" if suffix else ""))
     return items
+
+
+def single_input(inputs: list[str]) -> bool:
+    return len(inputs) == 1 and Path(inputs[0]).is_file()
+
+
+def output_kind(out: Path, suffix: str, single: bool, what: str) -> str:
+    """"file" or "folder" for -o OUT, by its name: a `suffix` name is a file, a name without an extension (or an
+    existing folder) a folder; anything else would hold what its extension does not say and is refused."""
+    if out.is_dir():
+        return "folder"
+    if out.suffix.lower() == suffix:
+        if not single:
+            raise UserError(f"{out}: several inputs need a folder output (-o DIR)"
+                            + ("; --batch packs them into one .otok file" if suffix == ".otok" else ""))
+        return "file"
+    if out.exists():
+        raise UserError(f"{out}: exists and is not a folder")
+    if out.suffix and not single:
+        raise UserError(f"{out}: several inputs need a folder output (-o DIR), not a name with an extension")
+    if out.suffix:
+        raise UserError(f"{out}: {what} writes {suffix} files: name the output *{suffix}, or give a folder")
+    return "folder"
 
 
 def read_image(path: Path):
@@ -81,9 +113,9 @@ def read_image(path: Path):
     return loaded.image
 
 
-def load_tokenizer(directory: str | Path | None):
-    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
-    from onetok.tokenizers import Tokenizer, registry
+def tokenizer_dir(directory: str | Path | None) -> Path:
+    """The folder of the tokenizer to use (the built-in photo tokenizer when None), checked without loading it."""
+    from onetok.tokenizers import registry
 
     if directory is None:
         try:
@@ -93,25 +125,60 @@ def load_tokenizer(directory: str | Path | None):
     path = Path(directory)
     if not registry.is_tokenizer_dir(path):
         raise UserError(f"{path}: not a tokenizer folder (needs config.json and model.safetensors)")
+    return path
+
+
+def load_tokenizer(directory: str | Path | None):
+    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
+    path = tokenizer_dir(directory)
+    from onetok.tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_pretrained(path).eval()
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err})".split("\n")[0]) from None
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+        raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {detail})") from None
 
 
-def _unique(targets: list[Path], force: bool) -> None:
-    """Refuse duplicate output names and (without --force) existing outputs, before anything is written."""
+def _unique(targets: list[Path], force: bool, protect) -> None:
+    """Refuse duplicate output names, inputs as outputs and (without --force) existing outputs, before anything is
+    written."""
     seen: set[Path] = set()
     for t in targets:
         if t in seen:
             raise UserError(f"{t}: two inputs map to this output name")
         seen.add(t)
-        check_writable(t, force)
+        check_writable(t, force, protect)
 
 
-def _report_skipped(skipped: list[str]) -> None:
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
+def _finish(done: int, skipped: list[Skip], total: int, out: Path, verb: str) -> int:
+    """Skipped files and the exit code of a folder run: 0, 1 when some inputs were skipped, a UserError when none
+    could be done."""
+    for s in skipped:
+        print(f"skipped {s.message}", file=sys.stderr)
+    if done == 0 and skipped:
+        raise UserError(f"{out}: nothing {verb}: all {total} input(s) skipped ({_reasons(skipped)})")
+    return 1 if skipped else 0
+
+
+def _reasons(skipped: list[Skip]) -> str:
+    return ", ".join(f"{n} {why}" for why, n in Counter(s.why for s in skipped).most_common())
+
+
+def _skipped_text(skipped: list[Skip], resumed: int) -> str:
+    text = f"; skipped {len(skipped)}" + (f" ({_reasons(skipped)})" if skipped else "")
+    return text + (f"; {resumed} already done earlier (--resume)" if resumed else "")
+
+
+def _interrupted(err: KeyboardInterrupt, done: int, total: int, out: Path):
+    """The same interruption, saying what was kept and how to finish."""
+    return type(err)(f"{done} of {total} outputs finished and kept in {out}; run the same command with --resume "
+                     "to do the rest")
+
+
+def format_bpp(bpp: float) -> str:
+    """Bits per pixel with 4 decimals, or 3 significant digits when that would print 0.0000."""
+    return f"{bpp:.4f}" if bpp >= 0.01 else f"{bpp:.3g}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -119,88 +186,158 @@ def _report_skipped(skipped: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def check_rate_flags(args: argparse.Namespace) -> None:
+    """The rate flags that can be checked without the tokenizer."""
+    if args.tokens is not None and args.tokens < 1:
+        raise UserError(f"--tokens {args.tokens}: must be at least 1 (and at most L, the tokenizer's tokens per tile)")
+    if args.bpp is not None and not args.bpp > 0:
+        raise UserError(f"--bpp {args.bpp}: must be positive")
+    if args.psnr is not None and not args.psnr > 0:
+        raise UserError(f"--psnr {args.psnr}: must be positive")
+    if not 0 < args.scale <= 1:
+        raise UserError(f"--scale {args.scale}: must be in (0, 1]")
+
+
 def rate_control(args: argparse.Namespace, num_tokens: int):
     from onetok.tokenizers.compress import RateControl
 
-    if args.tokens is not None and not 1 <= args.tokens <= num_tokens:
-        raise UserError(f"--tokens {args.tokens}: must be in 1..{num_tokens} (L) for this tokenizer")
-    if args.bpp is not None and not args.bpp > 0:
-        raise UserError(f"--bpp {args.bpp}: must be positive")
-    if not 0 < args.scale <= 1:
-        raise UserError(f"--scale {args.scale}: must be in (0, 1]")
+    check_rate_flags(args)
+    if args.tokens is not None and args.tokens > num_tokens:
+        raise UserError(f"--tokens {args.tokens}: must be in 1..{num_tokens} (L, the tokens per tile of this "
+                        "tokenizer)")
     return RateControl(args.tokens, args.bpp, args.psnr, args.scale)
 
 
-def _encode(tok, items: list[Item], rate, single: bool, quiet: bool, skipped: list[str]):
-    """Yield (item, TiledImage) in input order. Unreadable images are appended to `skipped`, or raised when
-    `single`."""
-    from tqdm import tqdm
+class Encoder:
+    """Reads and encodes one input at a time; notes once per run when an input is far outside the tokenizer's data."""
 
-    from onetok.tokenizers import codec
-    from onetok.tokenizers.compress import encode_image
+    def __init__(self, tok, rate, trained_on: str | None):
+        self.tok, self.rate, self.trained_on, self.warned = tok, rate, trained_on, False
 
-    with tqdm(total=len(items), desc="compress", unit="img", disable=quiet or single) as bar:
-        for item in items:
-            try:
-                image = read_image(item.src)
-                if max(image.size) > codec.MAX_SIDE:
-                    raise UserError(f"{item.src}: {image.size[0]}x{image.size[1]} px, the format allows "
-                                    f"at most {codec.MAX_SIDE} px a side")
-            except UserError as err:
-                if single:
-                    raise
-                skipped.append(str(err))
-                bar.update(1)
-                continue
-            encoded = encode_image(tok, image, rate)
-            if not encoded.reached:
-                print(f"note: {item.src}: --bpp {rate.bpp} is below the smallest file at this scale (1 token per "
-                      f"tile); try --scale < {rate.scale:g}", file=sys.stderr)
-            yield item, encoded.image
-            bar.update(1)
+    def __call__(self, src: Path):
+        """The TiledImage of `src`; UserError for an unreadable or too large image."""
+        from onetok.tokenizers import codec, domain
+        from onetok.tokenizers.compress import Analysis
+
+        image = read_image(src)
+        if max(image.size) > codec.MAX_SIDE:
+            raise UserError(f"{src}: {image.size[0]}x{image.size[1]} px, the format allows at most {codec.MAX_SIDE} "
+                            "px a side")
+        analysis = Analysis(self.tok, image, self.rate.scale)
+        encoded = analysis.encode(self.rate)
+        if not encoded.reached:
+            print(f"note: {src}: --bpp {self.rate.bpp} is below the smallest file at this scale (1 token per tile); "
+                  f"try --scale < {self.rate.scale:g}", file=sys.stderr)
+        if not self.warned:
+            psnr = domain.full_length_psnr(self.tok, analysis.tiles, analysis.ids)
+            note = domain.far_outside_note(src, psnr, self.tok.num_latent_tokens, self.trained_on)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+                self.warned = True
+        return encoded.image
 
 
-def _summary(n: int, total: int, pixels: int, tokens: int, tiles: int, skipped: int) -> str:
-    bpp = 8 * total / pixels if pixels else float("nan")
-    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, "
-            f"{tokens / max(tiles, 1):.2f} tokens per tile on average; skipped {skipped}")
+class Totals(NamedTuple):
+    images: int = 0
+    bytes: int = 0
+    pixels: int = 0
+    tokens: int = 0
+    tiles: int = 0
+
+    def add(self, image, size: int) -> Totals:
+        """These totals plus one coded image (a TiledImage) of `size` file bytes."""
+        return Totals(self.images + 1, self.bytes + size, self.pixels + image.width * image.height,
+                      self.tokens + int(image.counts.sum()), self.tiles + len(image.counts))
+
+    def summary(self) -> str:
+        bpp = format_bpp(8 * self.bytes / self.pixels) if self.pixels else "-"
+        return (f"compressed {self.images} image(s) into {self.bytes} bytes: {bpp} bits per original pixel, "
+                f"{self.tokens / max(self.tiles, 1):.2f} tokens per tile on average")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    check_rate_flags(args)
+    out = Path(args.out)
+    items = collect(args.inputs, skip_folder=out)
+    single = single_input(args.inputs) and not args.batch
+    protect = file_ids(item.src for item in items)
+    if args.batch:
+        if out.suffix.lower() != ".otok":
+            raise UserError(f"{out}: --batch writes one .otok file: name the output *.otok")
+        targets = [out]
+    elif output_kind(out, ".otok", single, "compress") == "file":
+        targets = [out]
+    else:
+        targets = [out / item.rel.with_suffix(".otok") for item in items]
+    done_before = 0
+    if args.resume and not (single or args.batch):
+        todo = [(item, t) for item, t in zip(items, targets) if not t.is_file()]
+        done_before = len(items) - len(todo)
+        items, targets = [item for item, _ in todo], [t for _, t in todo]
+    _unique(targets, args.force, protect)
+    directory = tokenizer_dir(args.tokenizer)
+    from onetok.tokenizers import codec, domain
+
+    tok = load_tokenizer(directory)
+    encoder = Encoder(tok, rate_control(args, tok.num_latent_tokens), domain.read_trained_on(directory))
+    fp = codec.fingerprint(tok)
+    if single or args.batch:
+        return _compress_one_file(args, encoder, fp, items, targets[0], single)
+    return _compress_folder(args, encoder, fp, list(zip(items, targets)), out, done_before)
+
+
+def _compress_one_file(args, encoder: Encoder, fp: bytes, items: list[Item], target: Path, single: bool) -> int:
     from onetok.fileio import atomic_write_bytes
+    from onetok.scripts.progress import progress
     from onetok.tokenizers import codec
     from onetok.tokenizers.compress import new_file
 
-    tok = load_tokenizer(args.tokenizer)
-    rate = rate_control(args, tok.num_latent_tokens)
-    out = Path(args.out)
-    items = collect(args.inputs, skip_folder=out)
-    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not args.batch
-    fp = codec.fingerprint(tok)
-    skipped: list[str] = []
-    if single or args.batch:  # one output file
-        target = out / (items[0].src.stem + ".otok") if out.is_dir() else out
-        check_writable(target, args.force)
-        images = [im for _, im in _encode(tok, items, rate, single, args.quiet, skipped)]
-        _report_skipped(skipped)
-        if not images:
-            raise UserError(f"{' '.join(args.inputs)}: no readable images")
-        data = codec.dumps(new_file(tok, images, fp))
-        atomic_write_bytes(target, data, args.force)
-        print(_summary(len(images), len(data), sum(im.width * im.height for im in images),
-                       sum(int(im.counts.sum()) for im in images), sum(len(im.counts) for im in images),
-                       len(skipped)) + f" -> {target}")
-        return 0
-    _unique([out / item.rel.with_suffix(".otok") for item in items], args.force)
-    total = pixels = written = tokens = tiles = 0
-    for item, im in _encode(tok, items, rate, False, args.quiet, skipped):
-        data = codec.dumps(new_file(tok, [im], fp))
-        atomic_write_bytes(out / item.rel.with_suffix(".otok"), data, args.force)
-        total, pixels, written = total + len(data), pixels + im.width * im.height, written + 1
-        tokens, tiles = tokens + int(im.counts.sum()), tiles + len(im.counts)
-    _report_skipped(skipped)
-    print(_summary(written, total, pixels, tokens, tiles, len(skipped)) + f" -> {out}")
-    return 0 if written else 1
+    images, skipped = [], []
+    with progress(len(items), "compress", quiet=args.quiet or single) as bar:
+        for item in items:
+            try:
+                images.append(encoder(item.src))
+            except UserError as err:
+                if single:
+                    raise
+                skipped.append(Skip(str(err), "unreadable" if "px a side" not in str(err) else "too large"))
+            bar.update(1)
+    code = _finish(len(images), skipped, len(items), target, "compressed")
+    data = codec.dumps(new_file(encoder.tok, images, fp))
+    atomic_write_bytes(target, data, args.force)
+    totals = Totals()
+    for image in images:
+        totals = totals.add(image, 0)
+    totals = totals._replace(bytes=len(data))
+    print(totals.summary() + (_skipped_text(skipped, 0) if not single else "") + f" -> {target}")
+    return code
+
+
+def _compress_folder(args, encoder: Encoder, fp: bytes, work: list[tuple[Item, Path]], out: Path, resumed: int) -> int:
+    from onetok.fileio import atomic_write_bytes
+    from onetok.scripts.progress import progress
+    from onetok.tokenizers import codec
+    from onetok.tokenizers.compress import new_file
+
+    totals, skipped = Totals(), []
+    try:
+        with progress(len(work), "compress", quiet=args.quiet) as bar:
+            for item, target in work:
+                try:
+                    image = encoder(item.src)
+                except UserError as err:
+                    skipped.append(Skip(str(err), "unreadable" if "px a side" not in str(err) else "too large"))
+                    bar.update(1)
+                    continue
+                data = codec.dumps(new_file(encoder.tok, [image], fp))
+                atomic_write_bytes(target, data, args.force)
+                totals = totals.add(image, len(data))  # the images themselves are not kept: flat memory
+                bar.update(1)
+    except KeyboardInterrupt as err:
+        raise _interrupted(err, resumed + totals.images, resumed + len(work), out) from None
+    code = _finish(totals.images + resumed, skipped, len(work) + resumed, out, "compressed")
+    print(totals.summary() + _skipped_text(skipped, resumed) + f" -> {out}")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -251,43 +388,60 @@ def _png_names(base: Path, stem: str, n: int) -> list[Path]:
     return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
 
 
-def _plan(items: list[Item], tokenizers: Tokenizers, out: Path, single: bool, skipped: list[str]) -> list:
-    """Validate every file and name every output before anything is written: [(file, tokenizer, targets)]."""
+def _plan(items: list[Item], tokenizers: Tokenizers, out: Path, kind: str, strict: bool, skipped: list[Skip]) -> list:
+    """Validate every file and name every output before anything is written: [(file, tokenizer, targets)]. A bad
+    file is an error when `strict` (one input), else skipped."""
     plans = []
     for item in items:
         try:
             f = read_otok(item.src, tokenizers.fp)
+            if kind == "file" and f.num_images != 1:
+                raise UserError(f"{out}: {item.src} holds {f.num_images} images: give a folder (-o DIR)")
             tok = tokenizers.for_file(item.src, f.fingerprint)
         except UserError as err:
-            if single:
+            if strict:
                 raise
-            skipped.append(str(err))
+            skipped.append(Skip(str(err), "unknown tokenizer" if "pass --tokenizer" in str(err) else "unreadable"))
             continue
-        if single and f.num_images == 1 and not out.is_dir():
-            targets = [out]
-        else:
-            base = out if single else out / item.rel.parent
-            targets = _png_names(base, item.src.stem, f.num_images)
+        targets = [out] if kind == "file" else _png_names(out / item.rel.parent, item.src.stem, f.num_images)
         plans.append((f, tok, targets))
     return plans
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    items = collect(args.inputs, suffix=".otok")
+    out = Path(args.out)
+    single = single_input(args.inputs)
+    kind = output_kind(out, ".png", single, "decompress")
+    protect = file_ids(item.src for item in items)
+    if kind == "file":
+        check_writable(out, args.force, protect)
+    tokenizers = Tokenizers(args.tokenizer)
+    skipped: list[Skip] = []
+    plans = _plan(items, tokenizers, out, kind, single, skipped)
+    resumed = 0
+    if args.resume and kind == "folder":
+        todo = [p for p in plans if not all(t.is_file() for t in p[2])]
+        resumed, plans = len(plans) - len(todo), todo
+    _unique([t for _, _, targets in plans for t in targets], args.force, protect)
+    try:
+        written = _decode_all(args, plans, single)
+    except KeyboardInterrupt as err:
+        raise _interrupted(err, resumed, resumed + len(plans), out) from None
+    code = _finish(written + resumed, skipped, len(items), out, "decompressed")
+    where = plans[0][2][0] if written == 1 else out
+    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + _skipped_text(skipped, resumed)
+          + f" -> {where}")
+    return code
 
+
+def _decode_all(args, plans: list, single: bool) -> int:
+    from onetok.scripts.progress import progress
     from onetok.tokenizers import codec
     from onetok.tokenizers.compress import decode_file
 
-    tokenizers = Tokenizers(args.tokenizer)
-    items = collect(args.inputs, suffix=".otok")
-    out = Path(args.out)
-    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-    skipped: list[str] = []
-    plans = _plan(items, tokenizers, out, single, skipped)
-    _unique([t for _, _, targets in plans for t in targets], args.force)
     written = 0
-    with tqdm(total=sum(f.num_images for f, _, _ in plans), desc="decompress", unit="img",
-              disable=args.quiet or single) as bar:
+    with progress(sum(f.num_images for f, _, _ in plans), "decompress", quiet=args.quiet or single) as bar:
         for f, tok, targets in plans:
             try:
                 images = decode_file(tok, f)
@@ -298,47 +452,60 @@ def cmd_decompress(args: argparse.Namespace) -> int:
                     image.save(tmp, format="PNG")
                 written += 1
                 bar.update(1)
-    _report_skipped(skipped)
-    where = plans[0][2][0] if written == 1 else out
-    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s) -> {where}; skipped {len(skipped)}")
-    return 0 if written else 1
+    return written
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # eval-compression
 # --------------------------------------------------------------------------------------------------------------------
 
+CODECS = ("jpeg", "webp", "avif")
+
+
+def _codecs(text: str) -> tuple[str, ...]:
+    from onetok.tokenizers import rd
+
+    asked = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    unknown = [c for c in asked if c not in CODECS]
+    if unknown:
+        raise UserError(f"--codecs {text}: unknown codec {unknown[0]!r} (choose from {', '.join(CODECS)})")
+    missing = [c for c in asked if c not in rd.pillow_codecs()]
+    if missing:
+        print(f"note: this Pillow cannot write {', '.join(missing)}: left out of the comparison", file=sys.stderr)
+    return tuple(c for c in asked if c not in missing)
+
 
 def cmd_eval_compression(args: argparse.Namespace) -> int:
     import json
 
-    from tqdm import tqdm
-
     from onetok.fileio import atomic_write_bytes
-    from onetok.tokenizers import rd
+    from onetok.scripts.progress import progress
 
-    tok = load_tokenizer(args.tokenizer)
-    if not Path(args.images).is_dir():
-        raise UserError(f"{args.images}: not a folder")
     if args.max_images < 0:
         raise UserError(f"--max-images {args.max_images}: must be 0 (all) or positive")
-    items = collect([args.images])[: args.max_images or None]
+    if not args.compare_bpp > 0:
+        raise UserError(f"--compare-bpp {args.compare_bpp}: must be positive")
+    if not Path(args.images).is_dir():
+        raise UserError(f"{args.images}: not a folder")
     report = Path(args.out)
+    items = collect([args.images], skip_folder=report)[: args.max_images or None]
+    protect = file_ids(item.src for item in items)
     outputs = {name: report / name for name in ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")}
     for path in outputs.values():
-        check_writable(path, args.force)
+        check_writable(path, args.force, protect)
+    tok = load_tokenizer(args.tokenizer)
+    from onetok.tokenizers import rd
+
+    codecs = _codecs(args.codecs)
     names, images, skipped = [], [], []
     for item in items:
         try:
             images.append(read_image(item.src))
             names.append(str(item.rel))
         except UserError as err:
-            skipped.append(str(err))
-    _report_skipped(skipped)
-    if not images:
-        raise UserError(f"{args.images}: no readable images")
-    codecs = tuple(c for c in rd.pillow_codecs() if c in args.codecs.split(","))
-    with tqdm(total=len(images), desc="eval-compression", unit="img", disable=args.quiet) as bar:
+            skipped.append(Skip(str(err), "unreadable"))
+    code = _finish(len(images), skipped, len(items), Path(args.images), "evaluated")
+    with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
         rows = rd.evaluate(tok, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
     points = rd.summarize(rows)
     rates = rd.bd_rates(points)
@@ -354,8 +521,8 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
     print(rd.format_table(points))
     print(rd.format_bd(rates))
-    print(f"{len(images)} image(s), skipped {len(skipped)} -> {', '.join(str(p) for p in outputs.values())}")
-    return 0
+    print(f"{len(images)} image(s)" + _skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -373,31 +540,47 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _resume_or_force(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--force", action="store_true", help=f"replace existing {what} (never an input)")
+    group.add_argument("--resume", action="store_true",
+                       help="folder mode: keep the outputs that already exist (an interrupted run's) and do the rest")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids, native resolution, tiled)",
-                       description="Code images at their own resolution as tiles of tokenizer ids.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
-    p.add_argument("-o", "--out", required=True, help="output .otok file (one input image) or folder")
+                       description="Code images at their own resolution as tiles of tokenizer ids. One image -> "
+                                   "OUT.otok (or OUT/NAME.otok); several images or folders -> a folder OUT mirroring "
+                                   "their names; --batch -> one OUT.otok holding them all.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively; "
+                                                              ".txt/.json sidecars are ignored)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="a NAME.otok file (one input, or --batch) or a folder (several inputs, or a folder)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--tokens", type=int, metavar="K", help="the same K tokens for every tile, 1..L (default L)")
+    rate.add_argument("--tokens", type=int, metavar="K",
+                      help="the same K tokens for every tile, 1..L, where L is the tokenizer's number of tokens per "
+                           "tile (its num_latent_tokens, e.g. 32 for the photo tokenizer; default L)")
     rate.add_argument("--bpp", type=float, metavar="B",
                       help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
     rate.add_argument("--psnr", type=float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
     p.add_argument("--scale", type=float, default=1.0, metavar="S",
                    help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help=".otok files -> PNG images at their original size",
-                       description="Decode .otok files; the tokenizer is found by each file's fingerprint.")
+                       description="Decode .otok files; the tokenizer is found by each file's fingerprint. A "
+                                   "one-image file -> OUT.png (or OUT/NAME.png); several files, a folder or a "
+                                   "--batch file -> a folder OUT.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=".otok files and/or folders of them")
-    p.add_argument("-o", "--out", required=True, help="output PNG (one single-image input) or folder")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="a NAME.png file (one single-image input) or a folder")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="the tokenizer the files were made with (default: found by fingerprint)")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decompress)
 
@@ -409,10 +592,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
     p.add_argument("--bpp", type=_float_list, metavar="B1,B2,...",
                    help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
-    p.add_argument("--codecs", default="jpeg,webp,avif", help="Pillow codecs to compare (default jpeg,webp,avif)")
+    p.add_argument("--codecs", default="jpeg,webp,avif", metavar="C1,C2,...",
+                   help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default jpeg,webp,avif)")
     p.add_argument("--compare-bpp", type=float, default=0.1, metavar="B",
                    help="target of the equal-bytes picture of the first image (default 0.1)")
-    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (0 = all)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default 0 = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval_compression)
