@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except UserError as err:
-        print(f"onetok {name}: error: {err}", file=sys.stderr)
+        print(f"onetok {name}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        detail = f": {err}" if str(err) else ""
+        detail = f": {_one_line(err)}" if str(err) else ""
         print(f"onetok {name}: interrupted{detail}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - only the library's plain errors are mapped; the rest is re-raised

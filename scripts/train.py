@@ -10,6 +10,7 @@ One YAML per run names its system and data module by class path, e.g.
       init_args: {...}
 
     onetok-train fit --config configs/tokenizer/shapes.yaml
+    onetok-train fit --config tokenizer/shapes        # the same config, by name, from any folder
     onetok-train validate --config configs/tokenizer/shapes.yaml --ckpt_path runs/.../last.ckpt
 """
 
@@ -20,9 +21,18 @@ import sys
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from onetok.scripts import train_checks
+
+
+class OnetokCLI(LightningCLI):
+    """LightningCLI that checks the data and folders a config names before anything is built (train_checks)."""
+
+    def before_instantiate_classes(self) -> None:
+        train_checks.before_instantiate(self.config[self.subcommand] if self.subcommand else self.config)
+
 
 def main(args: ArgsType = None) -> int:
-    LightningCLI(
+    return train_checks.run(lambda: OnetokCLI(  # --config NAME resolved, errors as one line (exit 2)
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -31,8 +41,8 @@ def main(args: ArgsType = None) -> int:
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
-    )
-    return 0
+        parser_kwargs=train_checks.PARSER_KWARGS,
+    ), args)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     with pytest.raises(UserError, match="no such checkpoint"):
         export(tmp_path / "missing.ckpt", tmp_path / "x")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a loadable checkpoint"):
+    with pytest.raises(UserError, match="not a checkpoint written by onetok-train"):
         export(tmp_path / "junk.ckpt", tmp_path / "x")
     torch.save({"onetok_system": "mystery"}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="unknown checkpoint kind"):
