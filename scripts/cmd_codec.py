@@ -91,12 +91,12 @@ def output_kind(out: Path, suffix: str, single: bool, what: str) -> str:
             raise UserError(f"{out}: several inputs need a folder output (-o DIR)"
                             + ("; --batch packs them into one .otok file" if suffix == ".otok" else ""))
         return "file"
-    if out.exists():
-        raise UserError(f"{out}: exists and is not a folder")
     if out.suffix and not single:
         raise UserError(f"{out}: several inputs need a folder output (-o DIR), not a name with an extension")
     if out.suffix:
         raise UserError(f"{out}: {what} writes {suffix} files: name the output *{suffix}, or give a folder")
+    if out.exists():
+        raise UserError(f"{out}: exists and is not a folder")
     return "folder"
 
 
@@ -154,11 +154,19 @@ def _unique(targets: list[Path], force: bool, protect) -> None:
 def _finish(done: int, skipped: list[Skip], total: int, out: Path, verb: str) -> int:
     """Skipped files and the exit code of a folder run: 0, 1 when some inputs were skipped, a UserError when none
     could be done."""
+    if done == 0 and skipped:  # one line: the counts and the first reason
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserError(f"{out}: nothing {verb}: all {total} input(s) skipped ({_reasons(skipped)}); first: "
+                        f"{skipped[0].message}{more}")
     for s in skipped:
         print(f"skipped {s.message}", file=sys.stderr)
-    if done == 0 and skipped:
-        raise UserError(f"{out}: nothing {verb}: all {total} input(s) skipped ({_reasons(skipped)})")
     return 1 if skipped else 0
+
+
+def image_skip(err: UserError) -> Skip:
+    text = str(err)
+    large = any(w in text for w in ("px a side", "too many pixels", "decompression bomb"))
+    return Skip(text, "too large" if large else "unreadable")
 
 
 def _reasons(skipped: list[Skip]) -> str:
@@ -174,6 +182,12 @@ def _interrupted(err: KeyboardInterrupt, done: int, total: int, out: Path):
     """The same interruption, saying what was kept and how to finish."""
     return type(err)(f"{done} of {total} outputs finished and kept in {out}; run the same command with --resume "
                      "to do the rest")
+
+
+def _write_failed(err: OSError, done: int, total: int, out: Path) -> UserError:
+    """A full disk or a vanished folder in the middle of a folder run: one line saying what is kept and how to go on."""
+    return UserError(f"{err.filename or out}: {err.strerror or err}; {done} of {total} outputs finished and kept in "
+                     f"{out}: fix that, then run the same command with --resume")
 
 
 def format_bpp(bpp: float) -> str:
@@ -300,7 +314,7 @@ def _compress_one_file(args, encoder: Encoder, fp: bytes, items: list[Item], tar
             except UserError as err:
                 if single:
                     raise
-                skipped.append(Skip(str(err), "unreadable" if "px a side" not in str(err) else "too large"))
+                skipped.append(image_skip(err))
             bar.update(1)
     code = _finish(len(images), skipped, len(items), target, "compressed")
     data = codec.dumps(new_file(encoder.tok, images, fp))
@@ -326,7 +340,7 @@ def _compress_folder(args, encoder: Encoder, fp: bytes, work: list[tuple[Item, P
                 try:
                     image = encoder(item.src)
                 except UserError as err:
-                    skipped.append(Skip(str(err), "unreadable" if "px a side" not in str(err) else "too large"))
+                    skipped.append(image_skip(err))
                     bar.update(1)
                     continue
                 data = codec.dumps(new_file(encoder.tok, [image], fp))
@@ -335,6 +349,8 @@ def _compress_folder(args, encoder: Encoder, fp: bytes, work: list[tuple[Item, P
                 bar.update(1)
     except KeyboardInterrupt as err:
         raise _interrupted(err, resumed + totals.images, resumed + len(work), out) from None
+    except OSError as err:
+        raise _write_failed(err, resumed + totals.images, resumed + len(work), out) from None
     code = _finish(totals.images + resumed, skipped, len(work) + resumed, out, "compressed")
     print(totals.summary() + _skipped_text(skipped, resumed) + f" -> {out}")
     return code
@@ -424,10 +440,17 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         todo = [p for p in plans if not all(t.is_file() for t in p[2])]
         resumed, plans = len(plans) - len(todo), todo
     _unique([t for _, _, targets in plans for t in targets], args.force, protect)
+    progress_: list[int] = []  # files finished, for the messages below
     try:
-        written = _decode_all(args, plans, single)
+        written = _decode_all(args, plans, single, progress_)
     except KeyboardInterrupt as err:
-        raise _interrupted(err, resumed, resumed + len(plans), out) from None
+        if single:
+            raise
+        raise _interrupted(err, resumed + len(progress_), resumed + len(plans), out) from None
+    except OSError as err:
+        if single:
+            raise
+        raise _write_failed(err, resumed + len(progress_), resumed + len(plans), out) from None
     code = _finish(written + resumed, skipped, len(items), out, "decompressed")
     where = plans[0][2][0] if written == 1 else out
     print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + _skipped_text(skipped, resumed)
@@ -435,7 +458,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     return code
 
 
-def _decode_all(args, plans: list, single: bool) -> int:
+def _decode_all(args, plans: list, single: bool, finished: list[int]) -> int:
     from onetok.scripts.progress import progress
     from onetok.tokenizers import codec
     from onetok.tokenizers.compress import decode_file
@@ -452,6 +475,7 @@ def _decode_all(args, plans: list, single: bool) -> int:
                     image.save(tmp, format="PNG")
                 written += 1
                 bar.update(1)
+            finished.append(1)
     return written
 
 
@@ -503,7 +527,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
             images.append(read_image(item.src))
             names.append(str(item.rel))
         except UserError as err:
-            skipped.append(Skip(str(err), "unreadable"))
+            skipped.append(image_skip(err))
     code = _finish(len(images), skipped, len(items), Path(args.images), "evaluated")
     with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
         rows = rd.evaluate(tok, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)

@@ -68,10 +68,11 @@ def cmd_images(args: argparse.Namespace) -> int:
         with progress(total, "images", unit="file", quiet=args.quiet) as bar:
             summary = convert_images(src, tmp, args.size, args.shard_size, args.val_fraction, args.format,
                                      progress=bar.update)
+        if summary.written == 0:
+            raise UserError(f"{src}: no readable images, nothing written: all {summary.skipped} file(s) skipped; "
+                            f"first: {summary.skipped_files[0]}")
         for line in summary.skipped_files:
             print(f"skipped {line}", file=sys.stderr)
-        if summary.written == 0:
-            raise UserError(f"{src}: no readable images: all {summary.skipped} file(s) skipped; nothing written")
         replace_dir(tmp, out)
     finally:
         if tmp.exists():

@@ -167,9 +167,13 @@ class _DropTip(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).addFilter(_DropTip())
+    """The filter on every logger Lightning's rank-zero messages go through (which one depends on import order)."""
+    drop = _DropTip()
+    for package in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        for module in ("utilities.rank_zero", "utilities.seed"):
+            logger = logging.getLogger(f"{package}.{module}")
+            if not any(isinstance(f, _DropTip) for f in logger.filters):
+                logger.addFilter(drop)
 
 
 PARSER_KWARGS = {"exit_on_error": False, "fit": {"exit_on_error": False}, "validate": {"exit_on_error": False},

@@ -45,9 +45,10 @@ def cli(args: list[str]):
 
     argv, sys.argv = sys.argv, ["onetok-train", *args]
     try:
-        return main(args)
+        code = main(args)
     finally:
         sys.argv = argv
+    assert code == 0  # errors are one line and exit code 2 now, not exceptions
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in ALL_CONFIGS])
