@@ -6,13 +6,15 @@ functions, after the arguments and paths are checked, so `onetok --help` and a m
 
 Every failure a user can cause or meet -- a bad flag value, a missing or unreadable file, an unwritable or full
 output location, an interrupted run -- ends in one line on stderr naming the flag or file, and exit code 2
-(130 after Ctrl-C, 143 after SIGTERM); a traceback means a bug in onetok.
+(130 after Ctrl-C, 143 after SIGTERM); a traceback means a bug in onetok. `ONETOK_DEBUG=1` shows the traceback of
+an OSError or ValueError too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
@@ -50,6 +52,19 @@ def build_parser() -> Parser:
             raise
         module.register(sub)
     return parser
+
+
+def import_torch() -> None:
+    """Import torch for a command that loads a model, the fast way: einx (imported by vector_quantize_pytorch, our
+    FSQ/LFQ) registers its torch backend at once when torch is already loaded -- importing torch._dynamo, about 1 s
+    -- but lazily, on its first use, when einx comes first; inference never uses it. `onetok bench startup` measures
+    the difference."""
+    if "torch" not in sys.modules:
+        try:
+            import einx  # noqa: F401
+        except ImportError:  # a build without vector_quantize_pytorch
+            pass
+    import torch  # noqa: F401
 
 
 def _one_line(text: str) -> str:
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onetok {name}: interrupted{detail}", file=sys.stderr)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:  # noqa: BLE001 - only the library's plain errors are mapped; the rest is re-raised
-        if not isinstance(err, _library_errors()):
+        if not isinstance(err, _library_errors()) or os.environ.get("ONETOK_DEBUG"):
             raise
         print(f"onetok {name}: error: {describe(err)}", file=sys.stderr)
         return 2

@@ -40,6 +40,9 @@ def check_model_dir(path: str) -> Path:
 
 def _load_model(path: str):
     directory = check_model_dir(path)
+    from onetok.scripts.cli import import_torch
+
+    import_torch()
     from safetensors import SafetensorError
 
     from onetok.ar_model.unified import UnifiedModel
@@ -274,12 +277,12 @@ def _batches(prompts: list[str], n: int, size: int, seed: int):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     prompts = _check_sample_args(args)
+    model = _load_model(args.model)
     import torch
     from torchvision.utils import make_grid
 
     from onetok.scripts.progress import progress
 
-    model = _load_model(args.model)
     if args.chains > model.tokenizer.codebook_size:
         raise UserError(f"--chains {args.chains}: must be at most the codebook size {model.tokenizer.codebook_size}")
     settings = _settings(args)

@@ -131,6 +131,9 @@ def tokenizer_dir(directory: str | Path | None) -> Path:
 def load_tokenizer(directory: str | Path | None):
     """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
     path = tokenizer_dir(directory)
+    from onetok.scripts.cli import import_torch
+
+    import_torch()
     from onetok.tokenizers import Tokenizer
 
     try:

@@ -195,6 +195,8 @@ def run(build: Callable[[], object], argv: list[str] | None) -> int:
     except UserError as err:
         return _fail(str(err))
     except (ArgumentError, ValueError) as err:  # also jsonargparse's errors when it builds the classes
+        if os.environ.get("ONETOK_DEBUG"):
+            raise
         return _fail(condense(str(err)) or type(err).__name__)
     except OSError as err:  # data errors met by Lightning after the checks (a shard corrupt inside)
         return _fail(" ".join(str(err).split()) or type(err).__name__)
