@@ -19,6 +19,14 @@ import time
 from pathlib import Path
 
 from onetok.fileio import UserError, atomic_output, check_replaceable_dir, check_writable, replace_dir, staging_dir
+from onetok.scripts.sampling_args import (
+    add_sampling_args,
+    check_image_tokens,
+    check_prompts,
+    check_sampling_flags,
+    prompt_length,
+    sampling_settings,
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -52,96 +60,6 @@ def _load_model(path: str):
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
         detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
         raise UserError(f"{path}: cannot load the model ({type(err).__name__}: {detail})") from None
-
-
-def check_sampling_flags(args: argparse.Namespace) -> None:
-    """The sampling flags, named as the user typed them (before any model is loaded)."""
-    if args.cfg is not None and not args.cfg >= 0:
-        raise UserError(f"--cfg {args.cfg}: must be >= 0 (1 = no guidance, 0 = unconditional)")
-    if args.temperature is not None and not args.temperature >= 0:
-        raise UserError(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
-    if args.top_k is not None and args.top_k < 0:
-        raise UserError(f"--top-k {args.top_k}: must be >= 0 (0 = all codes)")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p {args.top_p}: must be in (0, 1]")
-    if args.image_tokens is not None and args.image_tokens < 1:
-        raise UserError(f"--image-tokens {args.image_tokens}: must be at least 1")
-
-
-def _settings(args: argparse.Namespace):
-    from onetok.ar_model.evaluate import DEFAULT_SETTINGS
-    from onetok.ar_model.generate import SamplingSettings
-
-    check_sampling_flags(args)
-    d = DEFAULT_SETTINGS
-    return SamplingSettings(
-        temperature=d.temperature if args.temperature is None else args.temperature,
-        top_k=d.top_k if args.top_k is None else (args.top_k or None),
-        top_p=d.top_p if args.top_p is None else args.top_p,
-        cfg_scale=d.cfg_scale if args.cfg is None else args.cfg,
-    )
-
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    # the defaults named here are ar_model.evaluate.DEFAULT_SETTINGS (not imported: the parser must stay torch-free)
-    p.add_argument("--cfg", type=float, default=None, metavar="S",
-                   help="classifier-free guidance scale, >= 0 (default 2; 1 = off, 0 = unconditional)")
-    p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature, >= 0 "
-                                                                                 "(default 0.7; 0 = greedy)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K",
-                   help="keep the K most likely codes (default: all; 0 = all)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling mass in (0, 1] "
-                                                                           "(default: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); prompt i draws with seed + i")
-    p.add_argument("--image-tokens", type=int, default=None, metavar="K",
-                   help="draw only the first K of the tokenizer's L tokens per image (coarser images; default L)")
-
-
-def _check_image_tokens(model, k: int | None) -> None:
-    L = model.tokenizer.num_latent_tokens
-    if k is not None and not 1 <= k <= L:
-        raise UserError(f"--image-tokens {k}: must be in 1..{L} (L, this model's tokens per image)")
-
-
-def normalize_prompt(vocab, prompt: str) -> str:
-    """For a word vocabulary: the prompt in the case and without the punctuation of its words ("A red circle." ->
-    "a red circle"); other vocabularies read the text as it is."""
-    words = getattr(vocab.text, "words", None)
-    if words is None:
-        return prompt
-    known = set("".join(words))
-    if all(w == w.lower() for w in words):
-        prompt = prompt.lower()
-    return " ".join("".join(c for c in w if c in known or c.isalnum()) for w in prompt.split())
-
-
-def _prompt_ids(model, prompt: str, what: str = "prompt") -> int:
-    """The number of text tokens of `prompt`; UserError naming unknown words and the known ones."""
-    try:
-        return len(model.vocab.encode_text(prompt))
-    except ValueError as err:
-        words = getattr(model.vocab.text, "words", None)
-        known = ""
-        if words is not None:
-            shown = sorted(words)[:60]
-            known = f"; the model knows: {', '.join(shown)}" + (", ..." if len(words) > len(shown) else "")
-        raise UserError(f"{what} {prompt!r}: {err}{known}") from None
-
-
-def check_prompts(model, prompts: list[str], image_tokens: int | None) -> list[str]:
-    """The prompts normalised for the model's vocabulary, each checked to fit its context with the image tokens."""
-    k = image_tokens or model.tokenizer.num_latent_tokens
-    room = model.transformer.config.max_seq_len - 2 - k  # <bos>/<boi> markers, then k image tokens
-    out = []
-    for prompt in prompts:
-        prompt = normalize_prompt(model.vocab, prompt)
-        n = _prompt_ids(model, prompt)
-        if n > room:
-            raise UserError(f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}: {n} text tokens, but this "
-                            f"model takes at most {room} (its context of {model.transformer.config.max_seq_len} "
-                            f"tokens holds the prompt, 2 markers and {k} image tokens)")
-        out.append(prompt)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -285,8 +203,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.chains > model.tokenizer.codebook_size:
         raise UserError(f"--chains {args.chains}: must be at most the codebook size {model.tokenizer.codebook_size}")
-    settings = _settings(args)
-    _check_image_tokens(model, args.image_tokens)
+    settings = sampling_settings(args)
+    check_image_tokens(model, args.image_tokens)
     prompts = check_prompts(model, prompts, args.image_tokens)
     out = Path(args.out)
     tmp = staging_dir(out, args.force, inputs=[args.model])
@@ -446,15 +364,15 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     from onetok.ar_model import evaluate
 
     model = _load_model(args.model)
-    settings = _settings(args)
-    _check_image_tokens(model, args.image_tokens)
+    settings = sampling_settings(args)
+    check_image_tokens(model, args.image_tokens)
     try:
         items = evaluate.load_eval_items(args.data, args.n, model, args.model)
     except (OSError, ValueError) as err:
         message = str(err) if str(args.data) in str(err) else f"{args.data}: {err}"
         raise UserError(message) from None
     for caption in items.captions:
-        _prompt_ids(model, caption, what="val caption")
+        prompt_length(model, caption, what="val caption")
     on_images = None
     if args.fid:  # the reference first: a bad --fid-ref fails before any sampling
         extractor = fid_extractor(args, str(model.transformer.output.weight.device))
@@ -522,7 +440,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"images per prompt (default 1; at most {MAX_IMAGES} images per run in all)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="images drawn together (default 32): memory stays at one batch for any -n")
-    _add_sampling_args(p)
+    add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
     p.add_argument("--window", type=int, default=None, metavar="W", help="SJD draft window (default 16)")
     p.add_argument("--chains", type=int, default=8, metavar="C",  # = ar_model.sjd.DEFAULT_CHAINS (parser torch-free)
@@ -548,7 +466,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
     p.add_argument("--data", required=True, metavar="DATA", help="val image shards, a dataset root, or a token folder")
     p.add_argument("--n", type=int, default=300, metavar="N", help="val prompts and val images to judge (default 300)")
-    _add_sampling_args(p)
+    add_sampling_args(p)
     p.add_argument("--batch-size", type=int, default=100, metavar="B", help="prompts sampled together (default 100)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")

@@ -19,21 +19,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
 from onetok.fileio import UserError, atomic_output, check_writable, file_ids
+from onetok.scripts.folder_runs import (
+    Skip,
+    Totals,
+    check_targets,
+    finish,
+    image_skip,
+    interrupted,
+    output_kind,
+    single_input,
+    skipped_text,
+    write_failed,
+)
 
 
 class Item(NamedTuple):
     src: Path  # input file
     rel: Path  # its name below the output folder
-
-
-class Skip(NamedTuple):
-    message: str  # one line naming the file and the reason
-    why: str  # the reason in two or three words, counted in the summary
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,29 +83,6 @@ def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | No
     return items
 
 
-def single_input(inputs: list[str]) -> bool:
-    return len(inputs) == 1 and Path(inputs[0]).is_file()
-
-
-def output_kind(out: Path, suffix: str, single: bool, what: str) -> str:
-    """"file" or "folder" for -o OUT, by its name: a `suffix` name is a file, a name without an extension (or an
-    existing folder) a folder; anything else would hold what its extension does not say and is refused."""
-    if out.is_dir():
-        return "folder"
-    if out.suffix.lower() == suffix:
-        if not single:
-            raise UserError(f"{out}: several inputs need a folder output (-o DIR)"
-                            + ("; --batch packs them into one .otok file" if suffix == ".otok" else ""))
-        return "file"
-    if out.suffix and not single:
-        raise UserError(f"{out}: several inputs need a folder output (-o DIR), not a name with an extension")
-    if out.suffix:
-        raise UserError(f"{out}: {what} writes {suffix} files: name the output *{suffix}, or give a folder")
-    if out.exists():
-        raise UserError(f"{out}: exists and is not a folder")
-    return "folder"
-
-
 def read_image(path: Path):
     """The RGB image as displayed (`onetok.data.images.load_image`); notes on what was converted go to stderr."""
     from onetok.data.images import ImageReadError, load_image
@@ -141,61 +124,6 @@ def load_tokenizer(directory: str | Path | None):
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
         detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
         raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {detail})") from None
-
-
-def _unique(targets: list[Path], force: bool, protect) -> None:
-    """Refuse duplicate output names, inputs as outputs and (without --force) existing outputs, before anything is
-    written."""
-    seen: set[Path] = set()
-    for t in targets:
-        if t in seen:
-            raise UserError(f"{t}: two inputs map to this output name")
-        seen.add(t)
-        check_writable(t, force, protect)
-
-
-def _finish(done: int, skipped: list[Skip], total: int, out: Path, verb: str) -> int:
-    """Skipped files and the exit code of a folder run: 0, 1 when some inputs were skipped, a UserError when none
-    could be done."""
-    if done == 0 and skipped:  # one line: the counts and the first reason
-        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise UserError(f"{out}: nothing {verb}: all {total} input(s) skipped ({_reasons(skipped)}); first: "
-                        f"{skipped[0].message}{more}")
-    for s in skipped:
-        print(f"skipped {s.message}", file=sys.stderr)
-    return 1 if skipped else 0
-
-
-def image_skip(err: UserError) -> Skip:
-    text = str(err)
-    large = any(w in text for w in ("px a side", "too many pixels", "decompression bomb"))
-    return Skip(text, "too large" if large else "unreadable")
-
-
-def _reasons(skipped: list[Skip]) -> str:
-    return ", ".join(f"{n} {why}" for why, n in Counter(s.why for s in skipped).most_common())
-
-
-def _skipped_text(skipped: list[Skip], resumed: int) -> str:
-    text = f"; skipped {len(skipped)}" + (f" ({_reasons(skipped)})" if skipped else "")
-    return text + (f"; {resumed} already done earlier (--resume)" if resumed else "")
-
-
-def _interrupted(err: KeyboardInterrupt, done: int, total: int, out: Path):
-    """The same interruption, saying what was kept and how to finish."""
-    return type(err)(f"{done} of {total} outputs finished and kept in {out}; run the same command with --resume "
-                     "to do the rest")
-
-
-def _write_failed(err: OSError, done: int, total: int, out: Path) -> UserError:
-    """A full disk or a vanished folder in the middle of a folder run: one line saying what is kept and how to go on."""
-    return UserError(f"{err.filename or out}: {err.strerror or err}; {done} of {total} outputs finished and kept in "
-                     f"{out}: fix that, then run the same command with --resume")
-
-
-def format_bpp(bpp: float) -> str:
-    """Bits per pixel with 4 decimals, or 3 significant digits when that would print 0.0000."""
-    return f"{bpp:.4f}" if bpp >= 0.01 else f"{bpp:.3g}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -254,24 +182,6 @@ class Encoder:
         return encoded.image
 
 
-class Totals(NamedTuple):
-    images: int = 0
-    bytes: int = 0
-    pixels: int = 0
-    tokens: int = 0
-    tiles: int = 0
-
-    def add(self, image, size: int) -> Totals:
-        """These totals plus one coded image (a TiledImage) of `size` file bytes."""
-        return Totals(self.images + 1, self.bytes + size, self.pixels + image.width * image.height,
-                      self.tokens + int(image.counts.sum()), self.tiles + len(image.counts))
-
-    def summary(self) -> str:
-        bpp = format_bpp(8 * self.bytes / self.pixels) if self.pixels else "-"
-        return (f"compressed {self.images} image(s) into {self.bytes} bytes: {bpp} bits per original pixel, "
-                f"{self.tokens / max(self.tiles, 1):.2f} tokens per tile on average")
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
     check_rate_flags(args)
     out = Path(args.out)
@@ -291,7 +201,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         todo = [(item, t) for item, t in zip(items, targets) if not t.is_file()]
         done_before = len(items) - len(todo)
         items, targets = [item for item, _ in todo], [t for _, t in todo]
-    _unique(targets, args.force, protect)
+    check_targets(targets, args.force, protect)
     directory = tokenizer_dir(args.tokenizer)
     from onetok.tokenizers import codec, domain
 
@@ -319,14 +229,14 @@ def _compress_one_file(args, encoder: Encoder, fp: bytes, items: list[Item], tar
                     raise
                 skipped.append(image_skip(err))
             bar.update(1)
-    code = _finish(len(images), skipped, len(items), target, "compressed")
+    code = finish(len(images), skipped, len(items), target, "compressed")
     data = codec.dumps(new_file(encoder.tok, images, fp))
     atomic_write_bytes(target, data, args.force)
     totals = Totals()
     for image in images:
         totals = totals.add(image, 0)
     totals = totals._replace(bytes=len(data))
-    print(totals.summary() + (_skipped_text(skipped, 0) if not single else "") + f" -> {target}")
+    print(totals.summary() + (skipped_text(skipped, 0) if not single else "") + f" -> {target}")
     return code
 
 
@@ -351,11 +261,11 @@ def _compress_folder(args, encoder: Encoder, fp: bytes, work: list[tuple[Item, P
                 totals = totals.add(image, len(data))  # the images themselves are not kept: flat memory
                 bar.update(1)
     except KeyboardInterrupt as err:
-        raise _interrupted(err, resumed + totals.images, resumed + len(work), out) from None
+        raise interrupted(err, resumed + totals.images, resumed + len(work), out) from None
     except OSError as err:
-        raise _write_failed(err, resumed + totals.images, resumed + len(work), out) from None
-    code = _finish(totals.images + resumed, skipped, len(work) + resumed, out, "compressed")
-    print(totals.summary() + _skipped_text(skipped, resumed) + f" -> {out}")
+        raise write_failed(err, resumed + totals.images, resumed + len(work), out) from None
+    code = finish(totals.images + resumed, skipped, len(work) + resumed, out, "compressed")
+    print(totals.summary() + skipped_text(skipped, resumed) + f" -> {out}")
     return code
 
 
@@ -442,21 +352,21 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     if args.resume and kind == "folder":
         todo = [p for p in plans if not all(t.is_file() for t in p[2])]
         resumed, plans = len(plans) - len(todo), todo
-    _unique([t for _, _, targets in plans for t in targets], args.force, protect)
+    check_targets([t for _, _, targets in plans for t in targets], args.force, protect)
     progress_: list[int] = []  # files finished, for the messages below
     try:
         written = _decode_all(args, plans, single, progress_)
     except KeyboardInterrupt as err:
         if single:
             raise
-        raise _interrupted(err, resumed + len(progress_), resumed + len(plans), out) from None
+        raise interrupted(err, resumed + len(progress_), resumed + len(plans), out) from None
     except OSError as err:
         if single:
             raise
-        raise _write_failed(err, resumed + len(progress_), resumed + len(plans), out) from None
-    code = _finish(written + resumed, skipped, len(items), out, "decompressed")
+        raise write_failed(err, resumed + len(progress_), resumed + len(plans), out) from None
+    code = finish(written + resumed, skipped, len(items), out, "decompressed")
     where = plans[0][2][0] if written == 1 else out
-    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + _skipped_text(skipped, resumed)
+    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + skipped_text(skipped, resumed)
           + f" -> {where}")
     return code
 
@@ -531,7 +441,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
             names.append(str(item.rel))
         except UserError as err:
             skipped.append(image_skip(err))
-    code = _finish(len(images), skipped, len(items), Path(args.images), "evaluated")
+    code = finish(len(images), skipped, len(items), Path(args.images), "evaluated")
     with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
         rows = rd.evaluate(tok, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
     points = rd.summarize(rows)
@@ -548,7 +458,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
     print(rd.format_table(points))
     print(rd.format_bd(rates))
-    print(f"{len(images)} image(s)" + _skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
+    print(f"{len(images)} image(s)" + skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
     return code
 
 
@@ -575,6 +485,12 @@ def _resume_or_force(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_compress(sub)
+    _register_decompress(sub)
+    _register_eval_compression(sub)
+
+
+def _register_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids, native resolution, tiled)",
                        description="Code images at their own resolution as tiles of tokenizer ids. One image -> "
                                    "OUT.otok (or OUT/NAME.otok); several images or folders -> a folder OUT mirroring "
@@ -598,6 +514,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
+
+def _register_decompress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decompress", help=".otok files -> PNG images at their original size",
                        description="Decode .otok files; the tokenizer is found by each file's fingerprint. A "
                                    "one-image file -> OUT.png (or OUT/NAME.png); several files, a folder or a "
@@ -611,6 +529,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decompress)
 
+
+def _register_eval_compression(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-compression", help="rate-distortion of .otok vs JPEG, WebP and AVIF at native size",
                        description="Rate-distortion at each image's own resolution, every file byte counted.")
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (searched recursively)")

@@ -402,7 +402,7 @@ def test_18_progress_in_a_log_file_is_whole_lines(env, tmp_path, capsys):
 
 
 def test_18_tiny_rates_are_not_printed_as_zero():
-    from onetok.scripts.cmd_codec import Totals, format_bpp
+    from onetok.scripts.folder_runs import Totals, format_bpp
 
     assert format_bpp(0.1234) == "0.1234" and format_bpp(0.00004321) == "4.32e-05"
     totals = Totals(images=1, bytes=60, pixels=12_000_000, tokens=10, tiles=10)

@@ -88,6 +88,7 @@ def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     out = tmp_path / "tok"
     assert onetok(["export", str(ckpt_path), "--out", str(out)]) == 0
     tok = Tokenizer.from_pretrained(out)
+    assert "the built-in shapes data: 16 px" in json.loads((out / "config.json").read_text())["trained_on"]
     ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     torch.testing.assert_close(tok.state_dict()["decoder.grid_pos"], ema["decoder.grid_pos"])  # EMA weights exported
     assert tok.decode(tok.encode(torch.rand(2, 3, 16, 16))).shape == (2, 3, 16, 16)
