@@ -1,6 +1,7 @@
 """The unified model: AR transformer + shared vocabulary + image tokenizer, saved together in one directory.
 
-    DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict}
+    DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict,
+                            "tokenizer_fingerprint": hex of onetok.tokenizers.codec.fingerprint, checked on load}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
     DIR/text_vocab.model   a sentencepiece text vocabulary, when the vocabulary has one (config.json names the file)
@@ -29,6 +30,7 @@ from onetok.ar_model.sjd import default_chains, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
+from onetok.tokenizers.codec import fingerprint
 
 FORMAT, VERSION = "onetok-unified", 1
 
@@ -74,6 +76,7 @@ class UnifiedModel(nn.Module):
         transformer = Transformer(ARConfig(**meta["model"]))
         load_model(transformer, str(directory / "model.safetensors"), device=str(map_location))
         tokenizer = Tokenizer.from_pretrained(directory / "tokenizer", map_location=map_location)
+        _check_tokenizer(tokenizer, meta.get("tokenizer_fingerprint"), directory / "tokenizer")
         return cls(transformer, _load_vocab(meta["vocab"], directory), tokenizer).to(map_location)
 
     def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
@@ -91,6 +94,7 @@ class UnifiedModel(nn.Module):
                 "version": VERSION,
                 "model": dataclasses.asdict(self.transformer.config),
                 "vocab": _save_vocab(self.vocab, tmp),
+                "tokenizer_fingerprint": fingerprint(self.tokenizer).hex(),
             }
             (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -185,3 +189,11 @@ def _load_vocab(d: dict, directory: Path) -> Vocab:
             raise ValueError(f"{directory / d['text']['file']}: not the text vocabulary this model was trained with")
         d = {**d, "text": text.to_dict()}
     return Vocab.from_dict(d)
+
+
+def _check_tokenizer(tokenizer: Tokenizer, expected: str | None, path: Path) -> None:
+    """The tokenizer/ folder must hold the tokenizer the model was saved with (models saved before the fingerprint
+    was recorded are not checked)."""
+    if expected and fingerprint(tokenizer).hex() != expected:
+        raise ValueError(f"{path}: not the tokenizer this model was trained with (fingerprint "
+                         f"{fingerprint(tokenizer).hex()[:12]}, the model expects {expected[:12]})")

@@ -1,8 +1,10 @@
 """Turn a folder of your own images (JPEG/PNG/WebP, optional same-named .txt captions) into shards.
 
-Every image is resized (short side) and centre-cropped to a square of `size` px and stored as PNG (or JPEG)
-in the same layout as the shapes data (`OUT/train/*.tar`, and `OUT/val/*.tar` when a validation fraction is
-asked for). A file that is not a readable image is skipped and counted, never fatal.
+Every image is read by the one image loader (`onetok.data.images.load_image`: EXIF orientation, 16-bit scaled,
+alpha on white, first frame), resized (short side) and centre-cropped to a square of `size` px and stored as PNG (or
+JPEG) in the same layout as the shapes data (`OUT/train/*.tar`, and `OUT/val/*.tar` when a validation fraction is
+asked for). `.txt` and `.json` files are captions and metadata (our layout, img2dataset's), never images; a file that
+is not a readable image is skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from PIL import Image
 from onetok.data.shards import ShardWriter, encode_png, resize_center_crop
 
 CAPTION_SUFFIX = ".txt"
+SIDECARS = (".txt", ".json")  # captions and metadata beside the images: not candidates
 
 
 class ConvertSummary(NamedTuple):
     written: int
     skipped: int
-    skipped_files: list[str]
+    skipped_files: list[str]  # one line each: the file and why it was skipped
 
 
 def list_inputs(src: Path) -> tuple[list[Path], dict[str, Path]]:
@@ -32,15 +35,16 @@ def list_inputs(src: Path) -> tuple[list[Path], dict[str, Path]]:
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
     stems = {p.with_suffix("") for p in files if p.suffix.lower() != CAPTION_SUFFIX}
     captions = {str(p.with_suffix("")): p for p in files if p.suffix.lower() == CAPTION_SUFFIX and p.with_suffix("") in stems}
-    candidates = [p for p in files if str(p.with_suffix("")) not in captions or p.suffix.lower() != CAPTION_SUFFIX]
+    candidates = [p for p in files if p.suffix.lower() not in SIDECARS]
     return candidates, captions
 
 
 def load_image(path: Path, size: int) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()  # forces a full decode: a truncated file raises here
-        image = im.convert("RGB")
-    return resize_center_crop(image, size)
+    """The image as displayed (`onetok.data.images.load_image`), resized and centre-cropped to `size`;
+    `ImageReadError` for a file that is not a readable image."""
+    from onetok.data.images import load_image as load_displayed
+
+    return resize_center_crop(load_displayed(path).image, size)
 
 
 def _is_val(path: Path, val_fraction: float) -> bool:
@@ -73,8 +77,8 @@ def convert_images(
                 progress(1)
             try:
                 image = load_image(path, size)
-            except Exception:  # noqa: BLE001 - not an image or a corrupt one: skip and count
-                skipped.append(str(path))
+            except ValueError as err:  # ImageReadError: not an image, a corrupt one or a bomb: skip and count
+                skipped.append(str(err))
                 continue
             files = dict([encode(image, fmt)])
             caption_path = captions.get(str(path.with_suffix("")))

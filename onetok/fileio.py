@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 
@@ -19,14 +19,52 @@ class UserError(Exception):
     """Bad input or a refused action; the CLI prints it as one line and exits with code 2."""
 
 
-def check_writable(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse to replace an existing file unless `force`."""
+FileId = tuple[int, int]  # (st_dev, st_ino): the same file under any name
+
+
+def file_ids(paths: Iterable[str | os.PathLike]) -> frozenset[FileId]:
+    """The identities of the existing files among `paths`, for `check_writable(protect=...)`."""
+    ids = set()
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(p)
+            ids.add((st.st_dev, st.st_ino))
+    return frozenset(ids)
+
+
+def check_location(path: str | os.PathLike) -> Path:
+    """Refuse an output whose folder cannot be written (missing and not creatable, read-only, not a folder, full of
+    inodes): probed with a temporary file in the nearest existing folder, before any long work starts."""
     path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path}: already exists (use --force to overwrite)")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory")
+    folder = path.absolute().parent
+    while not folder.exists():  # folders still to be created
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{path}: cannot be created ({folder} is not a folder)")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".onetok-probe.", dir=folder)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write in {folder} ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
+
+
+def check_writable(path: str | os.PathLike, force: bool, protect: Collection[FileId] = ()) -> Path:
+    """Refuse to replace an existing file unless `force`, to replace one of the inputs (`protect`, from `file_ids`)
+    even with `force`, to write over a folder or a device, and to write where no file can be created."""
+    path = Path(path)
+    if path.exists():
+        st = path.stat()
+        if (st.st_dev, st.st_ino) in protect:
+            raise UserError(f"{path}: is one of the inputs; refusing to overwrite it (even with --force)")
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder, not a file")
+        if not path.is_file():
+            raise UserError(f"{path}: is not a regular file; refusing to replace it")
+        if not force:
+            raise UserError(f"{path}: already exists (use --force to overwrite)")
+    return check_location(path)
 
 
 @contextlib.contextmanager
@@ -54,11 +92,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False
     return Path(path)
 
 
-def staging_dir(out: str | os.PathLike, force: bool = False) -> Path:
-    """A new temporary folder beside `out` to build an output folder in; refuses a non-empty `out` unless `force`."""
+def check_replaceable_dir(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output folder that exists and is not empty (unless `force`), that is or holds one of `inputs` (even
+    with `force`: replacing it would delete them), or that cannot be created."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"{out}: already exists and is not empty (use --force to replace it)")
+    if out.exists():
+        resolved = out.resolve()
+        for given in inputs:
+            src = Path(given).resolve()
+            if src == resolved or resolved in src.parents:
+                raise UserError(f"{out}: holds the input {given}; refusing to replace it (even with --force)")
+        if not out.is_dir():
+            raise UserError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not force:
+            raise UserError(f"{out}: already exists and is not empty (use --force to replace it)")
+    return check_location(out)
+
+
+def staging_dir(out: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """A new temporary folder beside `out` to build an output folder in (see `check_replaceable_dir`)."""
+    out = check_replaceable_dir(out, force, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)

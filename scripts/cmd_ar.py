@@ -18,63 +18,48 @@ import sys
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError, atomic_output, check_writable, replace_dir, staging_dir
+from onetok.fileio import UserError, atomic_output, check_replaceable_dir, check_writable, replace_dir, staging_dir
+from onetok.scripts.sampling_args import (
+    add_sampling_args,
+    check_image_tokens,
+    check_prompts,
+    check_sampling_flags,
+    prompt_length,
+    sampling_settings,
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------------------------------
 
+MAX_IMAGES = 100_000  # images per `sample` run (-n x prompts): a sane bound; split larger runs
+
+
+def check_model_dir(path: str) -> Path:
+    """A unified model folder, checked before torch is imported."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise UserError(f"{path}: no such model directory")
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer/config.json") if not (directory / n).is_file()]
+    if missing:
+        raise UserError(f"{path}: not a unified model directory (no {missing[0]})")
+    return directory
+
 
 def _load_model(path: str):
+    directory = check_model_dir(path)
+    from onetok.scripts.cli import import_torch
+
+    import_torch()
+    from safetensors import SafetensorError
+
     from onetok.ar_model.unified import UnifiedModel
 
-    if not Path(path).is_dir():
-        raise UserError(f"{path}: no such model directory")
     try:
-        return UnifiedModel.from_pretrained(path)
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: cannot load the model ({str(err).splitlines()[0][:200]})") from None
-
-
-def _settings(args: argparse.Namespace):
-    from onetok.ar_model.evaluate import DEFAULT_SETTINGS
-    from onetok.ar_model.generate import SamplingSettings
-
-    d = DEFAULT_SETTINGS
-    try:
-        return SamplingSettings(
-            temperature=d.temperature if args.temperature is None else args.temperature,
-            top_k=d.top_k if args.top_k is None else (args.top_k or None),
-            top_p=d.top_p if args.top_p is None else args.top_p,
-            cfg_scale=d.cfg_scale if args.cfg is None else args.cfg,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    # the defaults named here are ar_model.evaluate.DEFAULT_SETTINGS (not imported: the parser must stay torch-free)
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default 2; 1 = off)")
-    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.7)")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely codes (default: all; 0 = all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (default: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-tokens", type=int, default=None, metavar="K",
-                   help="draw only the first K of the tokenizer's L tokens (coarser images; default L)")
-
-
-def _check_image_tokens(model, k: int | None) -> None:
-    L = model.tokenizer.num_latent_tokens
-    if k is not None and not 1 <= k <= L:
-        raise UserError(f"--image-tokens {k}: must be in 1..{L}")
-
-
-def _prompt_words(model, prompts: list[str]) -> None:
-    for prompt in prompts:
-        try:
-            model.vocab.encode_text(prompt)
-        except ValueError as err:
-            raise UserError(f"prompt {prompt!r}: {err}") from None
+        return UnifiedModel.from_pretrained(directory)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+        raise UserError(f"{path}: cannot load the model ({type(err).__name__}: {detail})") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -103,24 +88,27 @@ def _expected_count(data: str) -> int | None:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from onetok.ar_model.tokenize import image_splits, tokenize_dataset
-
     if not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"{args.tokenizer}: not a tokenizer directory (no config.json)")
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise UserError("--batch-size and --shard-size must be >= 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.shard_size < 1:
+        raise UserError(f"--shard-size {args.shard_size}: must be at least 1")
+    if not Path(args.data).exists() and not any(c in args.data for c in "*?[{"):
+        raise UserError(f"{args.data}: no such file or folder")
+    from onetok.ar_model.tokenize import image_splits, tokenize_dataset
+    from onetok.scripts.progress import progress
+
     try:
         splits = image_splits(args.data)
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
     out = Path(args.out)
-    tmp = staging_dir(out, args.force)
+    tmp = staging_dir(out, args.force, inputs=[args.data, args.tokenizer])
     start = time.time()
     try:
         total = _expected_count(args.data) if len(splits) == 2 else None
-        with tqdm(total=total, desc="tokenize", unit="img", disable=args.quiet) as bar:
+        with progress(total, "tokenize", quiet=args.quiet) as bar:
             summary = tokenize_dataset(args.tokenizer, args.data, tmp, args.batch_size, args.shard_size, bar.update,
                                        device=_device(args.device))
         if sum(summary.counts.values()) == 0:
@@ -144,15 +132,21 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = [args.prompt] if args.prompt else []
+    prompts = []
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise UserError("--prompt: empty (give the text to draw)")
+        prompts.append(args.prompt.strip())
     if args.prompts_file:
         try:
             lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{args.prompts_file}: cannot read ({err})") from None
+            raise UserError(f"{args.prompts_file}: cannot read ({getattr(err, 'strerror', None) or err})") from None
         prompts += [line.strip() for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise UserError(f"{args.prompts_file}: no prompts (one prompt per line)")
     if not prompts:
-        raise UserError("give --prompt TEXT or --prompts-file FILE (with at least one non-empty line)")
+        raise UserError("give --prompt TEXT or --prompts-file FILE")
     return prompts
 
 
@@ -164,55 +158,85 @@ def _save_png(image, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def _check_sample_args(args: argparse.Namespace) -> list[str]:
+    """Every flag and path of `sample` that needs no model; the prompts."""
+    for flag, value in (("-n", args.n), ("--batch-size", args.batch_size), ("--window", args.window),
+                        ("--chains", args.chains)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    check_sampling_flags(args)
+    prompts = _read_prompts(args)
+    if args.n * len(prompts) > MAX_IMAGES:
+        raise UserError(f"-n {args.n}: {args.n * len(prompts)} images in one run; at most {MAX_IMAGES} "
+                        "(split the run, e.g. by --seed)")
+    check_model_dir(args.model)
+    check_replaceable_dir(args.out, args.force, inputs=[args.model] + ([args.prompts_file] if args.prompts_file else []))
+    return prompts
+
+
+def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int, batch: int, result) -> str:
+    return json.dumps({
+        "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": batch,
+        "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+                     "cfg": settings.cfg_scale, "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
+                     "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None,
+                     "chains": args.chains if args.sjd else None},
+        "forward_passes": result.forward_passes, "seconds": round(result.seconds, 4),
+    }) + "\n"
+
+
+def _batches(prompts: list[str], n: int, size: int, seed: int):
+    """(prompt, seed, count) per batch: each prompt's n images in batches of at most `size`; batch b of prompt i
+    draws with seed + i + b * len(prompts), so a run with n <= size uses seed + i as before."""
+    for i, prompt in enumerate(prompts):
+        for b, start in enumerate(range(0, n, size)):
+            yield prompt, seed + i + b * len(prompts), min(size, n - start)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    prompts = _check_sample_args(args)
+    model = _load_model(args.model)
     import torch
     from torchvision.utils import make_grid
 
     from onetok.ar_model.sjd import default_chains
+    from onetok.scripts.progress import progress
 
-    if args.n < 1 or (args.window is not None and args.window < 1) or (args.chains is not None and args.chains < 1):
-        raise UserError("-n, --window and --chains must be >= 1")
-    prompts = _read_prompts(args)
-    model = _load_model(args.model)
     args.chains = args.chains or default_chains(model.device)
     if args.chains > model.tokenizer.codebook_size:
-        raise UserError(f"--chains must be <= the codebook size {model.tokenizer.codebook_size}, got {args.chains}")
-    settings = _settings(args)
-    _check_image_tokens(model, args.image_tokens)
-    _prompt_words(model, prompts)
+        raise UserError(f"--chains {args.chains}: must be at most the codebook size {model.tokenizer.codebook_size}")
+    settings = sampling_settings(args)
+    check_image_tokens(model, args.image_tokens)
+    prompts = check_prompts(model, prompts, args.image_tokens)
     out = Path(args.out)
-    tmp = staging_dir(out, args.force)
+    tmp = staging_dir(out, args.force, inputs=[args.model])
+    grid, written, passes, seconds = [], 0, 0, 0.0  # the grid keeps the first GRID_IMAGES images only
     try:
-        images, lines = [], []
-        for i, prompt in enumerate(prompts):  # one batch per prompt: its n images, seed + i
-            seed = args.seed + i
-            result = model.generate_images([prompt], args.n, settings, args.image_tokens, seed, sjd=args.sjd,
-                                           window=args.window or 16, chains=args.chains)
-            for j, image in enumerate(result.images):
-                name = f"{len(images):03d}.png"
-                _save_png(image, tmp / name)
-                images.append(image.cpu())
-                lines.append({
-                    "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": args.n,
-                    "settings": {"temperature": settings.temperature, "top_k": settings.top_k,
-                                 "top_p": settings.top_p, "cfg": settings.cfg_scale,
-                                 "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-                                 "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None,
-                                 "chains": args.chains if args.sjd else None},
-                    "forward_passes": result.forward_passes, "seconds": round(result.seconds, 4),
-                })
-        grid = make_grid(torch.stack(images), nrow=args.n if len(prompts) > 1 else min(args.n, 8), padding=2)
-        _save_png(grid, tmp / "grid.png")
-        (tmp / "samples.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        with open(tmp / "samples.jsonl", "w") as jsonl, progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar:
+            for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
+                result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
+                                               window=args.window or 16, chains=args.chains)
+                for j, image in enumerate(result.images):
+                    name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
+                    _save_png(image, tmp / name)
+                    jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result))
+                    if len(grid) < GRID_IMAGES:
+                        grid.append(image.cpu())
+                    written += 1
+                passes, seconds = passes + result.forward_passes, seconds + result.seconds
+                bar.update(count)
+        columns = args.n if len(prompts) > 1 and args.n <= 16 else min(written, 8)
+        _save_png(make_grid(torch.stack(grid), nrow=columns, padding=2), tmp / "grid.png")
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    passes = sum(line["forward_passes"] for line in lines[:: args.n])
-    seconds = sum(line["seconds"] for line in lines[:: args.n])
-    print(f"wrote {len(images)} images for {len(prompts)} prompt(s) to {out} ({passes} forward passes, "
+    print(f"wrote {written} images for {len(prompts)} prompt(s) to {out} ({passes} forward passes, "
           f"{seconds:.2f}s{' with SJD' if args.sjd else ''})")
     return 0
+
+
+GRID_IMAGES = 64
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -220,32 +244,55 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def cmd_caption(args: argparse.Namespace) -> int:
+def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str]):
+    """(readable paths, (B, 3, S, S) float images in [0, 1] or None), read by the one image loader and resized (short
+    side) + centre-cropped; an unreadable image is an error when `strict`, else listed in `skipped`."""
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
+    from onetok.data.images import ImageReadError, load_image
     from onetok.data.shards import resize_center_crop
 
-    model = _load_model(args.model)
-    S = model.tokenizer.image_size
-    arrays = []
-    for path in args.images:
+    readable, arrays = [], []
+    for path in paths:
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"{path}: not a readable image ({type(err).__name__})") from None
-        if image.size != (S, S):
-            image = resize_center_crop(image, S)
+            loaded = load_image(path)
+        except ImageReadError as err:
+            if strict:
+                raise UserError(str(err)) from None
+            skipped.append(str(err))
+            continue
+        for note in loaded.notes:
+            print(f"note: {path}: {note}", file=sys.stderr)
+        image = loaded.image if loaded.image.size == (size, size) else resize_center_crop(loaded.image, size)
+        readable.append(path)
         arrays.append(np.asarray(image, dtype=np.uint8))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
-    captions = []
-    for start in range(0, len(images), 64):
-        captions += model.caption(images[start : start + 64], greedy=not args.sample, seed=args.seed)
-    for path, caption in zip(args.images, captions):
-        print(f"{path}\t{caption}")
-    return 0
+    if not arrays:
+        return readable, None
+    return readable, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    check_model_dir(args.model)
+    for path in args.images:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+    model = _load_model(args.model)
+    S, strict, skipped = model.tokenizer.image_size, len(args.images) == 1, []
+    for start in range(0, len(args.images), CAPTION_BATCH):  # read, caption and print a batch at a time
+        paths, images = _caption_inputs(args.images[start : start + CAPTION_BATCH], S, strict, skipped)
+        if images is None:
+            continue
+        for path, caption in zip(paths, model.caption(images, greedy=not args.sample, seed=args.seed)):
+            print(f"{path}\t{caption}", flush=True)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if skipped and len(skipped) == len(args.images):
+        raise UserError(f"no image captioned: all {len(skipped)} unreadable")
+    return 1 if skipped else 0
+
+
+CAPTION_BATCH = 64
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -302,23 +349,32 @@ def _gfid_report(args: argparse.Namespace, model, extractor, meter, reference: s
 
 
 def cmd_eval_ar(args: argparse.Namespace) -> int:
-    from onetok import metrics
-    from onetok.ar_model import evaluate
     from onetok.scripts.cmd_eval import check_fid_args, fid_extractor
 
     if args.n < 1:
-        raise UserError("--n must be >= 1")
+        raise UserError(f"--n {args.n}: must be at least 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_sampling_flags(args)
+    if not Path(args.data).exists() and not any(c in args.data for c in "*?[{"):
+        raise UserError(f"{args.data}: no such file or folder")
+    check_model_dir(args.model)
     if args.json:
         check_writable(args.json, args.force)
     check_fid_args(args)
+    from onetok import metrics
+    from onetok.ar_model import evaluate
+
     model = _load_model(args.model)
-    settings = _settings(args)
-    _check_image_tokens(model, args.image_tokens)
+    settings = sampling_settings(args)
+    check_image_tokens(model, args.image_tokens)
     try:
         items = evaluate.load_eval_items(args.data, args.n, model, args.model)
     except (OSError, ValueError) as err:
-        raise UserError(f"{args.data}: {err}") from None
-    _prompt_words(model, items.captions)
+        message = str(err) if str(args.data) in str(err) else f"{args.data}: {err}"
+        raise UserError(message) from None
+    for caption in items.captions:
+        prompt_length(model, caption, what="val caption")
     on_images = None
     if args.fid:  # the reference first: a bad --fid-ref fails before any sampling
         extractor = fid_extractor(args, str(model.transformer.output.weight.device))
@@ -359,46 +415,62 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from onetok.scripts.cmd_eval import add_fid_args
 
-    p = sub.add_parser("tokenize", help="pre-encode image shards into token shards for AR training")
-    p.add_argument("--tokenizer", required=True, help="a tokenizer directory (onetok export of a tokenizer)")
-    p.add_argument("--data", required=True, help="a dataset root with train/ and val/, or one shard spec")
-    p.add_argument("--out", required=True, help="the token folder to write (OUT/train, OUT/val, OUT/meta.json)")
-    p.add_argument("--batch-size", type=int, default=256, help="images encoded per forward pass")
-    p.add_argument("--shard-size", type=int, default=5000, help="samples per output shard")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p = sub.add_parser("tokenize", help="pre-encode image shards into token shards for AR training",
+                       description="Encode image shards with a tokenizer into token shards (OUT/train, OUT/val, "
+                                   "OUT/meta.json) for onetok-train's AR configs.")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer directory (onetok export)")
+    p.add_argument("--data", required=True, metavar="DATA", help="a dataset root with train/ and val/, or one shard "
+                                                                 "spec (a folder, glob or brace pattern of .tar files)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the token folder to write")
+    p.add_argument("--batch-size", type=int, default=256, metavar="B", help="images encoded per forward pass "
+                                                                            "(default 256)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per output shard (default 5000)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (never the input data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("sample", help="draw images from text prompts with a unified model")
-    p.add_argument("--model", required=True, help="a unified model directory (onetok export of an AR checkpoint)")
-    p.add_argument("--prompt", help="the text prompt")
-    p.add_argument("--prompts-file", help="one prompt per line (each gets -n images)")
-    p.add_argument("-n", type=int, default=1, help="images per prompt")
-    _add_sampling_args(p)
+    p = sub.add_parser("sample", help="draw images from text prompts with a unified model",
+                       description="Draw -n images per prompt, in batches of --batch-size, into a new folder OUT: "
+                                   "000.png ..., grid.png (the first 64) and samples.jsonl (prompt, seed, settings).")
+    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory (onetok export of an AR "
+                                                                 "checkpoint)")
+    p.add_argument("--prompt", metavar="TEXT", help="the text prompt (case and punctuation are ignored for word "
+                                                    "vocabularies)")
+    p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (each gets -n images)")
+    p.add_argument("-n", type=int, default=1, metavar="N",
+                   help=f"images per prompt (default 1; at most {MAX_IMAGES} images per run in all)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="images drawn together (default 32): memory stays at one batch for any -n")
+    add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
-    p.add_argument("--window", type=int, default=None, help="SJD draft window (default 16)")
-    p.add_argument("--chains", type=int,  # None: ar_model.sjd.default_chains (the parser stays torch-free)
+    p.add_argument("--window", type=int, default=None, metavar="W", help="SJD draft window (default 16)")
+    p.add_argument("--chains", type=int, metavar="C",  # None: ar_model.sjd.default_chains (the parser stays torch-free)
                    help="SJD draft chains per image, verified together as a token tree (default 8 on CUDA, 1 "
                         "elsewhere; 1 = the paper's single chain: more passes, fewer rows per pass)")
-    p.add_argument("--out", required=True, help="output folder: 000.png ..., grid.png, samples.jsonl")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (a new one; written when complete)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out (never the model folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("caption", help="describe images with a unified model (prints IMAGE<TAB>caption)")
-    p.add_argument("--model", required=True, help="a unified model directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("caption", help="describe images with a unified model (prints IMAGE<TAB>caption)",
+                       description="Caption images: each is read as displayed (EXIF orientation applied), resized "
+                                   "(short side) and centre-cropped to the tokenizer's size.")
+    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed for --sample (default 0)")
     p.set_defaults(func=cmd_caption)
 
-    p = sub.add_parser("eval-ar", help="text->image attribute accuracy and caption exact match on shapes val data")
-    p.add_argument("--model", required=True, help="a unified model directory")
-    p.add_argument("--data", required=True, help="val image shards, a dataset root, or a token folder")
-    p.add_argument("--n", type=int, default=300, help="val prompts and val images to judge")
-    _add_sampling_args(p)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--json", help="also write the full report as JSON here")
+    p = sub.add_parser("eval-ar", help="text->image attribute accuracy and caption exact match on shapes val data",
+                       description="Judge a unified model on shapes val data: text->image (a pixel parser reads the "
+                                   "drawn attributes) and image->text (caption exact match); optionally gFID.")
+    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
+    p.add_argument("--data", required=True, metavar="DATA", help="val image shards, a dataset root, or a token folder")
+    p.add_argument("--n", type=int, default=300, metavar="N", help="val prompts and val images to judge (default 300)")
+    add_sampling_args(p)
+    p.add_argument("--batch-size", type=int, default=100, metavar="B", help="prompts sampled together (default 100)")
+    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")
     add_fid_args(p, "the gFID reference: an .npz of FID statistics (--fid-stats-out), image shards or a folder of "
                     "images (default: the first --n val images of --data)")

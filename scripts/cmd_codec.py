@@ -1,14 +1,18 @@
 """`onetok compress`, `onetok decompress` and `onetok eval-compression`: images stored as tokenizer ids (.otok).
 
 Images are coded at their own resolution as tiles of the tokenizer's size, each tile with its own token count
-(`--tokens`, `--bpp` or `--psnr`; docs/format.md). Without `--tokenizer`, `compress` uses the built-in photo tokenizer
-and `decompress` finds the tokenizer by the fingerprint each file carries (built in, or registered by `onetok
+(`--tokens`, `--bpp` or `--psnr`; docs/format.md), the ids range-coded with the prior shipped beside the tokenizer
+(`--no-entropy`: bit-packed). Without `--tokenizer`, `compress` uses the built-in photo tokenizer and `decompress`
+finds the tokenizer (and the prior) by the fingerprints each file carries (built in, or registered by `onetok
 export` in $ONETOK_HOME/tokenizers).
 
-One input file -> one output file. Several inputs, or a folder -> an output folder mirroring the input names
-(`a.png` -> `a.otok` -> `a.png`); in that mode unreadable images and corrupt `.otok` files are skipped, listed and
-counted instead of stopping the run. `--batch` packs all inputs into one `.otok` file, which decompresses to
-`NAME_000.png`, `NAME_001.png`, ... Every output is written atomically and never replaces a file without --force.
+Outputs are named by what they hold: one input file -> the file OUT (`.otok` for compress, `.png` for decompress) or
+OUT/NAME.otok when OUT is a folder; several inputs or a folder -> an output folder mirroring the input names (`a.png`
+-> `a.otok` -> `a.png`); `--batch` packs all inputs into the one `.otok` file OUT, which decompresses to
+`NAME_000.png`, `NAME_001.png`, ... In folder mode unreadable images and corrupt `.otok` files are skipped, listed and
+counted (exit code 1 when any was), and each output is written as soon as it is finished: an interrupted run keeps
+the finished files and `--resume` does the rest. Every output is written atomically, never replaces a file without
+--force, and never replaces one of the inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,19 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, check_writable
+from onetok.fileio import UserError, atomic_output, check_writable, file_ids
+from onetok.scripts.folder_runs import (
+    Skip,
+    Totals,
+    check_targets,
+    finish,
+    image_skip,
+    interrupted,
+    output_kind,
+    single_input,
+    skipped_text,
+    write_failed,
+)
 
 
 class Item(NamedTuple):
@@ -28,7 +44,7 @@ class Item(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Inputs
+# Inputs and outputs
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -64,7 +80,7 @@ def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | No
         else:
             raise UserError(f"{path}: no such file or folder")
     if not items:
-        raise UserError(f"{' '.join(inputs)}: no input files found")
+        raise UserError(f"{' '.join(inputs)}: no input files found" + (f" (looked for *{suffix})" if suffix else ""))
     return items
 
 
@@ -81,17 +97,34 @@ def read_image(path: Path):
     return loaded.image
 
 
-def load_tokenizer(directory: str | Path | None):
-    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
-    from onetok.tokenizers import Tokenizer, registry
+def tokenizer_dir(directory: str | Path | None) -> Path:
+    """The folder of the tokenizer to use (the built-in photo tokenizer when None), checked without loading it."""
+    from onetok.tokenizers import registry
 
-    path = Path(directory) if directory is not None else _builtin()
+    if directory is None:
+        try:
+            directory = registry.builtin()
+        except FileNotFoundError as err:
+            raise UserError(f"{err}; pass --tokenizer DIR") from None
+    path = Path(directory)
     if not registry.is_tokenizer_dir(path):
         raise UserError(f"{path}: not a tokenizer folder (needs config.json and model.safetensors)")
+    return path
+
+
+def load_tokenizer(directory: str | Path | None):
+    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
+    path = tokenizer_dir(directory)
+    from onetok.scripts.cli import import_torch
+
+    import_torch()
+    from onetok.tokenizers import Tokenizer
+
     try:
         return Tokenizer.from_pretrained(path).eval()
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {err})".split("\n")[0]) from None
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+        raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {detail})") from None
 
 
 def load_prior(directory: str | Path):
@@ -104,17 +137,19 @@ def load_prior(directory: str | Path):
     try:
         return TilePrior.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        raise UserError(f"{path}: cannot load the prior ({type(err).__name__}: {err})".split("\n")[0]) from None
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+        raise UserError(f"{path}: cannot load the prior ({type(err).__name__}: {detail})") from None
 
 
-def load_codec(tokenizer_dir: str | None, prior_dir: str | None = None, entropy: bool = True):
-    """The codec: the tokenizer (built-in photo one by default) and, unless `entropy` is off, its prior (`prior_dir`,
-    or the `prior/` folder shipped beside the tokenizer when there is one)."""
+def load_codec(directory: str | Path | None, prior_dir: str | Path | None = None, entropy: bool = True):
+    """The codec: the tokenizer (the built-in photo one when None) and, unless `entropy` is off, its prior
+    (`prior_dir`, or the `prior/` folder shipped beside the tokenizer when there is one)."""
     from onetok.tokenizers import registry
+
+    folder = tokenizer_dir(directory)
+    tok = load_tokenizer(folder)
     from onetok.tokenizers.compress import Codec
 
-    folder = tokenizer_dir or _builtin()
-    tok = load_tokenizer(folder)
     if entropy and prior_dir is None:
         prior_dir = registry.prior_beside(folder)
     prior = load_prior(prior_dir) if entropy and prior_dir is not None else None
@@ -124,115 +159,147 @@ def load_codec(tokenizer_dir: str | None, prior_dir: str | None = None, entropy:
         raise UserError(f"{prior_dir}: {err}") from None
 
 
-def _builtin() -> Path:
-    from onetok.tokenizers import registry
-
-    try:
-        return registry.builtin()
-    except FileNotFoundError as err:
-        raise UserError(f"{err}; pass --tokenizer DIR") from None
-
-
-def _unique(targets: list[Path], force: bool) -> None:
-    """Refuse duplicate output names and (without --force) existing outputs, before anything is written."""
-    seen: set[Path] = set()
-    for t in targets:
-        if t in seen:
-            raise UserError(f"{t}: two inputs map to this output name")
-        seen.add(t)
-        check_writable(t, force)
-
-
-def _report_skipped(skipped: list[str]) -> None:
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # compress
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def check_rate_flags(args: argparse.Namespace) -> None:
+    """The rate flags that can be checked without the tokenizer."""
+    if args.tokens is not None and args.tokens < 1:
+        raise UserError(f"--tokens {args.tokens}: must be at least 1 (and at most L, the tokenizer's tokens per tile)")
+    if args.bpp is not None and not args.bpp > 0:
+        raise UserError(f"--bpp {args.bpp}: must be positive")
+    if args.psnr is not None and not args.psnr > 0:
+        raise UserError(f"--psnr {args.psnr}: must be positive")
+    if not 0 < args.scale <= 1:
+        raise UserError(f"--scale {args.scale}: must be in (0, 1]")
+
+
 def rate_control(args: argparse.Namespace, num_tokens: int):
     from onetok.tokenizers.compress import RateControl
 
-    if args.tokens is not None and not 1 <= args.tokens <= num_tokens:
-        raise UserError(f"--tokens {args.tokens}: must be in 1..{num_tokens} (L) for this tokenizer")
-    if args.bpp is not None and not args.bpp > 0:
-        raise UserError(f"--bpp {args.bpp}: must be positive")
-    if not 0 < args.scale <= 1:
-        raise UserError(f"--scale {args.scale}: must be in (0, 1]")
+    check_rate_flags(args)
+    if args.tokens is not None and args.tokens > num_tokens:
+        raise UserError(f"--tokens {args.tokens}: must be in 1..{num_tokens} (L, the tokens per tile of this "
+                        "tokenizer)")
     return RateControl(args.tokens, args.bpp, args.psnr, args.scale)
 
 
-def _encode(owner, items: list[Item], rate, single: bool, quiet: bool, skipped: list[str]):
-    """Yield (item, encoded image) in input order. Unreadable images are appended to `skipped`, or raised when
-    `single`."""
-    from tqdm import tqdm
+class Encoder:
+    """Reads and encodes one input at a time; notes once per run when an input is far outside the tokenizer's data."""
 
-    from onetok.tokenizers import codec
+    def __init__(self, owner, rate, trained_on: str | None):
+        self.owner, self.tok, self.rate, self.trained_on, self.warned = owner, owner.tokenizer, rate, trained_on, False
 
-    with tqdm(total=len(items), desc="compress", unit="img", disable=quiet or single) as bar:
-        for item in items:
-            try:
-                image = read_image(item.src)
-                if max(image.size) > codec.MAX_SIDE:
-                    raise UserError(f"{item.src}: {image.size[0]}x{image.size[1]} px, the format allows "
-                                    f"at most {codec.MAX_SIDE} px a side")
-            except UserError as err:
-                if single:
-                    raise
-                skipped.append(str(err))
-                bar.update(1)
-                continue
-            encoded = owner.encode(image, rate)
-            if not encoded.reached:
-                print(f"note: {item.src}: --bpp {rate.bpp} is below the smallest file at this scale (1 token per "
-                      f"tile); try --scale < {rate.scale:g}", file=sys.stderr)
-            yield item, encoded
-            bar.update(1)
+    def __call__(self, src: Path):
+        """The `compress.Encoded` image of `src`; UserError for an unreadable or too large image."""
+        from onetok.tokenizers import codec, domain
 
-
-def _summary(n: int, total: int, pixels: int, tokens: int, tiles: int, coding: str, skipped: int) -> str:
-    bpp = 8 * total / pixels if pixels else float("nan")
-    return (f"compressed {n} image(s) into {total} bytes: {bpp:.4f} bits per original pixel, "
-            f"{tokens / max(tiles, 1):.2f} tokens per tile on average, ids {coding}; skipped {skipped}")
+        image = read_image(src)
+        if max(image.size) > codec.MAX_SIDE:
+            raise UserError(f"{src}: {image.size[0]}x{image.size[1]} px, the format allows at most {codec.MAX_SIDE} "
+                            "px a side")
+        analysis = self.owner.analyse(image, self.rate.scale)
+        encoded = analysis.encode(self.rate)
+        if not encoded.reached:
+            print(f"note: {src}: --bpp {self.rate.bpp} is below the smallest file at this scale (1 token per tile); "
+                  f"try --scale < {self.rate.scale:g}", file=sys.stderr)
+        if not self.warned:
+            psnr = domain.full_length_psnr(self.tok, analysis.tiles, analysis.ids)
+            note = domain.far_outside_note(src, psnr, self.tok.num_latent_tokens, self.trained_on)
+            if note:
+                print(f"note: {note}", file=sys.stderr)
+                self.warned = True
+        return encoded
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from onetok.fileio import atomic_write_bytes
-    from onetok.tokenizers import codec
-
-    owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
-    rate = rate_control(args, owner.tokenizer.num_latent_tokens)
-    coding = "entropy-coded" if owner.prior is not None else "bit-packed"
+    check_rate_flags(args)
     out = Path(args.out)
     items = collect(args.inputs, skip_folder=out)
-    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file() and not args.batch
-    skipped: list[str] = []
-    if single or args.batch:  # one output file
-        target = out / (items[0].src.stem + ".otok") if out.is_dir() else out
-        check_writable(target, args.force)
-        encoded = [enc for _, enc in _encode(owner, items, rate, single, args.quiet, skipped)]
-        _report_skipped(skipped)
-        if not encoded:
-            raise UserError(f"{' '.join(args.inputs)}: no readable images")
-        data = codec.dumps(owner.file([enc.image for enc in encoded]))
-        atomic_write_bytes(target, data, args.force)
-        pixels = sum(enc.image.width * enc.image.height for enc in encoded)
-        tokens, tiles = sum(int(enc.counts.sum()) for enc in encoded), sum(len(enc.counts) for enc in encoded)
-        print(_summary(len(encoded), len(data), pixels, tokens, tiles, coding, len(skipped)) + f" -> {target}")
-        return 0
-    _unique([out / item.rel.with_suffix(".otok") for item in items], args.force)
-    total = pixels = written = tokens = tiles = 0
-    for item, enc in _encode(owner, items, rate, False, args.quiet, skipped):
-        data = codec.dumps(owner.file([enc.image]))
-        atomic_write_bytes(out / item.rel.with_suffix(".otok"), data, args.force)
-        total, pixels, written = total + len(data), pixels + enc.image.width * enc.image.height, written + 1
-        tokens, tiles = tokens + int(enc.counts.sum()), tiles + len(enc.counts)
-    _report_skipped(skipped)
-    print(_summary(written, total, pixels, tokens, tiles, coding, len(skipped)) + f" -> {out}")
-    return 0 if written else 1
+    single = single_input(args.inputs) and not args.batch
+    protect = file_ids(item.src for item in items)
+    if args.batch:
+        if out.suffix.lower() != ".otok":
+            raise UserError(f"{out}: --batch writes one .otok file: name the output *.otok")
+        targets = [out]
+    elif output_kind(out, ".otok", single, "compress") == "file":
+        targets = [out]
+    else:
+        targets = [out / item.rel.with_suffix(".otok") for item in items]
+    done_before = 0
+    if args.resume and not (single or args.batch):
+        todo = [(item, t) for item, t in zip(items, targets) if not t.is_file()]
+        done_before = len(items) - len(todo)
+        items, targets = [item for item, _ in todo], [t for _, t in todo]
+    check_targets(targets, args.force, protect)
+    directory = tokenizer_dir(args.tokenizer)
+    from onetok.tokenizers import domain
+
+    owner = load_codec(directory, args.prior, entropy=not args.no_entropy)
+    encoder = Encoder(owner, rate_control(args, owner.tokenizer.num_latent_tokens), domain.read_trained_on(directory))
+    if single or args.batch:
+        return _compress_one_file(args, encoder, items, targets[0], single)
+    return _compress_folder(args, encoder, list(zip(items, targets)), out, done_before)
+
+
+def _coding(encoder: Encoder) -> str:
+    return ", ids " + ("entropy-coded" if encoder.owner.prior is not None else "bit-packed")
+
+
+def _compress_one_file(args, encoder: Encoder, items: list[Item], target: Path, single: bool) -> int:
+    from onetok.fileio import atomic_write_bytes
+    from onetok.scripts.progress import progress
+    from onetok.tokenizers import codec
+
+    images, skipped = [], []
+    with progress(len(items), "compress", quiet=args.quiet or single) as bar:
+        for item in items:
+            try:
+                images.append(encoder(item.src))
+            except UserError as err:
+                if single:
+                    raise
+                skipped.append(image_skip(err))
+            bar.update(1)
+    code = finish(len(images), skipped, len(items), target, "compressed")
+    data = codec.dumps(encoder.owner.file([encoded.image for encoded in images]))
+    atomic_write_bytes(target, data, args.force)
+    totals = Totals()
+    for encoded in images:
+        totals = totals.add(encoded, 0)
+    totals = totals._replace(bytes=len(data))
+    print(totals.summary() + _coding(encoder) + (skipped_text(skipped, 0) if not single else "") + f" -> {target}")
+    return code
+
+
+def _compress_folder(args, encoder: Encoder, work: list[tuple[Item, Path]], out: Path, resumed: int) -> int:
+    from onetok.fileio import atomic_write_bytes
+    from onetok.scripts.progress import progress
+    from onetok.tokenizers import codec
+
+    totals, skipped = Totals(), []
+    try:
+        with progress(len(work), "compress", quiet=args.quiet) as bar:
+            for item, target in work:
+                try:
+                    encoded = encoder(item.src)
+                except UserError as err:
+                    skipped.append(image_skip(err))
+                    bar.update(1)
+                    continue
+                data = codec.dumps(encoder.owner.file([encoded.image]))
+                atomic_write_bytes(target, data, args.force)
+                totals = totals.add(encoded, len(data))  # the images themselves are not kept: flat memory
+                bar.update(1)
+    except KeyboardInterrupt as err:
+        raise interrupted(err, resumed + totals.images, resumed + len(work), out) from None
+    except OSError as err:
+        raise write_failed(err, resumed + totals.images, resumed + len(work), out) from None
+    code = finish(totals.images + resumed, skipped, len(work) + resumed, out, "compressed")
+    print(totals.summary() + _coding(encoder) + skipped_text(skipped, resumed) + f" -> {out}")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -255,36 +322,38 @@ class Codecs:
     """The codec for each file: the tokenizer given by --tokenizer or found by the file's fingerprint, and, for an
     entropy-coded file, the prior given by --prior or found by its fingerprint (cached)."""
 
-    def __init__(self, tokenizer_dir: str | None, prior_dir: str | None):
+    def __init__(self, tokenizer: str | None, prior: str | None):
         from onetok.tokenizers import registry
 
-        self.tokenizer_dir, self.prior_dir = tokenizer_dir, prior_dir
-        self.fp = bytes.fromhex(registry.fingerprint_dir(tokenizer_dir)) if tokenizer_dir else None
+        self.tokenizer_dir = tokenizer_dir(tokenizer) if tokenizer else None
+        self.prior_dir = prior
+        self.fp = bytes.fromhex(registry.fingerprint_dir(self.tokenizer_dir)) if self.tokenizer_dir else None
         self.cache: dict[tuple, object] = {}
 
     def for_file(self, path: Path, f):
+        if (f.fingerprint, getattr(f, "prior_fingerprint", None)) not in self.cache:
+            self.cache[f.fingerprint, getattr(f, "prior_fingerprint", None)] = self._load(path, f)
+        return self.cache[f.fingerprint, getattr(f, "prior_fingerprint", None)]
+
+    def _load(self, path: Path, f):
         from onetok.tokenizers import registry
         from onetok.tokenizers.compress import Codec
 
-        prior_fp = getattr(f, "prior_fingerprint", None)
-        key = (f.fingerprint, prior_fp)
-        if key not in self.cache:
-            folder = self.tokenizer_dir or registry.find_tokenizer(f.fingerprint.hex())
-            if folder is None:
-                raise UserError(f"{path}: made with tokenizer {f.fingerprint.hex()[:12]}, which is neither built in "
-                                f"nor registered in {registry.registry_dir()}; pass --tokenizer DIR")
-            prior = None
-            if prior_fp is not None:
-                prior_dir = self.prior_dir or registry.find_prior(prior_fp.hex(), [registry.prior_beside(folder)])
-                if prior_dir is None:
-                    raise UserError(f"{path}: entropy-coded with prior {prior_fp.hex()[:12]}, which is not beside "
-                                    f"any known tokenizer; pass --prior DIR")
-                prior = load_prior(prior_dir)
-            try:
-                self.cache[key] = Codec(load_tokenizer(folder), prior)
-            except ValueError as err:
-                raise UserError(f"{path}: {err}") from None
-        return self.cache[key]
+        folder = self.tokenizer_dir or registry.find_tokenizer(f.fingerprint.hex())
+        if folder is None:
+            raise UserError(f"{path}: made with tokenizer {f.fingerprint.hex()[:12]}, which is neither built in nor "
+                            f"registered in {registry.registry_dir()}; pass --tokenizer DIR")
+        prior, prior_fp = None, getattr(f, "prior_fingerprint", None)
+        if prior_fp is not None:
+            found = self.prior_dir or registry.find_prior(prior_fp.hex(), [registry.prior_beside(folder)])
+            if found is None:
+                raise UserError(f"{path}: entropy-coded with prior {prior_fp.hex()[:12]}, which is not beside any "
+                                f"known tokenizer; pass --prior DIR")
+            prior = load_prior(found)
+        try:
+            return Codec(load_tokenizer(folder), prior)
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
 
 
 def _png_names(base: Path, stem: str, n: int) -> list[Path]:
@@ -295,44 +364,66 @@ def _png_names(base: Path, stem: str, n: int) -> list[Path]:
     return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
 
 
-def _plan(items: list[Item], codecs: Codecs, out: Path, single: bool, skipped: list[str]) -> list:
-    """Validate every file and name every output before anything is written: [(file, codec, targets)]."""
+def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool, skipped: list[Skip]) -> list:
+    """Validate every file and name every output before anything is written: [(file, codec, targets)]. A bad file
+    is an error when `strict` (one input), else skipped."""
     plans = []
     for item in items:
         try:
             f = read_otok(item.src, codecs.fp)
+            if kind == "file" and f.num_images != 1:
+                raise UserError(f"{out}: {item.src} holds {f.num_images} images: give a folder (-o DIR)")
             owner = codecs.for_file(item.src, f)
         except UserError as err:
-            if single:
+            if strict:
                 raise
-            skipped.append(str(err))
+            skipped.append(Skip(str(err), "unknown tokenizer" if "pass --" in str(err) else "unreadable"))
             continue
-        if single and f.num_images == 1 and not out.is_dir():
-            targets = [out]
-        else:
-            base = out if single else out / item.rel.parent
-            targets = _png_names(base, item.src.stem, f.num_images)
+        targets = [out] if kind == "file" else _png_names(out / item.rel.parent, item.src.stem, f.num_images)
         plans.append((f, owner, targets))
     return plans
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from onetok.tokenizers import codec
-
-    if args.tokenizer:
-        load_tokenizer(args.tokenizer)  # a bad folder is an error before any file is read
-    codecs = Codecs(args.tokenizer, args.prior)
     items = collect(args.inputs, suffix=".otok")
     out = Path(args.out)
-    single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-    skipped: list[str] = []
-    plans = _plan(items, codecs, out, single, skipped)
-    _unique([t for _, _, targets in plans for t in targets], args.force)
+    single = single_input(args.inputs)
+    kind = output_kind(out, ".png", single, "decompress")
+    protect = file_ids(item.src for item in items)
+    if kind == "file":
+        check_writable(out, args.force, protect)
+    codecs = Codecs(args.tokenizer, args.prior)
+    skipped: list[Skip] = []
+    plans = _plan(items, codecs, out, kind, single, skipped)
+    resumed = 0
+    if args.resume and kind == "folder":
+        todo = [p for p in plans if not all(t.is_file() for t in p[2])]
+        resumed, plans = len(plans) - len(todo), todo
+    check_targets([t for _, _, targets in plans for t in targets], args.force, protect)
+    progress_: list[int] = []  # files finished, for the messages below
+    try:
+        written = _decode_all(args, plans, single, progress_)
+    except KeyboardInterrupt as err:
+        if single:
+            raise
+        raise interrupted(err, resumed + len(progress_), resumed + len(plans), out) from None
+    except OSError as err:
+        if single:
+            raise
+        raise write_failed(err, resumed + len(progress_), resumed + len(plans), out) from None
+    code = finish(written + resumed, skipped, len(items), out, "decompressed")
+    where = plans[0][2][0] if written == 1 else out
+    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + skipped_text(skipped, resumed)
+          + f" -> {where}")
+    return code
+
+
+def _decode_all(args, plans: list, single: bool, finished: list[int]) -> int:
+    from onetok.scripts.progress import progress
+    from onetok.tokenizers import codec
+
     written = 0
-    with tqdm(total=sum(f.num_images for f, _, _ in plans), desc="decompress", unit="img",
-              disable=args.quiet or single) as bar:
+    with progress(sum(f.num_images for f, _, _ in plans), "decompress", quiet=args.quiet or single) as bar:
         for f, owner, targets in plans:
             try:
                 images = owner.decode(f)
@@ -343,47 +434,61 @@ def cmd_decompress(args: argparse.Namespace) -> int:
                     image.save(tmp, format="PNG")
                 written += 1
                 bar.update(1)
-    _report_skipped(skipped)
-    where = plans[0][2][0] if written == 1 else out
-    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s) -> {where}; skipped {len(skipped)}")
-    return 0 if written else 1
+            finished.append(1)
+    return written
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # eval-compression
 # --------------------------------------------------------------------------------------------------------------------
 
+CODECS = ("jpeg", "webp", "avif")
+
+
+def _codecs(text: str) -> tuple[str, ...]:
+    from onetok.tokenizers import rd
+
+    asked = tuple(c.strip().lower() for c in text.split(",") if c.strip())
+    unknown = [c for c in asked if c not in CODECS]
+    if unknown:
+        raise UserError(f"--codecs {text}: unknown codec {unknown[0]!r} (choose from {', '.join(CODECS)})")
+    missing = [c for c in asked if c not in rd.pillow_codecs()]
+    if missing:
+        print(f"note: this Pillow cannot write {', '.join(missing)}: left out of the comparison", file=sys.stderr)
+    return tuple(c for c in asked if c not in missing)
+
 
 def cmd_eval_compression(args: argparse.Namespace) -> int:
     import json
 
-    from tqdm import tqdm
-
     from onetok.fileio import atomic_write_bytes
-    from onetok.tokenizers import rd
+    from onetok.scripts.progress import progress
 
-    owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
-    if not Path(args.images).is_dir():
-        raise UserError(f"{args.images}: not a folder")
     if args.max_images < 0:
         raise UserError(f"--max-images {args.max_images}: must be 0 (all) or positive")
-    items = collect([args.images])[: args.max_images or None]
+    if not args.compare_bpp > 0:
+        raise UserError(f"--compare-bpp {args.compare_bpp}: must be positive")
+    if not Path(args.images).is_dir():
+        raise UserError(f"{args.images}: not a folder")
     report = Path(args.out)
+    items = collect([args.images], skip_folder=report)[: args.max_images or None]
+    protect = file_ids(item.src for item in items)
     outputs = {name: report / name for name in ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")}
     for path in outputs.values():
-        check_writable(path, args.force)
+        check_writable(path, args.force, protect)
+    owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
+    from onetok.tokenizers import rd
+
+    codecs = _codecs(args.codecs)
     names, images, skipped = [], [], []
     for item in items:
         try:
             images.append(read_image(item.src))
             names.append(str(item.rel))
         except UserError as err:
-            skipped.append(str(err))
-    _report_skipped(skipped)
-    if not images:
-        raise UserError(f"{args.images}: no readable images")
-    codecs = tuple(c for c in rd.pillow_codecs() if c in args.codecs.split(","))
-    with tqdm(total=len(images), desc="eval-compression", unit="img", disable=args.quiet) as bar:
+            skipped.append(image_skip(err))
+    code = finish(len(images), skipped, len(items), Path(args.images), "evaluated")
+    with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
         rows = rd.evaluate(owner, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
     points = rd.summarize(rows)
     rates = rd.bd_rates(points)
@@ -401,8 +506,8 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
     print(rd.format_table(points))
     print(rd.format_bd(rates))
-    print(f"{len(images)} image(s), skipped {len(skipped)} -> {', '.join(str(p) for p in outputs.values())}")
-    return 0
+    print(f"{len(images)} image(s)" + skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -420,6 +525,13 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _resume_or_force(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--force", action="store_true", help=f"replace existing {what} (never an input)")
+    group.add_argument("--resume", action="store_true",
+                       help="folder mode: keep the outputs that already exist (an interrupted run's) and do the rest")
+
+
 def _entropy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior", metavar="DIR",
                    help="the entropy coder's prior (default: the prior/ folder beside the tokenizer, if any)")
@@ -428,13 +540,25 @@ def _entropy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_compress(sub)
+    _register_decompress(sub)
+    _register_eval_compression(sub)
+
+
+def _register_compress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="images -> .otok files (tokenizer ids, native resolution, tiled)",
-                       description="Code images at their own resolution as tiles of tokenizer ids.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
-    p.add_argument("-o", "--out", required=True, help="output .otok file (one input image) or folder")
+                       description="Code images at their own resolution as tiles of tokenizer ids. One image -> "
+                                   "OUT.otok (or OUT/NAME.otok); several images or folders -> a folder OUT mirroring "
+                                   "their names; --batch -> one OUT.otok holding them all.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively; "
+                                                              ".txt/.json sidecars are ignored)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="a NAME.otok file (one input, or --batch) or a folder (several inputs, or a folder)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--tokens", type=int, metavar="K", help="the same K tokens for every tile, 1..L (default L)")
+    rate.add_argument("--tokens", type=int, metavar="K",
+                      help="the same K tokens for every tile, 1..L, where L is the tokenizer's number of tokens per "
+                           "tile (its num_latent_tokens, e.g. 32 for the photo tokenizer; default L)")
     rate.add_argument("--bpp", type=float, metavar="B",
                       help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
     rate.add_argument("--psnr", type=float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
@@ -442,21 +566,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
     _entropy_flags(p)
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
+
+def _register_decompress(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decompress", help=".otok files -> PNG images at their original size",
-                       description="Decode .otok files; the tokenizer is found by each file's fingerprint.")
+                       description="Decode .otok files; the tokenizer is found by each file's fingerprint. A "
+                                   "one-image file -> OUT.png (or OUT/NAME.png); several files, a folder or a "
+                                   "--batch file -> a folder OUT.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=".otok files and/or folders of them")
-    p.add_argument("-o", "--out", required=True, help="output PNG (one single-image input) or folder")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="a NAME.png file (one single-image input) or a folder")
     p.add_argument("--tokenizer", metavar="DIR",
                    help="the tokenizer the files were made with (default: found by fingerprint)")
     p.add_argument("--prior", metavar="DIR", help="the prior of entropy-coded files (default: found by fingerprint)")
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_decompress)
 
+
+def _register_eval_compression(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-compression", help="rate-distortion of .otok vs JPEG, WebP and AVIF at native size",
                        description="Rate-distortion at each image's own resolution, every file byte counted.")
     p.add_argument("images", metavar="IMAGES_DIR", help="folder of images (searched recursively)")
@@ -465,11 +596,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
     p.add_argument("--bpp", type=_float_list, metavar="B1,B2,...",
                    help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
-    p.add_argument("--codecs", default="jpeg,webp,avif", help="Pillow codecs to compare (default jpeg,webp,avif)")
+    p.add_argument("--codecs", default="jpeg,webp,avif", metavar="C1,C2,...",
+                   help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default jpeg,webp,avif)")
     _entropy_flags(p)
     p.add_argument("--compare-bpp", type=float, default=0.1, metavar="B",
                    help="target of the equal-bytes picture of the first image (default 0.1)")
-    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (0 = all)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default 0 = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval_compression)

@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from onetok.fileio import UserError, replace_dir, staging_dir
 
+MAX_SIZE = 4096  # image side, px
+MAX_IMAGES = 10_000_000  # per split
+
+
+def _check_count(flag: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise UserError(f"{flag} {value}: must be in {low}..{high:,}")
+
 
 def cmd_shapes(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from onetok.data.shapes import write_shapes_dataset
-
-    if args.size < 8:
-        raise UserError(f"--size {args.size}: must be at least 8")
-    if args.train < 0 or args.val < 0 or args.shard_size < 1:
-        raise UserError("--train/--val must be >= 0 and --shard-size >= 1")
+    _check_count("--size", args.size, 8, MAX_SIZE)
+    _check_count("--train", args.train, 0, MAX_IMAGES)
+    _check_count("--val", args.val, 0, MAX_IMAGES)
+    _check_count("--shard-size", args.shard_size, 1, MAX_IMAGES)
+    if args.train + args.val == 0:
+        raise UserError("--train 0 --val 0: nothing to write")
     if not 0.0 <= args.holdout_combos < 1.0:
         raise UserError(f"--holdout-combos {args.holdout_combos}: must be in [0, 1)")
+    from onetok.data.shapes import write_shapes_dataset
+    from onetok.scripts.progress import progress
+
     out = Path(args.out)
     tmp = staging_dir(out, args.force)
     start = time.time()
     try:
-        with tqdm(total=args.train + args.val, desc="shapes", unit="img", disable=args.quiet) as bar:
+        with progress(args.train + args.val, "shapes", quiet=args.quiet) as bar:
             summary = write_shapes_dataset(tmp, args.size, args.train, args.val, args.seed, args.shard_size,
                                            args.holdout_combos, progress=bar.update)
         replace_dir(tmp, out)
@@ -39,56 +49,73 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from onetok.data.convert import convert_images, list_inputs
-
     src = Path(args.src)
     if not src.is_dir():
         raise UserError(f"{src}: not a readable folder")
+    _check_count("--size", args.size, 8, MAX_SIZE)
+    _check_count("--shard-size", args.shard_size, 1, MAX_IMAGES)
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
+    from onetok.data.convert import convert_images, list_inputs
+    from onetok.scripts.progress import progress
+
     out = Path(args.out)
-    tmp = staging_dir(out, args.force)
+    total = len(list_inputs(src)[0])
+    if total == 0:
+        raise UserError(f"{src}: no image files (only .txt/.json sidecars or nothing)")
+    tmp = staging_dir(out, args.force, inputs=[src])
     try:
-        total = len(list_inputs(src)[0])
-        with tqdm(total=total, desc="images", unit="file", disable=args.quiet) as bar:
+        with progress(total, "images", unit="file", quiet=args.quiet) as bar:
             summary = convert_images(src, tmp, args.size, args.shard_size, args.val_fraction, args.format,
                                      progress=bar.update)
+        if summary.written == 0:
+            raise UserError(f"{src}: no readable images, nothing written: all {summary.skipped} file(s) skipped; "
+                            f"first: {summary.skipped_files[0]}")
+        for line in summary.skipped_files:
+            print(f"skipped {line}", file=sys.stderr)
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    for path in summary.skipped_files:
-        print(f"skipped: {path}")
-    print(f"written: {summary.written}, skipped: {summary.skipped} -> {out}")
-    return 0 if summary.written > 0 or total == 0 else 1
+    print(f"written: {summary.written}, skipped: {summary.skipped} (unreadable) -> {out}")
+    return 1 if summary.skipped else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="write WebDataset shards (built-in shapes, or your own images)")
+    data = sub.add_parser("data", help="write WebDataset shards (built-in shapes, or your own images)",
+                          description="Write image datasets as WebDataset shards (OUT/train/*.tar, OUT/val/*.tar).")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="KIND")
 
-    p = data_sub.add_parser("shapes", help="the built-in captioned shapes dataset")
-    p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
-    p.add_argument("--size", type=int, default=32, help="image side in px (default 32)")
-    p.add_argument("--train", type=int, default=20000, help="training images (default 20000)")
-    p.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
+    p = data_sub.add_parser("shapes", help="the built-in captioned shapes dataset",
+                            description="Render the built-in captioned shapes dataset (one shape of a colour, size "
+                                        "and position on a plain background) into OUT/train and OUT/val.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets train/ and val/)")
+    p.add_argument("--size", type=int, default=32, help=f"image side in px, 8..{MAX_SIZE} (default 32)")
+    p.add_argument("--train", type=int, default=20000, metavar="N", help="training images (default 20000)")
+    p.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
     p.add_argument("--holdout-combos", type=float, default=0.0, metavar="F",
-                   help="fraction of (color, shape, position) combos kept out of train and used only in val")
+                   help="fraction in [0, 1) of (color, shape, position) combos kept out of train and used only in "
+                        "val (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shapes)
 
-    p = data_sub.add_parser("images", help="a folder of JPEG/PNG/WebP files (+ same-named .txt captions)")
-    p.add_argument("src", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=256, help="square side after resize + centre crop")
-    p.add_argument("--shard-size", type=int, default=5000)
-    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction (by file-name hash) written to val/")
-    p.add_argument("--format", choices=["png", "jpg"], default="png", help="how images are stored in the shards")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    p = data_sub.add_parser("images", help="a folder of JPEG/PNG/WebP files (+ same-named .txt captions)",
+                            description="Convert a folder of your own images (+ same-named .txt captions) into "
+                                        "shards; unreadable files are skipped and listed (exit code 1).")
+    p.add_argument("src", metavar="SRC", help="folder of images (searched recursively; .txt/.json are captions and "
+                                              "metadata, not images)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets train/ and, with "
+                                                               "--val-fraction, val/)")
+    p.add_argument("--size", type=int, default=256, help=f"square side after resize + centre crop, 8..{MAX_SIZE} "
+                                                         "(default 256)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                   help="fraction in [0, 1) of the files (by file-name hash) written to val/ (default 0)")
+    p.add_argument("--format", choices=["png", "jpg"], default="png",
+                   help="how images are stored in the shards (default png)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder (never SRC)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_images)

@@ -92,7 +92,7 @@ class Demo:
 
     def train_tokenizer(self) -> None:
         extra = ["--trainer.max_steps", "30"] if self.quick else []
-        self.train("configs/tokenizer/shapes.yaml", self.out / "train_tokenizer",
+        self.train("tokenizer/shapes", self.out / "train_tokenizer",
                    "--data.init_args.train_shards", str(self.data / "train"),
                    "--data.init_args.val_shards", str(self.data / "val"), *extra)
         self.run("export", str(self.newest_ckpt(self.out / "train_tokenizer")), "--out",
@@ -108,7 +108,7 @@ class Demo:
 
     def train_ar(self) -> None:
         extra = ["--trainer.max_steps", "30"] if self.quick else []
-        self.train("configs/ar/shapes.yaml", self.out / "train_ar",
+        self.train("ar/shapes", self.out / "train_ar",
                    "--data.init_args.tokens", str(self.out / "tokens"),
                    "--model.init_args.tokenizer_dir", str(self.models / "tokenizer"), *extra)
         self.run("export", str(self.newest_ckpt(self.out / "train_ar")), "--out", str(self.models / "unified"),
@@ -186,20 +186,26 @@ class Demo:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not Path("configs/tokenizer/shapes.yaml").exists():
-        raise UserError("run the demo from the repository root (configs/ not found)")
+    if args.train_images < 1 or args.val_images < 1:
+        raise UserError("--train-images and --val-images must be at least 1")
+    if args.fresh and out.exists() and any(out.iterdir()) and not (out / ".done").is_dir():
+        raise UserError(f"{out}: not a demo folder (no .done/ inside); --fresh deletes only demo folders")
     if args.fresh and out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / ".done").mkdir(parents=True, exist_ok=True)  # marks a demo folder from its first step on
     Demo(out, args.train_images, args.val_images, args.quick).all()
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the end-to-end demo on the built-in shapes data (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("demo", help="the end-to-end demo on the built-in shapes data (what `make demo` runs)",
+                       description="Data, tokenizer, tokenize, AR model, sampling, evaluation, compression and a "
+                                   "report (OUT/report.md); a re-run skips finished steps, a killed training resumes.")
+    p.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="folder for everything the demo makes (default runs/demo)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
-    p.add_argument("--train-images", type=int, default=20000)
-    p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--train-images", type=int, default=20000, metavar="N", help="shapes training images "
+                                                                                "(default 20000)")
+    p.add_argument("--val-images", type=int, default=1000, metavar="N", help="shapes validation images (default 1000)")
     p.add_argument("--quick", action="store_true", help="a few training steps only (a smoke test of the pipeline)")
     p.set_defaults(func=cmd_demo)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import shutil
+import warnings
 from pathlib import Path
 
-from onetok.fileio import UserError, replace_dir, staging_dir
+from onetok.fileio import UserError, check_replaceable_dir, replace_dir, staging_dir
 
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
@@ -30,20 +31,32 @@ def load_checkpoint(path: Path) -> dict:
 
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    if is_safetensors(path):
+        raise UserError(f"{path}: a safetensors weights file, not a training checkpoint (.ckpt); the folder holding it "
+                        "is already an exported model (give the folder to --tokenizer or --model)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not a loadable checkpoint ({first_line[:200]})") from None
-    if not isinstance(ckpt, dict):
-        raise UserError(f"{path}: not a Lightning checkpoint (got {type(ckpt).__name__})")
+        raise UserError(f"{path}: not a checkpoint written by onetok-train (unreadable as a weights-only PyTorch "
+                        f"checkpoint: {type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or "onetok_system" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint written by onetok-train (it does not say which onetok system "
+                        "wrote it)")
     return ckpt
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the length of its JSON header (u64, little-endian), then the header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenizer: str | None = None) -> Path:
     ckpt_path, out = Path(ckpt_path), Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists (use --force to overwrite)")
+    check_replaceable_dir(out, force, inputs=[ckpt_path])  # never replaces the folder holding the checkpoint
     ckpt = load_checkpoint(ckpt_path)
     system = ckpt.get("onetok_system")
     if system not in EXPORTERS:
@@ -51,10 +64,14 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenize
     if tokenizer is not None and system != "ar":
         raise UserError("--tokenizer applies to AR checkpoints only")
     exporter = importlib.import_module(EXPORTERS[system]).export_checkpoint
+    from onetok.tokenizers import domain
+
     kwargs = {"tokenizer": tokenizer} if system == "ar" else {}
     tmp = staging_dir(out, force=True)  # existence was checked above
     try:
         exporter(ckpt, tmp, force=True, **kwargs)
+        if system in ("tokenizer", "postfilter"):  # what it knows, for `compress` to warn about far-off inputs
+            domain.record_trained_on(tmp, domain.describe_training(ckpt))
         replace_dir(tmp, out)
     except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
         raise UserError(f"{ckpt_path}: cannot export this {system} checkpoint ({err})") from None
@@ -85,10 +102,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="turn a training checkpoint (.ckpt) into an inference directory")
-    p.add_argument("ckpt", help="a Lightning .ckpt written by onetok-train")
-    p.add_argument("--out", required=True, help="the inference directory to write")
-    p.add_argument("--tokenizer", help="AR checkpoints: the tokenizer directory (default: found by fingerprint)")
+    p = sub.add_parser("export", help="turn a training checkpoint (.ckpt) into an inference directory",
+                       description="Write the inference directory (config.json + model.safetensors) of a "
+                                   "checkpoint written by onetok-train; a tokenizer's config.json also records what "
+                                   "it was trained on.")
+    p.add_argument("ckpt", metavar="CKPT", help="a Lightning .ckpt written by onetok-train")
+    p.add_argument("--out", required=True, metavar="DIR", help="the inference directory to write")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="AR checkpoints: the tokenizer directory (default: found by fingerprint)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--no-register", action="store_true",
                    help="do not register an exported tokenizer in $ONETOK_HOME/tokenizers (default ~/.onetok)")

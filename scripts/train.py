@@ -10,6 +10,7 @@ One YAML per run names its system and data module by class path, e.g.
       init_args: {...}
 
     onetok-train fit --config configs/tokenizer/shapes.yaml
+    onetok-train fit --config tokenizer/shapes        # the same config, by name, from any folder
     onetok-train fit --config configs/tokenizer/shapes.yaml --ckpt_path last     # resume a killed run
     onetok-train validate --config configs/tokenizer/shapes.yaml --ckpt_path runs/.../last.ckpt
 
@@ -28,6 +29,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from onetok.scripts import train_checks
+
 
 def newest_last_checkpoint(root: str | Path) -> Path | None:
     """The most recently written `last.ckpt` under `root`, or None."""
@@ -36,7 +39,11 @@ def newest_last_checkpoint(root: str | Path) -> Path | None:
 
 
 class OnetokCLI(LightningCLI):
-    """LightningCLI whose `--ckpt_path last` searches every version folder of the run's root."""
+    """LightningCLI that checks the data and folders a config names before anything is built (train_checks), and
+    whose `--ckpt_path last` searches every version folder of the run's root."""
+
+    def before_instantiate_classes(self) -> None:
+        train_checks.before_instantiate(self.config[self.subcommand] if self.subcommand else self.config)
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
@@ -48,7 +55,7 @@ class OnetokCLI(LightningCLI):
 
 
 def main(args: ArgsType = None) -> int:
-    OnetokCLI(
+    return train_checks.run(lambda: OnetokCLI(  # --config NAME resolved, errors as one line (exit 2)
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -57,8 +64,8 @@ def main(args: ArgsType = None) -> int:
         seed_everything_default=0,
         args=args,
         auto_configure_optimizers=False,
-    )
-    return 0
+        parser_kwargs=train_checks.PARSER_KWARGS,
+    ), args)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def tokens(tmp_path_factory) -> Path:
 
 
 def _fit(config: str, tokens: Path, root: Path, *extra: str) -> None:
-    train_main(["fit", "--config", config, *TINY, "--data.init_args.tokens", str(tokens),
-                "--data.init_args.text", "words", "--trainer.default_root_dir", str(root), *extra])
+    assert train_main(["fit", "--config", config, *TINY, "--data.init_args.tokens", str(tokens),
+                       "--data.init_args.text", "words", "--trainer.default_root_dir", str(root), *extra]) == 0
 
 
 def test_configs_exist():

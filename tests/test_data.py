@@ -163,9 +163,10 @@ def test_converter_skips_bad_files(tmp_path, capsys):
     (src / "truncated.jpg").write_bytes(_jpeg_bytes((64, 64))[:300])
     (src / "notes.txt").write_text("not an image and not a caption")
     out = tmp_path / "out"
-    assert cli(["data", "images", str(src), "--out", str(out), "--size", "16", "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert "written: 3, skipped: 2" in printed
+    assert cli(["data", "images", str(src), "--out", str(out), "--size", "16", "--quiet"]) == 1  # partly failed
+    captured = capsys.readouterr()
+    assert "written: 3, skipped: 1" in captured.out  # notes.txt is a sidecar, not a bad image
+    assert "truncated.jpg" in captured.err and "notes.txt" not in captured.err
     samples = list(iter_samples(out / "train"))
     assert len(samples) == 3 and all(s["image"].size == (16, 16) for s in samples)
     by_source = {s["json"]["source"]: s for s in samples}

@@ -52,9 +52,10 @@ def cli(args: list[str]):
 
     argv, sys.argv = sys.argv, ["onetok-train", *args]
     try:
-        return main(args)
+        code = main(args)
     finally:
         sys.argv = argv
+    assert code == 0  # errors are one line and exit code 2 now, not exceptions
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in ALL_CONFIGS])
@@ -95,6 +96,7 @@ def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     out = tmp_path / "tok"
     assert onetok(["export", str(ckpt_path), "--out", str(out)]) == 0
     tok = Tokenizer.from_pretrained(out)
+    assert "the built-in shapes data: 16 px" in json.loads((out / "config.json").read_text())["trained_on"]
     ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
     torch.testing.assert_close(tok.state_dict()["decoder.grid_pos"], ema["decoder.grid_pos"])  # EMA weights exported
     assert tok.decode(tok.encode(torch.rand(2, 3, 16, 16))).shape == (2, 3, 16, 16)
@@ -112,7 +114,7 @@ def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     with pytest.raises(UserError, match="no such checkpoint"):
         export(tmp_path / "missing.ckpt", tmp_path / "x")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a loadable checkpoint"):
+    with pytest.raises(UserError, match="not a checkpoint written by onetok-train"):
         export(tmp_path / "junk.ckpt", tmp_path / "x")
     torch.save({"onetok_system": "mystery"}, tmp_path / "other.ckpt")
     with pytest.raises(UserError, match="unknown checkpoint kind"):

@@ -19,10 +19,12 @@ import hashlib
 import json
 import struct
 import zlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = b"OTOK"
 VERSION = 2  # what `dumps` writes for a TiledFile
@@ -476,6 +478,8 @@ def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile | TiledFile
 
 def fingerprint(tokenizer: torch.nn.Module) -> bytes:
     """16 bytes of sha256 over the config (sorted JSON) and every state_dict tensor (name, dtype, shape, bytes)."""
+    import torch  # here, so that reading and checking .otok files does not load torch
+
     h = hashlib.sha256(b"onetok-fingerprint-v1\0")
     config = dataclasses.asdict(tokenizer.config)
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
