@@ -49,8 +49,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from onetok.ar_model.vocab import SPM_FILE, train_sentencepiece
 
-    if args.size < 2:
-        raise UserError("--size must be >= 2")
+    if args.size < 258:
+        raise UserError(f"--size {args.size}: needs at least 258 (<unk>, the 256 byte pieces, and room for merges)")
+    if args.max_captions is not None and args.max_captions < 1:
+        raise UserError(f"--max-captions {args.max_captions}: must be at least 1")
     paths = caption_shards(args.captions)
     out = Path(args.out)
     tmp = staging_dir(out, args.force)
@@ -78,13 +80,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("text-vocab", help="subword text vocabularies (sentencepiece) for the unified model")
+    group = sub.add_parser("text-vocab", help="subword text vocabularies (sentencepiece) for the unified model",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group_sub = group.add_subparsers(dest="text_vocab_command", required=True, metavar="COMMAND")
-    p = group_sub.add_parser("train", help="train a BPE/unigram vocabulary on the training captions")
+    p = group_sub.add_parser("train", help="train a BPE/unigram vocabulary on the training captions",
+                             description="Train a sentencepiece BPE or unigram vocabulary on the captions of a "
+                                         "dataset, token folder or shard spec; writes OUT/text_vocab.model.")
     p.add_argument("--captions", required=True, help="a dataset root, a token folder, or a shard spec")
     p.add_argument("--size", type=int, required=True, help="vocabulary size in pieces (256 byte pieces included)")
     p.add_argument("--out", required=True, help="output folder (gets text_vocab.model)")
-    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
+                   help="sentencepiece model type (default bpe)")
     p.add_argument("--max-captions", type=int, default=None, help="read at most this many captions")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -146,11 +146,12 @@ def _synthetic_rows(vocab: Vocab, rows: int, codes: int, text_bytes: int, seed: 
     """Training rows (t2i and i2t) from random codes and random caption bytes."""
     import random
 
-    from onetok.ar_model.data import SequenceBuilder
+    from onetok.ar_model.sequence import Row, SequenceBuilder
 
     rng, builder = random.Random(seed), SequenceBuilder(vocab)
     text = [vocab.text_offset + rng.randrange(vocab.text.size) for _ in range(text_bytes)]
-    return [builder(text, [rng.randrange(vocab.codebook_size) for _ in range(codes)], rng) for _ in range(rows)]
+    return [Row(builder(text, [rng.randrange(vocab.codebook_size) for _ in range(codes)], rng), f"row{i}")
+            for i in range(rows)]
 
 
 def train_rates(ctx) -> dict:
@@ -217,7 +218,7 @@ def train_shapes_model(ctx, max_seconds: float) -> tuple[UnifiedModel, dict]:
                           .permute(2, 0, 1) for a in attributes])  # (count, 3, S, S)
     codes = torch.cat([tokenizer.encode(chunk.to(ctx.device)).cpu() for chunk in images.split(500)])  # (count, L)
     vocab = Vocab(tokenizer.codebook_size, WordText.from_captions(captions))
-    data = TrainSequences(TokenPairs(codes, captions, attributes), TextEncoder(vocab), SequenceBuilder(vocab))
+    data = TrainSequences(TokenPairs(codes, captions, attributes, [f"shape{i}" for i in range(count)]), TextEncoder(vocab), SequenceBuilder(vocab))
     loader = DataLoader(data, batch_size=8 if ctx.dry_run else 64, shuffle=True, drop_last=True,
                         collate_fn=Collate(vocab.pad_id))
     system = ARSystem(preset="shapes", vocab=vocab.to_dict(), eval_samples=0, warmup_steps=5 if ctx.dry_run else 100)

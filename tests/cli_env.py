@@ -65,8 +65,8 @@ def build(root: Path) -> Path:
     bomb_png(root / "bad" / "bomb.png")
     tok = Tokenizer.from_pretrained(root / "tok")
     images = [Image.open(root / "images" / n).convert("RGB") for n in ("a.png", "b.png")]
-    (root / "a.otok").write_bytes(C.compress(tok, images[:1]))
-    (root / "batch.otok").write_bytes(C.compress(tok, images))
+    (root / "a.otok").write_bytes(C.Codec(tok).compress(images[:1]))
+    (root / "batch.otok").write_bytes(C.Codec(tok).compress(images))
     (root / "garbage.ckpt").write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
     shutil.copy(root / "tok" / "model.safetensors", root / "weights.safetensors")
     (root / "corrupt_shards").mkdir()

@@ -20,7 +20,7 @@ from onetok.tokenizers.registry import find_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fit(tokens: Path, root: Path, *extra: str) -> None:
+def fit(tokens: Path, root: Path, *extra: str) -> int:
     from onetok.scripts.train import main
 
     args = ["fit", "--config", str(REPO / "configs/ar/shapes.yaml"), "--model.init_args.preset=tiny",
@@ -29,7 +29,7 @@ def fit(tokens: Path, root: Path, *extra: str) -> None:
             "--trainer.max_time=null", f"--trainer.default_root_dir={root}", "--trainer.max_steps=3", *extra]
     argv, sys.argv = sys.argv, ["onetok-train", *args]
     try:
-        main(args)
+        return main(args)
     finally:
         sys.argv = argv
 
@@ -41,7 +41,7 @@ def machine(tmp_path, monkeypatch):
     torch.manual_seed(0)
     Tokenizer(preset("tiny")).save_pretrained(tmp_path / "tok")
     tokenize_dataset(tmp_path / "tok", str(tmp_path / "shapes"), tmp_path / "tokens")
-    fit(tmp_path / "tokens", tmp_path / "run")
+    assert fit(tmp_path / "tokens", tmp_path / "run") == 0
     ckpt_path = next((tmp_path / "run").rglob("last.ckpt"))
     monkeypatch.setenv("ONETOK_HOME", str(tmp_path / "home"))
     (tmp_path / "home" / "tokenizers").mkdir(parents=True)
@@ -77,9 +77,9 @@ def test_export_finds_the_tokenizer_by_fingerprint(machine, capsys):
         export_checkpoint(ckpt, root / "x")
 
 
-def test_resume_on_another_machine_and_refuse_another_tokenizer(machine):
+def test_resume_on_another_machine_and_refuse_another_tokenizer(machine, capsys):
     root, ckpt_path = machine
-    fit(root / "tokens", root / "run2", f"--ckpt_path={ckpt_path}", "--trainer.max_steps=5")
+    assert fit(root / "tokens", root / "run2", f"--ckpt_path={ckpt_path}", "--trainer.max_steps=5") == 0
     resumed = torch.load(next((root / "run2").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 5
     assert Path(resumed["onetok_ar"]["tokenizer_path"]) == (root / "home" / "tokenizers" / "shapes-tiny").resolve()
@@ -87,5 +87,6 @@ def test_resume_on_another_machine_and_refuse_another_tokenizer(machine):
     torch.manual_seed(1)
     Tokenizer(preset("tiny")).save_pretrained(root / "other")
     tokenize_dataset(root / "other", str(root / "shapes"), root / "other_tokens")
-    with pytest.raises(ValueError, match="trained on the codes of tokenizer"):
-        fit(root / "other_tokens", root / "run3", f"--ckpt_path={ckpt_path}", "--trainer.max_steps=5")
+    capsys.readouterr()
+    assert fit(root / "other_tokens", root / "run3", f"--ckpt_path={ckpt_path}", "--trainer.max_steps=5") == 2
+    assert "trained on the codes of tokenizer" in capsys.readouterr().err

@@ -129,6 +129,11 @@ TABLE = [
     ("data-images-missing", ["data", "images", "{E}/nope", "--out", "{T}/d"], "nope", ()),
     ("data-images-over-source", ["data", "images", "{T}/src", "--out", "{T}/src", "--force", "--quiet"],
      "holds the input", (("{E}/images", "src"),)),
+    # --- text-vocab ----------------------------------------------------------------------------------------------
+    ("text-vocab-missing", ["text-vocab", "train", "--captions", "{E}/nonexist", "--size", "300", "--out", "{T}/v"],
+     "nonexist", ()),
+    ("text-vocab-size-0", ["text-vocab", "train", "--captions", "{E}/shapes", "--size", "0", "--out", "{T}/v"],
+     "--size 0", ()),
     # --- export --------------------------------------------------------------------------------------------------
     ("export-garbage", ["export", "{E}/garbage.ckpt", "--out", "{T}/x"], "garbage.ckpt", ()),
     ("export-safetensors", ["export", "{E}/weights.safetensors", "--out", "{T}/x"], "safetensors", ()),
@@ -143,6 +148,7 @@ TABLE = [
     ("bench-codec-repeats", ["bench", "codec", "--repeats", "0"], "--repeats", ()),
     ("bench-sjd-prompts", ["bench", "sjd", "--model", "{E}/model", "--prompts", "0"], "--prompts", ()),
     ("bench-startup-runs", ["bench", "startup", "--runs", "0"], "--runs", ()),
+    ("bench-data-ranks", ["bench", "data", "--ranks", "0"], "--ranks", ()),
     ("demo-train-images", ["demo", "--out", "{T}/demo", "--train-images", "0"], "--train-images", ()),
 ]
 
