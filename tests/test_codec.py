@@ -380,3 +380,25 @@ def test_pillow_roundtrip_decodes():
 def test_avif_is_available():
     """The RD report compares against AVIF: the Pillow the project requires must write it."""
     assert "avif" in rd.pillow_codecs()
+
+
+def test_evaluate_with_a_prior_adds_the_bit_packed_curve(tok):
+    """With a prior, the report also codes every target bit-packed from the same encoder pass: same token budget
+    rule, the same decoder, so the difference in bytes is the entropy coder's alone."""
+    from onetok.tokenizers.prior import PRESETS as PRIOR_PRESETS
+    from onetok.tokenizers.prior import TilePrior
+
+    if tok.codebook_size != PRIOR_PRESETS["tiny"].codebook_size:
+        pytest.skip("the tiny prior is for a 64-code tokenizer")
+    torch.manual_seed(0)
+    owner = C.Codec(tok, TilePrior(PRIOR_PRESETS["tiny"]).eval())
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    rows = rd.evaluate(owner, ["a"], [image], bpps=(1.0, 3.0), codecs=())
+    packed = [r for r in rows if r.codec == "otok-packed"]
+    assert [r.setting for r in packed] == [1.0, 3.0]
+    analysis = owner.analyse(image).packed()
+    assert analysis.codec.prior is None and analysis.tokenizer is tok
+    f = analysis.codec.file([analysis.encode(C.RateControl(bpp=3.0)).image])
+    assert packed[1].bytes == len(codec.dumps(f)) and f.images[0].__class__ is codec.TiledImage
+    rates = rd.bd_rates(rd.summarize(rows))
+    assert {"otok vs otok-packed", "otok vs otok-fixed"} <= set(rates)

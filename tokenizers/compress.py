@@ -12,6 +12,7 @@ resized back to its original size when it was downscaled. The byte format itself
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import numpy as np
@@ -152,6 +153,12 @@ class Analysis:
         self.ladder = tiling.rate_ladder(self.tokenizer.num_latent_tokens)
         self._sse: np.ndarray | None = None
         self._bits: np.ndarray | None = None
+
+    def packed(self) -> Analysis:
+        """The same tiles, ids and errors under the bit-packed format (no prior): what entropy coding saves."""
+        twin = copy.copy(self)
+        twin.codec, twin._bits = Codec(self.tokenizer), None
+        return twin
 
     @property
     def sse(self) -> np.ndarray:

@@ -3,7 +3,8 @@
 Every codec is scored the same way on every image: the bytes of the whole file it writes (all headers counted), bits
 per pixel over the original width x height, PSNR over the RGB 8-bit output (the mean squared error over all pixels and
 channels), and SSIM. `.otok` is measured at fixed token counts k (`otok-fixed`, every tile the same k) and at target
-sizes (`otok`, `--bpp`: tokens allocated across tiles by distortion drop per bit); JPEG (`optimize=True`), WebP
+sizes (`otok`, `--bpp`: tokens allocated across tiles by distortion drop per bit; with a prior also `otok-packed`,
+the same encoder pass with the ids bit-packed instead of range-coded); JPEG (`optimize=True`), WebP
 (`method=6`) and AVIF (`speed=6`, when Pillow has it) over fixed quality grids. Curves are means over the images per
 setting.
 
@@ -35,14 +36,14 @@ WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow ra
 AVIF_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)  # Pillow range 0..100
 OTOK_BPPS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
 PSNR_CAP = 100.0  # dB, reported for identical images instead of +inf
-CODECS = ("otok", "otok-fixed", "jpeg", "webp", "avif")
+CODECS = ("otok", "otok-fixed", "otok-packed", "jpeg", "webp", "avif")
 CSV_FIELDS = ("image", "codec", "setting", "width", "height", "bytes", "bpp", "psnr", "ssim")
 
 
 class RDRow(NamedTuple):
     image: str
     codec: str  # one of CODECS
-    setting: float  # target bpp (otok), tokens (otok-fixed) or quality (Pillow codecs)
+    setting: float  # target bpp (otok, otok-packed), tokens (otok-fixed) or quality (Pillow codecs)
     width: int
     height: int
     bytes: int
@@ -134,6 +135,11 @@ def otok_rows(owner: Codec, name: str, image: Image.Image, tokens: tuple[int, ..
     for bpp in bpps:
         data, decoded = otok_file(analysis, RateControl(bpp=bpp))
         rows.append(_row(name, "otok", bpp, len(data), array, decoded))
+    if owner.prior is not None:  # the same encoder pass, ids bit-packed: what the entropy coder gains
+        packed = analysis.packed()
+        for bpp in bpps:
+            data, decoded = otok_file(packed, RateControl(bpp=bpp))
+            rows.append(_row(name, "otok-packed", bpp, len(data), array, decoded))
     return rows
 
 
@@ -200,10 +206,16 @@ def bd_rate(reference: list[RDPoint], test: list[RDPoint]) -> float:
 
 
 def bd_rates(points: list[RDPoint]) -> dict[str, float]:
-    """BD-rate of `otok` against every other curve present: {"otok vs jpeg": -31.2, ...}."""
-    otok = curve(points, "otok")
-    return {f"otok vs {name}": bd_rate(curve(points, name), otok)
-            for name in CODECS[1:] if curve(points, name)}
+    """BD-rate of `otok` against every other curve present, {"otok vs jpeg": -31.2, ...}, and, when the ids were
+    entropy-coded, of the bit-packed curve against the Pillow codecs (the entropy coder's gain is the difference)."""
+    rates = {}
+    for test in ("otok", "otok-packed"):
+        for name in CODECS[CODECS.index(test) + 1:]:
+            if curve(points, test) and curve(points, name) and name != "otok-fixed":
+                rates[f"{test} vs {name}"] = bd_rate(curve(points, name), curve(points, test))
+    if curve(points, "otok-fixed"):
+        rates["otok vs otok-fixed"] = bd_rate(curve(points, "otok-fixed"), curve(points, "otok"))
+    return rates
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -232,7 +244,7 @@ def plot(points: list[RDPoint], path: Path, title: str = "") -> None:
         for ax, metric in zip(axes, ("psnr", "ssim")):
             if pts:
                 ax.plot([p.bpp for p in pts], [getattr(p, metric) for p in pts], marker="o", ms=3, label=name,
-                        linestyle="--" if name == "otok-fixed" else "-")
+                        linestyle={"otok-fixed": "--", "otok-packed": ":"}.get(name, "-"))
     for ax, label in zip(axes, ("PSNR (dB, RGB)", "SSIM")):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
