@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning as pl
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn

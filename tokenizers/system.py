@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -39,7 +39,7 @@ def resolve_config(preset: str | None, config: dict | TokenizerConfig | None) ->
     return preset_config(preset, **config) if preset else TokenizerConfig.from_dict(config)
 
 
-class TokenizerSystem(L.LightningModule):
+class TokenizerSystem(pl.LightningModule):
     """Trains a Tokenizer on image batches {"image": (B, 3, S, S) in [0, 1], ...}."""
 
     def __init__(
@@ -155,11 +155,11 @@ class TokenizerSystem(L.LightningModule):
     # ---- validation -------------------------------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        L_ = self.model.num_latent_tokens
+        L = self.model.num_latent_tokens
         self._val = {
-            "psnr_sum": torch.zeros(len(token_counts(L_)), device=self.device, dtype=torch.float64),
+            "psnr_sum": torch.zeros(len(token_counts(L)), device=self.device, dtype=torch.float64),
             "images": torch.zeros((), device=self.device, dtype=torch.float64),
-            "position_counts": torch.zeros(L_, self.model.codebook_size, device=self.device, dtype=torch.float64),
+            "position_counts": torch.zeros(L, self.model.codebook_size, device=self.device, dtype=torch.float64),
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
