@@ -292,6 +292,26 @@ def next_drafts(processed: torch.Tensor, accept_len: torch.Tensor, window: int, 
     return branch_first(drafts, C) if C > 1 else drafts
 
 
+def start_rows(model: Transformer, vocab: Vocab, prompt_ids: list[list[int]], layout: RowLayout, num_tokens: int,
+               window: int) -> tuple[torch.Tensor, KVCache, Progress]:
+    """The left-padded prompt of every model row (G*B*C, P), a KV cache with room for it, the codes and a window,
+    and no accepted codes yet."""
+    device = model.output.weight.device
+    chained = [p for p in prompt_ids for _ in range(layout.chains)]  # B*C prompts, "(b c)"
+    head, starts = left_pad(image_prompts(vocab, chained, layout.branches == 2), vocab.pad_id, device)  # (G*B*C, P)
+    cache = new_cache(model, layout.rows, head.shape[1] + num_tokens + window + 1, starts, checked=False)
+    codes = torch.zeros(layout.prompts, num_tokens + window + 1, dtype=torch.long, device=device)  # (B, k + W + 1)
+    return head, cache, Progress(codes, torch.zeros(layout.prompts, dtype=torch.long, device=device))
+
+
+def pass_stats(gained: torch.Tensor, active: torch.Tensor, count: torch.Tensor, num_tokens: int) -> tuple[list[int], int]:
+    """The pass's one wait on the device: the codes gained by each prompt that was still active, and the most codes
+    any prompt still needs."""
+    B = active.shape[0]
+    stats = torch.cat([gained, active.long(), (num_tokens - count).amax()[None]]).tolist()
+    return [g for g, a in zip(stats[:B], stats[B : 2 * B], strict=True) if a], stats[-1]
+
+
 @torch.no_grad()
 def generate_image_tokens_sjd(
     model: Transformer,
@@ -314,13 +334,8 @@ def generate_image_tokens_sjd(
     check_arguments(model, vocab, prompt_ids, num_tokens, window, init, chains)
     B, k = len(prompt_ids), num_tokens
     layout = RowLayout(2 if settings.cfg_scale != 1.0 else 1, B, chains)
-    device = model.output.weight.device
-    chained = [p for p in prompt_ids for _ in range(chains)]
-    head, starts = left_pad(image_prompts(vocab, chained, layout.branches == 2), vocab.pad_id, device)  # (G*B*C, P)
-    cache = new_cache(model, layout.rows, head.shape[1] + k + window + 1, starts, checked=False)
-    progress = Progress(torch.zeros(B, k + window + 1, dtype=torch.long, device=device),
-                        torch.zeros(B, dtype=torch.long, device=device))
-    drafts = uniform_drafts(B * chains, vocab.codebook_size, window, device, generator)  # pass 1 also reads prompts
+    head, cache, progress = start_rows(model, vocab, prompt_ids, layout, k, window)  # head: (G*B*C, P)
+    drafts = uniform_drafts(B * chains, vocab.codebook_size, window, head.device, generator)  # pass 1 reads prompts
     passes, tokens_per_pass, remaining, static = 0, [], k, hasattr(model, "_orig_mod")
     while remaining > 0:
         w = window if static else min(window, remaining - 1)  # drafts this pass
@@ -335,10 +350,8 @@ def generate_image_tokens_sjd(
         drafts = next_drafts(processed, verdict.accept_len, window, init, generator)
         last = progress.codes.gather(1, progress.count[:, None] - 1)  # (B, 1)
         head = layout.per_row(last + vocab.image_offset)  # (G*B*C, 1) shared ids
-        passes += 1
-        stats = torch.cat([gained, active.long(), (k - progress.count).amax()[None]]).tolist()  # the one sync
-        tokens_per_pass += [g for g, a in zip(stats[:B], stats[B : 2 * B], strict=True) if a]
-        remaining = stats[-1]
+        gained_by_active, remaining = pass_stats(gained, active, progress.count, k)
+        passes, tokens_per_pass = passes + 1, tokens_per_pass + gained_by_active
     return SJDResult(progress.codes[:, :k], passes, tokens_per_pass)
 
 

@@ -16,12 +16,11 @@ vocabulary and the tokenizer's fingerprint. Resuming refuses a checkpoint of ano
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-import lightning as pl
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
@@ -32,22 +31,10 @@ from onetok.ar_model.model import ARConfig, Transformer, config_from_preset
 from onetok.ar_model.sequence import I2T, IGNORE, T2I, fill_image_codes
 from onetok.ar_model.vocab import Vocab
 from onetok.distributed import check_strategy
+from onetok.optim import adamw_warmup_cosine
 
 SYSTEM_NAME = "ar"
 TASKS = (("loss", None), ("t2i", T2I), ("i2t", I2T))  # validation metric name, task (None = all rows)
-
-
-class WarmupCosine:
-    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to `min_ratio` at step `total`."""
-
-    def __init__(self, warmup: int, total: int, min_ratio: float):
-        self.warmup, self.total, self.min_ratio = warmup, max(total, warmup + 1), min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / (self.total - self.warmup))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_config(preset: str, vocab: Vocab, overrides: dict[str, Any] | None,
@@ -270,18 +257,10 @@ class ARSystem(pl.LightningModule):
                              f"come from tokenizer {self.tokenizer_fingerprint[:12]}")
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.transformer.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim >= 2 and "tok_embeddings" not in name else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = WarmupCosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        hp = self.hparams  # no weight decay on the token embeddings (nor on biases and norms)
+        return adamw_warmup_cosine(self.transformer, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   int(self.trainer.estimated_stepping_batches), hp.min_lr_ratio,
+                                   exempt=("tok_embeddings",))
 
 
 # --------------------------------------------------------------------------------------------------------------------

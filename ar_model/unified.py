@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +26,7 @@ from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, ge
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import default_chains, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
-from onetok.fileio import UserError
+from onetok.fileio import UserError, staged_dir
 from onetok.tokenizers import Tokenizer
 from onetok.tokenizers.codec import fingerprint
 
@@ -84,11 +82,7 @@ class UnifiedModel(nn.Module):
         from safetensors.torch import save_model
 
         directory = Path(directory)
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not force:
-            raise UserError(f"{directory}: already exists (use --force to overwrite)")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        try:
+        with staged_dir(directory, force) as tmp:  # built beside it, renamed into place when complete
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -99,18 +93,6 @@ class UnifiedModel(nn.Module):
             (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
             self.tokenizer.save_pretrained(tmp / "tokenizer")
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                directory.rename(old)
-            tmp.rename(directory)
-            if old is not None and old.is_dir():
-                shutil.rmtree(old)
-            elif old is not None:
-                old.unlink()
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     # --- text -> image ---------------------------------------------------------------------------------------------

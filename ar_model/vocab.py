@@ -4,7 +4,7 @@
     ids 6 .. 6+T-1                 text tokens (T = text vocabulary size; UTF-8 bytes by default)
     ids 6+T .. 6+T+K-1             image codes 0..K-1 of the image tokenizer (K = codebook size)
 
-Sequences (built by `onetok.ar_model.generate` and the training data):
+Sequences (built by `onetok.ar_model.sequence`, for training and sampling):
     text -> image    <bos> text <boi> codes <eoi> <eos>        (<null> replaces the text for CFG)
     image -> text    <bos> <boi> codes <eoi> text <eos>
 

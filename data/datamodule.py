@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import lightning as L
+import lightning.pytorch as pl
 import numpy as np
 import torch
 import webdataset as wds
@@ -122,7 +122,7 @@ def load_in_memory(spec, transform: ImageTransform, limit: int | None = None) ->
     return InMemoryImages(torch.stack(images), captions, keys, transform)
 
 
-class ImageShardDataModule(L.LightningDataModule):
+class ImageShardDataModule(pl.LightningDataModule):
     """Train/val image (+ caption) batches from WebDataset shards (a directory, glob or brace pattern each)."""
 
     def __init__(

@@ -3,24 +3,29 @@
 Backend choice per call: an explicit ``backend="triton"|"torch"`` wins; with ``backend="auto"`` the environment
 variable ``ONETOK_KERNEL_BACKEND=triton|torch`` decides if set, else Triton for CUDA tensors and torch otherwise.
 The Triton backend also runs on CPU tensors under ``TRITON_INTERPRET=1`` (set it before this package first
-launches a kernel; the tests do). Triton modules are imported on first use, so importing `onetok.kernels` is cheap.
+launches a kernel; the tests do).
+
+The Triton implementations, `onetok.kernels.codebook` (nearest code) and `onetok.kernels.sjd` (SJD verify), import
+triton; they are loaded on first use -- a call that picks the Triton backend, or the attribute itself (a module
+`__getattr__`, PEP 562) -- so importing `onetok.kernels` is cheap and works without Triton.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import sys
 from types import ModuleType
 
 import torch
 
+from onetok.kernels import reference
 from onetok.kernels.reference import NearestCode, SJDVerifyResult
 
 __all__ = ["NearestCode", "SJDVerifyResult", "nearest_code", "resolve_backend", "sjd_verify"]
 
 BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
 _BACKENDS = ("triton", "torch")
+TRITON_MODULES = ("codebook", "sjd")
 
 
 def _triton_importable() -> bool:
@@ -35,9 +40,11 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-def _submodule(name: str) -> ModuleType:
-    """`onetok.kernels.<name>`, imported on first use (get the Triton modules this way, not by attribute)."""
-    return importlib.import_module(f"{__name__}.{name}")
+def __getattr__(name: str) -> ModuleType:
+    """The Triton modules (`TRITON_MODULES`), imported on first access."""
+    if name in TRITON_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
@@ -69,8 +76,8 @@ def nearest_code(
     No gradient flows through either output.
     """
     if resolve_backend(backend, z) == "triton":
-        return _submodule("codebook").nearest_code(z, codebook, metric)
-    return _submodule("reference").nearest_code(z, codebook, metric)
+        return __getattr__("codebook").nearest_code(z, codebook, metric)
+    return reference.nearest_code(z, codebook, metric)
 
 
 def sjd_verify(
@@ -87,19 +94,6 @@ def sjd_verify(
     draft distributions, u_accept (B, W) and u_sample (B,) uniforms in [0, 1). See `reference.sjd_verify`.
     """
     if resolve_backend(backend, logits) == "triton":
-        return _submodule("sjd_verify").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
-    return _submodule("reference").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
+        return __getattr__("sjd").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
+    return reference.sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
 
-
-class _Package(ModuleType):
-    """`sjd_verify` names both a submodule and the public function. Importing a submodule binds its name on
-    the package (`setattr(package, "sjd_verify", module)`); refusing that keeps `onetok.kernels.sjd_verify` the
-    function. The module stays reachable as `importlib.import_module("onetok.kernels.sjd_verify")`."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in __all__ and isinstance(value, ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

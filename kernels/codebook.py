@@ -120,6 +120,59 @@ def _dot_codes(acc, z_hi, z_lo, code_ptr, codes, dims, k_end, D, stride_cs, stri
 
 
 @triton.jit
+def _row_sq_norms(z_ptr, rows, dims, N, D, stride_zn, stride_zd, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """||z||² per row (BLOCK_N,) in fp32, over D in chunks of BLOCK_D."""
+    z_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        z = _load_tile(z_ptr, rows, d0 + dims, N, D, stride_zn, stride_zd, 0.0).to(tl.float32)
+        z_sq += tl.sum(z * z, axis=1)
+    return z_sq
+
+
+@triton.jit
+def _dot_codes_chunked(acc, z_ptr, code_ptr, rows, dims, codes, k_end, N, D, stride_zn, stride_zd, stride_cs,
+                       stride_ck, stride_cd, z_norm, COSINE: tl.constexpr, SPLIT_DOT: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+    """`_dot_codes` over D in chunks of BLOCK_D, each z chunk loaded (and split) again per code tile."""
+    for d0 in range(0, D, BLOCK_D):
+        hi, lo = _z_tile(z_ptr, rows, d0 + dims, N, D, stride_zn, stride_zd, z_norm, COSINE, SPLIT_DOT)
+        acc = _dot_codes(acc, hi, lo, code_ptr, codes, d0 + dims, k_end, D, stride_cs, stride_ck, stride_cd,
+                         SPLIT_DOT)
+    return acc
+
+
+@triton.jit
+def _merge_tile_min(acc, cols, k0, best_row, index_row, BLOCK_K: tl.constexpr):
+    """Reduce a score tile to (min, lowest column at the min) per row and merge it into the running best per row."""
+    tile_min = tl.min(acc, axis=1)  # (BLOCK_N,)
+    tile_arg = tl.min(tl.where(acc == tile_min[:, None], cols[None, :], BLOCK_K), axis=1)
+    better_row = tile_min < best_row  # strict: an earlier tile keeps a tie
+    return tl.where(better_row, tile_min, best_row), tl.where(better_row, k0 + tile_arg, index_row)
+
+
+@triton.jit
+def _merge_slots(acc, k0, best, best_k0):
+    """Keep the running best per score slot (BLOCK_N, BLOCK_K) and the tile start it was seen at; no reduction."""
+    better = acc < best  # strict: an earlier tile keeps a tie
+    return tl.where(better, acc, best), tl.where(better, k0, best_k0)
+
+
+@triton.jit
+def _store_nearest(score, index, z_sq, split, rows, N, score_ptr, index_ptr, dist_ptr, COSINE: tl.constexpr,
+                   STORE_SCORE: tl.constexpr):
+    """Write this split's index and distance per row (and its raw score when the splits are merged on the host)."""
+    if COSINE:
+        dist = score + 1.0
+    else:
+        dist = tl.maximum(score + z_sq, 0.0)
+    out = split.to(tl.int64) * N + rows
+    tl.store(index_ptr + out, index.to(tl.int64), mask=rows < N)
+    tl.store(dist_ptr + out, dist, mask=rows < N)
+    if STORE_SCORE:
+        tl.store(score_ptr + out, score, mask=rows < N)
+
+
+@triton.jit
 def _nearest_code_kernel(
     z_ptr, code_ptr, bias_ptr, score_ptr, index_ptr, dist_ptr,
     N, K, D, codes_per_split, n_bucket,
@@ -139,16 +192,11 @@ def _nearest_code_kernel(
     k_end = tl.minimum(K, k_start + codes_per_split)
     dims = tl.arange(0, BLOCK_D)
     cols = tl.arange(0, BLOCK_K)
-
-    # ||z||² per row (fp32): the euclidean distance adds it at the end; cosine divides z by ||z||.
-    z_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        z = _load_tile(z_ptr, rows, d0 + dims, N, D, stride_zn, stride_zd, 0.0).to(tl.float32)
-        z_sq += tl.sum(z * z, axis=1)
-    z_norm = tl.maximum(tl.sqrt_rn(z_sq), 1e-12)  # as F.normalize (eps = reference._NORM_EPS)
+    # the euclidean distance adds ||z||² at the end; cosine divides z by ||z|| (as F.normalize, eps 1e-12)
+    z_sq = _row_sq_norms(z_ptr, rows, dims, N, D, stride_zn, stride_zd, BLOCK_N, BLOCK_D)
+    z_norm = tl.maximum(tl.sqrt_rn(z_sq), 1e-12)
     if ONE_D_TILE:  # the whole z tile stays in registers for the program's life
         z_hi, z_lo = _z_tile(z_ptr, rows, dims, N, D, stride_zn, stride_zd, z_norm, COSINE, SPLIT_DOT)
-
     if ROW_MIN_PER_TILE:
         best_row = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
         index_row = tl.zeros((BLOCK_N,), dtype=tl.int32)
@@ -163,36 +211,18 @@ def _nearest_code_kernel(
             acc = _dot_codes(acc, z_hi, z_lo, code_ptr, codes, dims, k_end, D, stride_cs, stride_ck, stride_cd,
                              SPLIT_DOT)
         else:
-            for d0 in range(0, D, BLOCK_D):
-                hi, lo = _z_tile(z_ptr, rows, d0 + dims, N, D, stride_zn, stride_zd, z_norm, COSINE, SPLIT_DOT)
-                acc = _dot_codes(acc, hi, lo, code_ptr, codes, d0 + dims, k_end, D, stride_cs, stride_ck,
-                                 stride_cd, SPLIT_DOT)
-        if ROW_MIN_PER_TILE:  # reduce each tile to (min, lowest column at the min) per row, then merge
-            tile_min = tl.min(acc, axis=1)  # (BLOCK_N,)
-            tile_arg = tl.min(tl.where(acc == tile_min[:, None], cols[None, :], BLOCK_K), axis=1)
-            better_row = tile_min < best_row  # strict: an earlier tile keeps a tie
-            best_row = tl.where(better_row, tile_min, best_row)
-            index_row = tl.where(better_row, k0 + tile_arg, index_row)
-        else:  # per score slot, no reduction in the loop
-            better = acc < best  # strict: an earlier tile keeps a tie
-            best = tl.where(better, acc, best)
-            best_k0 = tl.where(better, k0, best_k0)
-
+            acc = _dot_codes_chunked(acc, z_ptr, code_ptr, rows, dims, codes, k_end, N, D, stride_zn, stride_zd,
+                                     stride_cs, stride_ck, stride_cd, z_norm, COSINE, SPLIT_DOT, BLOCK_D)
+        if ROW_MIN_PER_TILE:
+            best_row, index_row = _merge_tile_min(acc, cols, k0, best_row, index_row, BLOCK_K)
+        else:
+            best, best_k0 = _merge_slots(acc, k0, best, best_k0)
     if ROW_MIN_PER_TILE:
-        score = best_row
-        index = index_row
+        score, index = best_row, index_row
     else:
         score = tl.min(best, axis=1)  # (BLOCK_N,)
         index = tl.min(tl.where(best == score[:, None], best_k0 + cols[None, :], K), axis=1)  # lowest index at the min
-    if COSINE:
-        dist = score + 1.0
-    else:
-        dist = tl.maximum(score + z_sq, 0.0)
-    out = split.to(tl.int64) * N + rows
-    tl.store(index_ptr + out, index.to(tl.int64), mask=rows < N)
-    tl.store(dist_ptr + out, dist, mask=rows < N)
-    if STORE_SCORE:
-        tl.store(score_ptr + out, score, mask=rows < N)
+    _store_nearest(score, index, z_sq, split, rows, N, score_ptr, index_ptr, dist_ptr, COSINE, STORE_SCORE)
 
 
 def _prune_configs(configs: list, named_args: dict, **kwargs) -> list:

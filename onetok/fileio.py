@@ -8,6 +8,7 @@ replaced when the user passed `--force`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -17,6 +18,12 @@ from pathlib import Path
 
 class UserError(Exception):
     """Bad input or a refused action; the CLI prints it as one line and exits with code 2."""
+
+
+def load_error(path: str | os.PathLike, what: str, err: BaseException) -> UserError:
+    """The one line for a saved model that does not load: `PATH: cannot load the WHAT (ErrorType: message)`."""
+    detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
+    return UserError(f"{path}: cannot load the {what} ({type(err).__name__}: {detail})")
 
 
 FileId = tuple[int, int]  # (st_dev, st_ino): the same file under any name
@@ -92,6 +99,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = False
     return Path(path)
 
 
+def atomic_write_json(path: str | os.PathLike, obj, force: bool = False) -> Path:
+    """`obj` as indented JSON (one trailing newline), written atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode(), force)
+
+
 def check_replaceable_dir(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Refuse an output folder that exists and is not empty (unless `force`), that is or holds one of `inputs` (even
     with `force`: replacing it would delete them), or that cannot be created."""
@@ -128,3 +140,16 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a new folder beside `out` to build the output in (see `staging_dir`); it replaces `out` only if the
+    block succeeds, and is removed in any case."""
+    tmp = staging_dir(out, force, inputs)
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

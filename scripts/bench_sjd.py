@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from onetok.fileio import UserError
+from onetok.scripts.devices import choose_device
+from onetok.scripts.sampling_args import sampling_settings
 
 # aten ops that make the host wait for the device on CUDA (a value or a data-dependent shape comes back)
 SYNC_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
@@ -165,7 +167,7 @@ def load_model(args: argparse.Namespace):
 
     from onetok.ar_model.unified import UnifiedModel
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = choose_device(args.device)
     model = UnifiedModel.from_pretrained(args.model, map_location=device)
     if args.dtype == "bf16":
         model.transformer.to(torch.bfloat16)
@@ -178,17 +180,11 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from onetok.ar_model.evaluate import DEFAULT_SETTINGS
-    from onetok.ar_model.generate import SamplingSettings
     from onetok.ar_model.sjd import default_chains
 
     if args.window < 1 or args.batch < 1 or (args.chains is not None and args.chains < 1):
         raise UserError("--window, --chains and --batch must be >= 1")
-    try:
-        given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg}
-        settings = SamplingSettings(**{**vars(DEFAULT_SETTINGS), **{k: v for k, v in given.items() if v is not None}})
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    settings = sampling_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args)

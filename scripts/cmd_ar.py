@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError, atomic_output, check_replaceable_dir, check_writable, replace_dir, staging_dir
+from onetok.fileio import UserError, atomic_write_json, check_replaceable_dir, check_writable, load_error, staged_dir
+from onetok.scripts.devices import add_threads_arg, check_threads, choose_device, use_threads
 from onetok.scripts.sampling_args import (
     add_sampling_args,
     check_image_tokens,
@@ -46,11 +46,13 @@ def check_model_dir(path: str) -> Path:
     return directory
 
 
-def _load_model(path: str):
+def _load_model(path: str, threads: int | None = None):
+    """The unified model in `path` (on the CPU, whose torch threads are set: see `onetok.scripts.devices`)."""
     directory = check_model_dir(path)
     from onetok.scripts.cli import import_torch
 
     import_torch()
+    use_threads(threads)
     from safetensors import SafetensorError
 
     from onetok.ar_model.unified import UnifiedModel
@@ -58,23 +60,12 @@ def _load_model(path: str):
     try:
         return UnifiedModel.from_pretrained(directory)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
-        raise UserError(f"{path}: cannot load the model ({type(err).__name__}: {detail})") from None
+        raise load_error(path, "model", err) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # tokenize
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device available")
-    return name
 
 
 def _expected_count(data: str) -> int | None:
@@ -104,19 +95,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         raise UserError(str(err)) from None
     out = Path(args.out)
-    tmp = staging_dir(out, args.force, inputs=[args.data, args.tokenizer])
     start = time.time()
-    try:
+    with staged_dir(out, args.force, inputs=[args.data, args.tokenizer]) as tmp:
         total = _expected_count(args.data) if len(splits) == 2 else None
         with progress(total, "tokenize", quiet=args.quiet) as bar:
             summary = tokenize_dataset(args.tokenizer, args.data, tmp, args.batch_size, args.shard_size, bar.update,
-                                       device=_device(args.device))
+                                       device=choose_device(args.device))
         if sum(summary.counts.values()) == 0:
             raise UserError(f"{args.data}: no readable images")
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     meta = summary.meta
     counts = ", ".join(f"{n} {split}" for split, n in summary.counts.items())
     words = "too many caption words for text=words" if meta["words"] is None else f"{len(meta['words'])} caption words"
@@ -165,6 +151,7 @@ def _check_sample_args(args: argparse.Namespace) -> list[str]:
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
     check_sampling_flags(args)
+    check_threads(args)
     prompts = _read_prompts(args)
     if args.n * len(prompts) > MAX_IMAGES:
         raise UserError(f"-n {args.n}: {args.n * len(prompts)} images in one run; at most {MAX_IMAGES} "
@@ -195,7 +182,7 @@ def _batches(prompts: list[str], n: int, size: int, seed: int):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     prompts = _check_sample_args(args)
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.threads)
     import torch
     from torchvision.utils import make_grid
 
@@ -209,28 +196,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_image_tokens(model, args.image_tokens)
     prompts = check_prompts(model, prompts, args.image_tokens)
     out = Path(args.out)
-    tmp = staging_dir(out, args.force, inputs=[args.model])
     grid, written, passes, seconds = [], 0, 0, 0.0  # the grid keeps the first GRID_IMAGES images only
-    try:
-        with open(tmp / "samples.jsonl", "w") as jsonl, progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar:
-            for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
-                result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
-                                               window=args.window or 16, chains=args.chains)
-                for j, image in enumerate(result.images):
-                    name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
-                    _save_png(image, tmp / name)
-                    jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result))
-                    if len(grid) < GRID_IMAGES:
-                        grid.append(image.cpu())
-                    written += 1
-                passes, seconds = passes + result.forward_passes, seconds + result.seconds
-                bar.update(count)
+    with (staged_dir(out, args.force, inputs=[args.model]) as tmp, open(tmp / "samples.jsonl", "w") as jsonl,
+          progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar):
+        for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
+            result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
+                                           window=args.window or 16, chains=args.chains)
+            for j, image in enumerate(result.images):
+                name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
+                _save_png(image, tmp / name)
+                jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result))
+                if len(grid) < GRID_IMAGES:
+                    grid.append(image.cpu())
+                written += 1
+            passes, seconds = passes + result.forward_passes, seconds + result.seconds
+            bar.update(count)
         columns = args.n if len(prompts) > 1 and args.n <= 16 else min(written, 8)
         _save_png(make_grid(torch.stack(grid), nrow=columns, padding=2), tmp / "grid.png")
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     print(f"wrote {written} images for {len(prompts)} prompt(s) to {out} ({passes} forward passes, "
           f"{seconds:.2f}s{' with SJD' if args.sjd else ''})")
     return 0
@@ -274,10 +256,11 @@ def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str
 
 def cmd_caption(args: argparse.Namespace) -> int:
     check_model_dir(args.model)
+    check_threads(args)
     for path in args.images:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.threads)
     S, strict, skipped = model.tokenizer.image_size, len(args.images) == 1, []
     for start in range(0, len(args.images), CAPTION_BATCH):  # read, caption and print a batch at a time
         paths, images = _caption_inputs(args.images[start : start + CAPTION_BATCH], S, strict, skipped)
@@ -356,6 +339,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     check_sampling_flags(args)
+    check_threads(args)
     if not Path(args.data).exists() and not any(c in args.data for c in "*?[{"):
         raise UserError(f"{args.data}: no such file or folder")
     check_model_dir(args.model)
@@ -365,7 +349,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     from onetok import metrics
     from onetok.ar_model import evaluate
 
-    model = _load_model(args.model)
+    model = _load_model(args.model, args.threads)
     settings = sampling_settings(args)
     check_image_tokens(model, args.image_tokens)
     try:
@@ -402,8 +386,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     print(f"settings: cfg {settings.cfg_scale}, temperature {settings.temperature}, top-k {settings.top_k}, "
           f"top-p {settings.top_p}, seed {args.seed}; {report['seconds']}s", file=sys.stderr)
     if args.json:
-        with atomic_output(args.json, force=args.force) as tmp:
-            tmp.write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_json(args.json, report, args.force)
     return 0
 
 
@@ -412,9 +395,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from onetok.scripts.cmd_eval import add_fid_args
-
+def _register_tokenize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="pre-encode image shards into token shards for AR training",
                        description="Encode image shards with a tokenizer into token shards (OUT/train, OUT/val, "
                                    "OUT/meta.json) for onetok-train's AR configs.")
@@ -430,6 +411,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tokenize)
 
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from text prompts with a unified model",
                        description="Draw -n images per prompt, in batches of --batch-size, into a new folder OUT: "
                                    "000.png ..., grid.png (the first 64) and samples.jsonl (prompt, seed, settings).")
@@ -451,8 +434,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (a new one; written when complete)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (never the model folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_sample)
 
+
+def _register_caption(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="describe images with a unified model (prints IMAGE<TAB>caption)",
                        description="Caption images: each is read as displayed (EXIF orientation applied), resized "
                                    "(short side) and centre-cropped to the tokenizer's size.")
@@ -460,7 +446,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0, help="random seed for --sample (default 0)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_caption)
+
+
+def _register_eval_ar(sub: argparse._SubParsersAction) -> None:
+    from onetok.scripts.cmd_eval import add_fid_args
 
     p = sub.add_parser("eval-ar", help="text->image attribute accuracy and caption exact match on shapes val data",
                        description="Judge a unified model on shapes val data: text->image (a pixel parser reads the "
@@ -474,4 +465,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")
     add_fid_args(p, "the gFID reference: an .npz of FID statistics (--fid-stats-out), image shards or a folder of "
                     "images (default: the first --n val images of --data)")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_eval_ar)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for add in (_register_tokenize, _register_sample, _register_caption, _register_eval_ar):
+        add(sub)

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, check_writable, file_ids
+from onetok.fileio import UserError, atomic_output, atomic_write_json, check_writable, file_ids, load_error
+from onetok.scripts.devices import add_threads_arg, check_threads, use_threads
 from onetok.scripts.folder_runs import (
     Skip,
     Totals,
@@ -112,8 +113,8 @@ def tokenizer_dir(directory: str | Path | None) -> Path:
     return path
 
 
-def load_tokenizer(directory: str | Path | None):
-    """The tokenizer in `directory`, or the built-in photo tokenizer when None."""
+def load_tokenizer(directory: str | Path | None, device: str = "cpu"):
+    """The tokenizer in `directory` (the built-in photo tokenizer when None) on `device`."""
     path = tokenizer_dir(directory)
     from onetok.scripts.cli import import_torch
 
@@ -121,10 +122,9 @@ def load_tokenizer(directory: str | Path | None):
     from onetok.tokenizers import Tokenizer
 
     try:
-        return Tokenizer.from_pretrained(path).eval()
+        return Tokenizer.from_pretrained(path, map_location=device).eval()
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
-        raise UserError(f"{path}: cannot load the tokenizer ({type(err).__name__}: {detail})") from None
+        raise load_error(path, "tokenizer", err) from None
 
 
 def load_prior(directory: str | Path):
@@ -137,8 +137,7 @@ def load_prior(directory: str | Path):
     try:
         return TilePrior.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
-        raise UserError(f"{path}: cannot load the prior ({type(err).__name__}: {detail})") from None
+        raise load_error(path, "prior", err) from None
 
 
 def load_codec(directory: str | Path | None, prior_dir: str | Path | None = None, entropy: bool = True):
@@ -216,6 +215,7 @@ class Encoder:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     check_rate_flags(args)
+    check_threads(args)
     out = Path(args.out)
     items = collect(args.inputs, skip_folder=out)
     single = single_input(args.inputs) and not args.batch
@@ -238,6 +238,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from onetok.tokenizers import domain
 
     owner = load_codec(directory, args.prior, entropy=not args.no_entropy)
+    use_threads(args.threads)
     encoder = Encoder(owner, rate_control(args, owner.tokenizer.num_latent_tokens), domain.read_trained_on(directory))
     if single or args.batch:
         return _compress_one_file(args, encoder, items, targets[0], single)
@@ -385,6 +386,7 @@ def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool,
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    check_threads(args)
     items = collect(args.inputs, suffix=".otok")
     out = Path(args.out)
     single = single_input(args.inputs)
@@ -401,6 +403,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         resumed, plans = len(plans) - len(todo), todo
     check_targets([t for _, _, targets in plans for t in targets], args.force, protect)
     progress_: list[int] = []  # files finished, for the messages below
+    if plans:  # a tokenizer is loaded (so is torch)
+        use_threads(args.threads)
     try:
         written = _decode_all(args, plans, single, progress_)
     except KeyboardInterrupt as err:
@@ -459,9 +463,6 @@ def _codecs(text: str) -> tuple[str, ...]:
 
 
 def cmd_eval_compression(args: argparse.Namespace) -> int:
-    import json
-
-    from onetok.fileio import atomic_write_bytes
     from onetok.scripts.progress import progress
 
     if args.max_images < 0:
@@ -500,7 +501,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     with atomic_output(outputs["rd.png"], args.force) as tmp:
         rd.plot(points, tmp, title=title)
     summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": rates}
-    atomic_write_bytes(outputs["rd.json"], (json.dumps(summary, indent=1) + "\n").encode(), args.force)
+    atomic_write_json(outputs["rd.json"], summary, args.force)
     panels = rd.equal_bytes(owner, images[0], args.compare_bpp, codecs)
     with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
@@ -568,6 +569,7 @@ def _register_compress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
     _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_compress)
 
 
@@ -584,6 +586,7 @@ def _register_decompress(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", metavar="DIR", help="the prior of entropy-coded files (default: found by fingerprint)")
     _resume_or_force(p, "outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     p.set_defaults(func=cmd_decompress)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError, replace_dir, staging_dir
+from onetok.fileio import UserError, staged_dir
 
 MAX_SIZE = 4096  # image side, px
 MAX_IMAGES = 10_000_000  # per split
@@ -32,16 +31,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     from onetok.scripts.progress import progress
 
     out = Path(args.out)
-    tmp = staging_dir(out, args.force)
     start = time.time()
-    try:
-        with progress(args.train + args.val, "shapes", quiet=args.quiet) as bar:
-            summary = write_shapes_dataset(tmp, args.size, args.train, args.val, args.seed, args.shard_size,
-                                           args.holdout_combos, progress=bar.update)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    with staged_dir(out, args.force) as tmp, progress(args.train + args.val, "shapes", quiet=args.quiet) as bar:
+        summary = write_shapes_dataset(tmp, args.size, args.train, args.val, args.seed, args.shard_size,
+                                       args.holdout_combos, progress=bar.update)
     held = len(summary["holdout_combos"])
     print(f"wrote {args.train} train + {args.val} val images ({args.size}px) to {out} in {time.time() - start:.1f}s"
           + (f"; {held} held-out (color, shape, position) combos in val only" if held else ""))
@@ -63,8 +56,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     total = len(list_inputs(src)[0])
     if total == 0:
         raise UserError(f"{src}: no image files (only .txt/.json sidecars or nothing)")
-    tmp = staging_dir(out, args.force, inputs=[src])
-    try:
+    with staged_dir(out, args.force, inputs=[src]) as tmp:
         with progress(total, "images", unit="file", quiet=args.quiet) as bar:
             summary = convert_images(src, tmp, args.size, args.shard_size, args.val_fraction, args.format,
                                      progress=bar.update)
@@ -73,10 +65,6 @@ def cmd_images(args: argparse.Namespace) -> int:
                             f"first: {summary.skipped_files[0]}")
         for line in summary.skipped_files:
             print(f"skipped {line}", file=sys.stderr)
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     print(f"written: {summary.written}, skipped: {summary.skipped} (unreadable) -> {out}")
     return 1 if summary.skipped else 0
 

@@ -9,27 +9,13 @@ behind every number (docs/evaluation.md). The FID helpers here are shared with `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, check_writable
-
-
-def load_tokenizer(directory: str | Path, device: str = "cpu"):
-    from onetok.tokenizers import Tokenizer
-
-    directory = Path(directory)
-    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
-        raise UserError(f"{directory}: not a tokenizer directory (needs config.json and model.safetensors)")
-    try:
-        return Tokenizer.from_pretrained(directory, map_location=device)
-    except Exception as err:  # noqa: BLE001 - bad JSON, bad safetensors, wrong shapes ...
-        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300]
-        raise UserError(f"{directory}: cannot load the tokenizer ({type(err).__name__}: {detail})") from None
-
+from onetok.fileio import UserError, atomic_output, atomic_write_json, check_writable
+from onetok.scripts.devices import choose_device
 
 # --------------------------------------------------------------------------------------------------------------------
 # Images
@@ -180,7 +166,7 @@ def lpips_network(args: argparse.Namespace, device: str, image_size: int):
 
 def fid_token_counts(spec: str | None, L: int) -> list[int]:
     """`--fid-tokens`: None -> [L]; "all" -> 1, 2, 4, ..., L; else a comma list within 1..L."""
-    from onetok.tokenizers.system import token_counts
+    from onetok.tokenizers.metrics import token_counts
 
     if spec is None:
         return [L]
@@ -212,8 +198,7 @@ def evaluate(tokenizer, batches, device: str = "cpu", fid: FidPlan | None = None
     import torch
 
     from onetok import metrics
-    from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr
-    from onetok.tokenizers.system import token_counts
+    from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr, token_counts
 
     L, K = tokenizer.num_latent_tokens, tokenizer.codebook_size
     quality_ks = quality_ks or [L]
@@ -344,9 +329,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, args.force)
     check_fid_args(args)
-    import torch
+    from onetok.scripts.cmd_codec import load_tokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = choose_device(args.device)
     tokenizer = load_tokenizer(args.tokenizer, device)
     quality_ks = fid_token_counts(args.fid_tokens, tokenizer.num_latent_tokens)
     plan, reference, notes = _fid_plan(args, quality_ks, device)
@@ -369,8 +354,7 @@ def _run(args: argparse.Namespace) -> int:
         write_stats(args.fid_stats_out, next(iter(plan.meters.values())).real_stats(result["protocol"]["fid"]),
                     args.force)
     if args.json:
-        with atomic_output(args.json, force=args.force) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.json, result, args.force)
     return 0
 
 

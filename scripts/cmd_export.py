@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import shutil
 import warnings
 from pathlib import Path
 
-from onetok.fileio import UserError, check_replaceable_dir, replace_dir, staging_dir
+from onetok.fileio import UserError, check_replaceable_dir, staged_dir
 
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
@@ -67,17 +66,13 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenize
     from onetok.tokenizers import domain
 
     kwargs = {"tokenizer": tokenizer} if system == "ar" else {}
-    tmp = staging_dir(out, force=True)  # existence was checked above
     try:
-        exporter(ckpt, tmp, force=True, **kwargs)
-        if system in ("tokenizer", "postfilter"):  # what it knows, for `compress` to warn about far-off inputs
-            domain.record_trained_on(tmp, domain.describe_training(ckpt))
-        replace_dir(tmp, out)
+        with staged_dir(out, force=True) as tmp:  # existence was checked above
+            exporter(ckpt, tmp, force=True, **kwargs)
+            if system in ("tokenizer", "postfilter"):  # what it knows, for `compress` to warn about far-off inputs
+                domain.record_trained_on(tmp, domain.describe_training(ckpt))
     except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
         raise UserError(f"{ckpt_path}: cannot export this {system} checkpoint ({err})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

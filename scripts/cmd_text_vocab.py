@@ -11,11 +11,10 @@ DIR/text_vocab.model is the one file; the AR checkpoint and the exported unified
 from __future__ import annotations
 
 import argparse
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from onetok.fileio import UserError, replace_dir, staging_dir
+from onetok.fileio import UserError, staged_dir
 
 
 def caption_shards(spec: str) -> list[str]:
@@ -55,23 +54,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--max-captions {args.max_captions}: must be at least 1")
     paths = caption_shards(args.captions)
     out = Path(args.out)
-    tmp = staging_dir(out, args.force)
     try:
-        captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap", disable=args.quiet))
-        if not any(captions):
-            raise UserError(f"{args.captions}: no captions (txt members) found")
-        needed = 257 + len({ch for c in captions for ch in c})  # <unk>, 256 byte pieces, every character
-        if args.size < needed:
-            raise UserError(f"--size {args.size}: needs at least {needed} (<unk>, 256 byte pieces and the captions' "
-                            f"{needed - 257} characters) plus room for merges")
-        text = train_sentencepiece(captions, args.size, args.model_type)
-        text.save(tmp / SPM_FILE)
-        replace_dir(tmp, out)
+        with staged_dir(out, args.force) as tmp:
+            captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap",
+                                 disable=args.quiet))
+            if not any(captions):
+                raise UserError(f"{args.captions}: no captions (txt members) found")
+            needed = 257 + len({ch for c in captions for ch in c})  # <unk>, 256 byte pieces, every character
+            if args.size < needed:
+                raise UserError(f"--size {args.size}: needs at least {needed} (<unk>, 256 byte pieces and the "
+                                f"captions' {needed - 257} characters) plus room for merges")
+            text = train_sentencepiece(captions, args.size, args.model_type)
+            text.save(tmp / SPM_FILE)
     except (RuntimeError, ValueError) as err:  # sentencepiece refuses, e.g. a size the captions cannot fill
         raise UserError(f"sentencepiece: {' '.join(str(err).split())[:300]}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     tokens = sum(len(text.encode(c)) for c in captions) / len(captions)
     size = sum(len(c.encode("utf-8")) for c in captions) / len(captions)
     print(f"wrote {out / SPM_FILE}: {args.model_type} vocabulary of {text.size} pieces from {len(captions)} captions; "

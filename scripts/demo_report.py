@@ -11,6 +11,7 @@ from PIL import Image
 
 from onetok.data.shapes import parse_caption, parse_image
 from onetok.data.shards import iter_samples
+from onetok.tokenizers.metrics import token_counts
 
 SCALE = 4  # 32 px images are shown 4x larger (nearest neighbour)
 
@@ -32,14 +33,6 @@ def _val_images(data: Path, n: int) -> tuple[torch.Tensor, list[str]]:
 def _to_pil(images: torch.Tensor) -> list[Image.Image]:
     arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (B, S, S, 3)
     return [Image.fromarray(a).resize((a.shape[1] * SCALE, a.shape[0] * SCALE), Image.Resampling.NEAREST) for a in arr]
-
-
-def token_counts(num_tokens: int) -> list[int]:
-    counts, k = [], 1
-    while k < num_tokens:
-        counts.append(k)
-        k *= 2
-    return counts + [num_tokens]
 
 
 def reconstruction_grid(tok_dir: Path, data: Path, out: Path, n: int = 8) -> list[int]:

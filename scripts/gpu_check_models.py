@@ -89,9 +89,9 @@ def sampling_random(ctx) -> dict:
 
 def _batch_timer(ctx, warmup: int):
     """A callback recording the (synchronised) end time of every training batch."""
-    import lightning as L
+    import lightning.pytorch as pl
 
-    class BatchTimer(L.Callback):
+    class BatchTimer(pl.Callback):
         def __init__(self):
             self.ends: list[float] = []
 
@@ -107,9 +107,9 @@ def _batch_timer(ctx, warmup: int):
 
 
 def _fit(ctx, system, loader, precision: str, callbacks=(), max_steps: int = -1, max_seconds: float | None = None):
-    import lightning as L
+    import lightning.pytorch as pl
 
-    trainer = L.Trainer(accelerator="gpu" if ctx.device == "cuda" else "cpu", devices=1, precision=precision,
+    trainer = pl.Trainer(accelerator="gpu" if ctx.device == "cuda" else "cpu", devices=1, precision=precision,
                         max_epochs=1 if max_steps < 0 else -1, max_steps=max_steps,
                         max_time={"seconds": max_seconds} if max_seconds else None, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -218,7 +218,8 @@ def train_shapes_model(ctx, max_seconds: float) -> tuple[UnifiedModel, dict]:
                           .permute(2, 0, 1) for a in attributes])  # (count, 3, S, S)
     codes = torch.cat([tokenizer.encode(chunk.to(ctx.device)).cpu() for chunk in images.split(500)])  # (count, L)
     vocab = Vocab(tokenizer.codebook_size, WordText.from_captions(captions))
-    data = TrainSequences(TokenPairs(codes, captions, attributes, [f"shape{i}" for i in range(count)]), TextEncoder(vocab), SequenceBuilder(vocab))
+    pairs = TokenPairs(codes, captions, attributes, [f"shape{i}" for i in range(count)])
+    data = TrainSequences(pairs, TextEncoder(vocab), SequenceBuilder(vocab))
     loader = DataLoader(data, batch_size=8 if ctx.dry_run else 64, shuffle=True, drop_last=True,
                         collate_fn=Collate(vocab.pad_id))
     system = ARSystem(preset="shapes", vocab=vocab.to_dict(), eval_samples=0, warmup_steps=5 if ctx.dry_run else 100)

@@ -18,10 +18,14 @@ One YAML per run names its system and data module by class path, e.g.
 `lightning_logs/version_N/checkpoints/`), so a new process finds the checkpoint of the run it replaces; Lightning's
 own "last" looks only in the new run's version folder. The checkpoint restores the step count, the optimizers and
 the data position (docs/scaling.md).
+
+On the CPU, unless OMP_NUM_THREADS is set, each process takes an equal share of the idle cores as torch threads
+(`onetok.scripts.devices.idle_cores`): torch's default of one thread per core thrashes on cores that are busy.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from onetok.scripts import train_checks
+from onetok.scripts.devices import idle_cores
 
 
 def newest_last_checkpoint(root: str | Path) -> Path | None:
@@ -45,6 +50,10 @@ class OnetokCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         train_checks.before_instantiate(self.config[self.subcommand] if self.subcommand else self.config)
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        cpu_threads(self.trainer)
+
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
@@ -52,6 +61,20 @@ class OnetokCLI(LightningCLI):
         last = newest_last_checkpoint(self.trainer.default_root_dir)
         config["ckpt_path"] = str(last) if last is not None else None
         rank_zero_info(f"--ckpt_path last: {'resuming from ' + str(last) if last else 'no last.ckpt yet, starting anew'}")
+
+
+def cpu_threads(trainer) -> int | None:
+    """A CPU run without OMP_NUM_THREADS: torch threads = the idle cores shared among this machine's processes.
+    Returns the number set, or None (left to torch)."""
+    import torch
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if os.environ.get("OMP_NUM_THREADS") or not isinstance(trainer.accelerator, CPUAccelerator):
+        return None
+    threads = max(1, idle_cores() // max(1, trainer.num_devices))
+    torch.set_num_threads(threads)
+    rank_zero_info(f"CPU run: {threads} torch thread(s) per process (set OMP_NUM_THREADS to choose)")
+    return threads
 
 
 def main(args: ArgsType = None) -> int:

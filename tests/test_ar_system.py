@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from onetok.ar_model.data import ARDataModule
 from onetok.ar_model.sequence import IGNORE, T2I
-from onetok.ar_model.system import ARSystem, WarmupCosine, export_checkpoint
+from onetok.ar_model.system import ARSystem, export_checkpoint
 from onetok.ar_model.tokenize import tokenize_dataset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.data.shapes import write_shapes_dataset
+from onetok.optim import warmup_cosine
 from onetok.scripts.train import main as train_main
 from onetok.tokenizers import Tokenizer, preset
 from onetok.tokenizers.registry import fingerprint_dir
@@ -109,7 +110,9 @@ def test_no_weight_decay_on_norms_and_embeddings(tokens):
 
 
 def test_warmup_cosine_schedule():
-    s = WarmupCosine(warmup=10, total=110, min_ratio=0.1)
+    def s(step):
+        return warmup_cosine(step, warmup_steps=10, total_steps=110, min_ratio=0.1)
+
     assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
     assert s(60) == pytest.approx(0.55) and s(110) == pytest.approx(0.1) and s(500) == pytest.approx(0.1)
     assert all(s(i) >= s(i + 1) for i in range(10, 120))

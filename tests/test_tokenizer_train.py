@@ -172,3 +172,16 @@ def test_codebook_health_same_on_one_and_two_processes(shapes16, tmp_path):
     assert 0 < one["val/codebook_usage"] < 1 and one["val/perplexity"] > 1 and one["val/bits@8"] > 0
     assert {k: two[k] for k in codebook} == {k: one[k] for k in codebook}  # exactly equal
     assert two["val/psnr"] == pytest.approx(one["val/psnr"], rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "shapes"])  # a VQ codebook; FSQ with token mixing and dropped codes
+def test_no_weight_decay_on_codebook_tokens_positions_norms(preset):
+    from onetok.tokenizers.system import TokenizerSystem
+
+    system = TokenizerSystem(preset=preset, weight_decay=0.5)
+    opt = system.configure_optimizers()["optimizer"]
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {name for name, p in system.model.named_parameters() if id(p) in decayed}
+    assert names and all(".weight" in n or n == "encoder.pool" for n in names), sorted(names)
+    assert not any(k in n for n in names for k in ("codebook", "latent_tokens", "pos", "drop_", "norm", "bias"))
+    assert "encoder.blocks.0.attn.qkv.weight" in names

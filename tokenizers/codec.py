@@ -173,6 +173,19 @@ def bits_per_id(codebook_size: int) -> int:
     return (codebook_size - 1).bit_length()
 
 
+def _packed_bits(codebook_size: int) -> int:
+    """`bits_per_id`, refused above the 32 bits a packed id may take."""
+    bits = bits_per_id(codebook_size)
+    if bits > 32:
+        raise OtokError(f"codebook size {codebook_size} needs more than 32 bits per id")
+    return bits
+
+
+def _check_id_range(ids: np.ndarray, codebook_size: int) -> None:
+    if ids.min() < 0 or ids.max() >= codebook_size:
+        raise OtokError(f"token id {int(ids.max())} out of range for codebook size {codebook_size}")
+
+
 def record_bytes(num_tokens: int, bits: int) -> int:
     """Bytes of one image's packed ids: ceil(k * bits / 8)."""
     return (num_tokens * bits + 7) // 8
@@ -252,14 +265,11 @@ def _check(f: OtokFile) -> None:
     for width, height in f.sizes:
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             raise OtokError(f"image size {width}x{height} out of range 1..{MAX_SIDE}")
-    if f.ids.min() < 0 or f.ids.max() >= f.codebook_size:
-        raise OtokError(f"token id {int(f.ids.max())} out of range for codebook size {f.codebook_size}")
+    _check_id_range(f.ids, f.codebook_size)
 
 
 def _dumps_v1(f: OtokFile) -> bytes:
-    bits = bits_per_id(f.codebook_size)
-    if bits > 32:
-        raise OtokError(f"codebook size {f.codebook_size} needs more than 32 bits per id")
+    bits = _packed_bits(f.codebook_size)
     _check(f)
     header = _HEADER.pack(MAGIC, 1, FITS.index(f.fit), f.fingerprint, f.codebook_size, f.image_size,
                           f.num_tokens, bits, f.num_images)
@@ -341,14 +351,11 @@ def _check_v2(f: TiledFile) -> None:
             raise OtokError(f"token counts must lie in 1..{f.max_tokens}")
         if im.ids.shape != (int(im.counts.sum()),) or not np.issubdtype(im.ids.dtype, np.integer):
             raise OtokError(f"{im.ids.shape} ids for {int(im.counts.sum())} tokens")
-        if im.ids.min() < 0 or im.ids.max() >= f.codebook_size:
-            raise OtokError(f"token id {int(im.ids.max())} out of range for codebook size {f.codebook_size}")
+        _check_id_range(im.ids, f.codebook_size)
 
 
 def _dumps_v2(f: TiledFile) -> bytes:
-    bits = bits_per_id(f.codebook_size)
-    if bits > 32:
-        raise OtokError(f"codebook size {f.codebook_size} needs more than 32 bits per id")
+    bits = _packed_bits(f.codebook_size)
     _check_v2(f)
     parts = [_HEADER_V2.pack(MAGIC, 2, PAYLOADS.index(f.payload), f.fingerprint, f.codebook_size, f.tile_size,
                              f.max_tokens, bits, f.num_images)]

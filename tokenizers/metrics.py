@@ -13,6 +13,12 @@ from typing import NamedTuple
 import torch
 
 
+def token_counts(num_latent_tokens: int) -> list[int]:
+    """The prefix lengths at which reconstructions are measured: 1, 2, 4, ..., L (L also when not a power of two)."""
+    counts = [2**i for i in range(num_latent_tokens.bit_length()) if 2**i <= num_latent_tokens]
+    return counts if counts[-1] == num_latent_tokens else counts + [num_latent_tokens]
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images (B, C, H, W) in [0, 1] -> (B,). Identical images give +inf."""
     mse = (a.float().clamp(0, 1) - b.float().clamp(0, 1)).pow(2).flatten(1).mean(dim=1)  # (B,)

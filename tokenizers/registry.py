@@ -62,17 +62,25 @@ def _candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 
 
 @lru_cache(maxsize=64)
-def _fingerprint_cached(path: str, mtime_ns: int) -> str:
+def _fingerprint_cached(path: str, mtime_ns: int, kind: str) -> str:
     from onetok.tokenizers.codec import fingerprint
-    from onetok.tokenizers.model import Tokenizer
 
-    return fingerprint(Tokenizer.from_pretrained(path)).hex()
+    if kind == "prior":
+        from onetok.tokenizers.prior import TilePrior as saved
+    else:
+        from onetok.tokenizers.model import Tokenizer as saved
+    return fingerprint(saved.from_pretrained(path)).hex()
+
+
+def _fingerprint(path: str | os.PathLike, kind: str) -> str:
+    """Loaded once per folder, kind and version of its weights in this process."""
+    weights = Path(path) / "model.safetensors"
+    return _fingerprint_cached(str(Path(path).resolve()), weights.stat().st_mtime_ns, kind)
 
 
 def fingerprint_dir(path: str | os.PathLike) -> str:
     """THE fingerprint (hex) of the tokenizer saved in `path`."""
-    weights = Path(path) / "model.safetensors"
-    return _fingerprint_cached(str(Path(path).resolve()), weights.stat().st_mtime_ns)
+    return _fingerprint(path, "tokenizer")
 
 
 def _named_fingerprint(name: str) -> str | None:
@@ -142,17 +150,9 @@ def prior_beside(tokenizer_dir: str | os.PathLike) -> Path | None:
     return path if is_tokenizer_dir(path) else None
 
 
-@lru_cache(maxsize=64)
-def _prior_fingerprint_cached(path: str, mtime_ns: int) -> str:
-    from onetok.tokenizers.codec import fingerprint
-    from onetok.tokenizers.prior import TilePrior
-
-    return fingerprint(TilePrior.from_pretrained(path)).hex()
-
-
 def prior_fingerprint_dir(path: str | os.PathLike) -> str:
-    weights = Path(path) / "model.safetensors"
-    return _prior_fingerprint_cached(str(Path(path).resolve()), weights.stat().st_mtime_ns)
+    """The fingerprint (hex) of the entropy coder's prior saved in `path`."""
+    return _fingerprint(path, "prior")
 
 
 def find_prior(fingerprint: str, extra_dirs: Iterable[str | os.PathLike | None] = ()) -> Path | None:

@@ -12,34 +12,23 @@ counter, so `global_step` is the number of batches with or without the GAN).
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
-import lightning as L
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from onetok.distributed import check_strategy
+from onetok.optim import adamw_warmup_cosine
 from onetok.tokenizers.losses import TokenizerLoss
-from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr
+from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr, token_counts
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
 from onetok.tokenizers.model import preset as preset_config
 
 SYSTEM_NAME = "tokenizer"
-
-
-def token_counts(num_latent_tokens: int) -> list[int]:
-    """1, 2, 4, ..., L (L included even when it is not a power of two)."""
-    counts = [2**i for i in range(num_latent_tokens.bit_length()) if 2**i <= num_latent_tokens]
-    return counts if counts[-1] == num_latent_tokens else counts + [num_latent_tokens]
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio` at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+# learned tokens, position tables, the stand-in for dropped codes and the VQ codebook take no weight decay (nor do
+# biases and norms, being 1-D): decay would pull them towards zero, away from the vectors the encoder emits
+NO_DECAY = ("token", "pos", "drop_code", "codebook")
 
 
 def resolve_config(preset: str | None, config: dict | TokenizerConfig | None) -> TokenizerConfig:
@@ -50,7 +39,7 @@ def resolve_config(preset: str | None, config: dict | TokenizerConfig | None) ->
     return preset_config(preset, **config) if preset else TokenizerConfig.from_dict(config)
 
 
-class TokenizerSystem(L.LightningModule):
+class TokenizerSystem(pl.LightningModule):
     """Trains a Tokenizer on image batches {"image": (B, 3, S, S) in [0, 1], ...}."""
 
     def __init__(
@@ -166,11 +155,11 @@ class TokenizerSystem(L.LightningModule):
     # ---- validation -------------------------------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        L_ = self.model.num_latent_tokens
+        L = self.model.num_latent_tokens
         self._val = {
-            "psnr_sum": torch.zeros(len(token_counts(L_)), device=self.device, dtype=torch.float64),
+            "psnr_sum": torch.zeros(len(token_counts(L)), device=self.device, dtype=torch.float64),
             "images": torch.zeros((), device=self.device, dtype=torch.float64),
-            "position_counts": torch.zeros(L_, self.model.codebook_size, device=self.device, dtype=torch.float64),
+            "position_counts": torch.zeros(L, self.model.codebook_size, device=self.device, dtype=torch.float64),
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -215,21 +204,14 @@ class TokenizerSystem(L.LightningModule):
     # ---- optimizers and checkpoints ---------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (decay if param.ndim >= 2 and "token" not in name and "pos" not in name else no_decay).append(param)
-        opt_g = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1  # batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt_g, lambda s: warmup_cosine(s, self.warmup_steps, total, self.min_lr_ratio))
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer else 1  # batches
+        generator = adamw_warmup_cosine(self.model, self.lr, self.weight_decay, self.betas, self.warmup_steps, total,
+                                        self.min_lr_ratio, exempt=NO_DECAY)
         if self.loss.discriminator is None:
-            return {"optimizer": opt_g, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+            return generator
         opt_d = torch.optim.AdamW(self.loss.discriminator.parameters(), lr=self.disc_lr or self.lr,
                                   betas=self.betas, weight_decay=self.weight_decay)
-        return [opt_g, opt_d], [{"scheduler": schedule, "interval": "step"}]
+        return [generator["optimizer"], opt_d], [generator["lr_scheduler"]]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["onetok_system"] = SYSTEM_NAME
