@@ -30,6 +30,7 @@ from PIL import Image, features
 from onetok.metrics import ssim
 from onetok.tokenizers import codec
 from onetok.tokenizers.compress import Analysis, Codec, RateControl
+from onetok.tokenizers.metrics import token_counts
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
 WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow range 0..100
@@ -144,8 +145,8 @@ def otok_rows(owner: Codec, name: str, image: Image.Image, tokens: tuple[int, ..
 
 
 def fixed_token_counts(num_latent_tokens: int) -> tuple[int, ...]:
-    """1, 2, 4, ..., L (and L itself when it is not a power of two)."""
-    return tuple(sorted({min(2**i, num_latent_tokens) for i in range(num_latent_tokens.bit_length() + 1)}))
+    """1, 2, 4, ..., L (and L itself when it is not a power of two): the counts the tokenizer's own metrics use."""
+    return tuple(token_counts(num_latent_tokens))
 
 
 def evaluate(owner: Codec, names: list[str], images: list[Image.Image], bpps: tuple[float, ...] = OTOK_BPPS,
