@@ -18,14 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from onetok.ar_model.generate import SamplingSettings, generate_text
+from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generate_text
 from onetok.ar_model.model import Transformer
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab
 from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
-
-# The stated defaults of the shapes recipe (docs/benchmarks.md): guided sampling at low temperature.
-DEFAULT_SETTINGS = SamplingSettings(temperature=0.7, top_k=None, top_p=None, cfg_scale=2.0)
 
 
 class EvalItems(NamedTuple):

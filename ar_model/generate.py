@@ -38,6 +38,11 @@ class SamplingSettings:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
 
 
+# The recommended settings of a model unless it was exported with its own (config.json "sampling"): guided sampling
+# at low temperature, the stated defaults of the shapes recipe (docs/benchmarks.md).
+DEFAULT_SETTINGS = SamplingSettings(temperature=0.7, top_k=None, top_p=None, cfg_scale=2.0)
+
+
 class GenerationResult(NamedTuple):
     codes: torch.Tensor  # (B, k) tokenizer code ids
     forward_passes: int  # model forward calls, prefill included

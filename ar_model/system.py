@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from onetok.ar_model.evaluate import DEFAULT_SETTINGS
-from onetok.ar_model.generate import SamplingSettings
+from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings
 from onetok.ar_model.model import ARConfig, Transformer, config_from_preset
 from onetok.ar_model.sequence import I2T, IGNORE, T2I, fill_image_codes
 from onetok.ar_model.vocab import Vocab
@@ -204,8 +203,7 @@ class ARSystem(pl.LightningModule):
         metrics = {"val/caption_exact": sum(c == t for c, t in zip(captions, prompts)) / n}
         images = None
         if self.tokenizer_path is not None:
-            settings = SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
-            images = self.unified_model().generate_images(prompts, settings=settings, seed=0).images  # (n, 3, S, S)
+            images = self.unified_model().generate_images(prompts, seed=0).images  # (n, 3, S, S), the run's settings
             if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
                 metrics["val/t2i_exact"] = evaluate.summarize(evaluate.attribute_scores(prompts, images))["exact"]
         self.log_dict(metrics, rank_zero_only=True)
@@ -229,7 +227,11 @@ class ARSystem(pl.LightningModule):
         """This transformer with its vocabulary and tokenizer as a `UnifiedModel`."""
         from onetok.ar_model.unified import UnifiedModel
 
-        return UnifiedModel(self.transformer, self.vocab, self.tokenizer())
+        return UnifiedModel(self.transformer, self.vocab, self.tokenizer(), self.sampling_settings())
+
+    def sampling_settings(self) -> SamplingSettings:
+        """The run's sampling settings (validation samples; the exported model's recommended ones)."""
+        return SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
 
     # ---- checkpoints and optimizers --------------------------------------------------------------------------------
 
@@ -304,4 +306,8 @@ def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = Fals
     prefix = "transformer."
     state = {k[len(prefix):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     transformer.load_state_dict(state)
-    return UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir)).save_pretrained(out_dir, force=force)
+    hp = ckpt.get("hyper_parameters", {})  # the run's sampling settings become the model's recommended ones
+    settings = SamplingSettings(temperature=hp.get("sample_temperature", DEFAULT_SETTINGS.temperature),
+                                cfg_scale=hp.get("sample_cfg", DEFAULT_SETTINGS.cfg_scale))
+    model = UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir), settings)
+    return model.save_pretrained(out_dir, force=force)

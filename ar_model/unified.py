@@ -1,7 +1,8 @@
 """The unified model: AR transformer + shared vocabulary + image tokenizer, saved together in one directory.
 
     DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict,
-                            "tokenizer_fingerprint": hex of onetok.tokenizers.codec.fingerprint, checked on load}
+                            "tokenizer_fingerprint": hex of onetok.tokenizers.codec.fingerprint, checked on load,
+                            "sampling": the recommended SamplingSettings (absent: generate.DEFAULT_SETTINGS)}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
     DIR/text_vocab.model   a sentencepiece text vocabulary, when the vocabulary has one (config.json names the file)
@@ -22,11 +23,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, generate_text
+from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import default_chains, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
-from onetok.fileio import UserError, staged_dir
+from onetok.fileio import staged_dir
 from onetok.tokenizers import Tokenizer
 from onetok.tokenizers.codec import fingerprint
 
@@ -44,13 +45,15 @@ class ImageResult(NamedTuple):
 class UnifiedModel(nn.Module):
     """Text -> image and image -> text with one transformer over `vocab`, images through `tokenizer`."""
 
-    def __init__(self, transformer: Transformer, vocab: Vocab, tokenizer: Tokenizer):
+    def __init__(self, transformer: Transformer, vocab: Vocab, tokenizer: Tokenizer,
+                 settings: SamplingSettings = DEFAULT_SETTINGS):
         super().__init__()
         if transformer.config.vocab_size != vocab.size:
             raise ValueError(f"transformer vocab_size {transformer.config.vocab_size} != vocab size {vocab.size}")
         if tokenizer.codebook_size != vocab.codebook_size:
             raise ValueError(f"tokenizer codebook {tokenizer.codebook_size} != vocab codebook {vocab.codebook_size}")
         self.transformer, self.vocab, self.tokenizer = transformer.eval(), vocab, tokenizer.eval()
+        self.settings = settings  # the recommended sampling settings, saved with the model
 
     @property
     def device(self) -> torch.device:
@@ -65,17 +68,18 @@ class UnifiedModel(nn.Module):
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
-            raise UserError(f"{directory}: not a unified model directory (no config.json)")
+            raise FileNotFoundError(f"{directory}: not a unified model directory (no config.json)")
         meta = json.loads(config_path.read_text())
         if meta.get("format") != FORMAT:
-            raise UserError(f"{config_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(f"{config_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
         if meta.get("version") != VERSION:
-            raise UserError(f"{config_path}: version {meta.get('version')} is not supported (expected {VERSION})")
+            raise ValueError(f"{config_path}: version {meta.get('version')} is not supported (expected {VERSION})")
         transformer = Transformer(ARConfig(**meta["model"]))
         load_model(transformer, str(directory / "model.safetensors"), device=str(map_location))
         tokenizer = Tokenizer.from_pretrained(directory / "tokenizer", map_location=map_location)
         _check_tokenizer(tokenizer, meta.get("tokenizer_fingerprint"), directory / "tokenizer")
-        return cls(transformer, _load_vocab(meta["vocab"], directory), tokenizer).to(map_location)
+        settings = SamplingSettings(**meta.get("sampling", dataclasses.asdict(DEFAULT_SETTINGS)))
+        return cls(transformer, _load_vocab(meta["vocab"], directory), tokenizer, settings).to(map_location)
 
     def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
         """Write the directory atomically: built beside it, then renamed into place (replacing it only if `force`)."""
@@ -89,6 +93,7 @@ class UnifiedModel(nn.Module):
                 "model": dataclasses.asdict(self.transformer.config),
                 "vocab": _save_vocab(self.vocab, tmp),
                 "tokenizer_fingerprint": fingerprint(self.tokenizer).hex(),
+                "sampling": dataclasses.asdict(self.settings),
             }
             (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
             save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -112,7 +117,7 @@ class UnifiedModel(nn.Module):
     ) -> ImageResult:
         """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each; SJD with
         `chains` draft chains per image (default: `default_chains` of the device)."""
-        settings = settings or SamplingSettings()
+        settings = settings or self.settings
         L = self.tokenizer.num_latent_tokens
         k = L if image_tokens is None else int(image_tokens)
         if not 1 <= k <= L:

@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args)
+    settings = sampling_settings(args, model.settings)  # flags checked above, before the model loaded
     args.chains = args.chains or default_chains(model.device)
     prompts = load_prompts(args)
     profiles = {}

@@ -192,7 +192,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     args.chains = args.chains or default_chains(model.device)
     if args.chains > model.tokenizer.codebook_size:
         raise UserError(f"--chains {args.chains}: must be at most the codebook size {model.tokenizer.codebook_size}")
-    settings = sampling_settings(args)
+    settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
     prompts = check_prompts(model, prompts, args.image_tokens)
     out = Path(args.out)
@@ -350,7 +350,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     from onetok.ar_model import evaluate
 
     model = _load_model(args.model, args.threads)
-    settings = sampling_settings(args)
+    settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
     try:
         items = evaluate.load_eval_items(args.data, args.n, model, args.model)

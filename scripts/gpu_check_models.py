@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from onetok.ar_model.evaluate import DEFAULT_SETTINGS
+from onetok.ar_model.generate import DEFAULT_SETTINGS
 from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText

@@ -23,12 +23,13 @@ def check_sampling_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--image-tokens {args.image_tokens}: must be at least 1")
 
 
-def sampling_settings(args: argparse.Namespace):
-    from onetok.ar_model.evaluate import DEFAULT_SETTINGS
-    from onetok.ar_model.generate import SamplingSettings
+def sampling_settings(args: argparse.Namespace, recommended=None):
+    """The model's recommended settings (`UnifiedModel.settings`, else the library default), each flag given
+    replacing its field."""
+    from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings
 
     check_sampling_flags(args)
-    d = DEFAULT_SETTINGS
+    d = recommended or DEFAULT_SETTINGS
     return SamplingSettings(
         temperature=d.temperature if args.temperature is None else args.temperature,
         top_k=d.top_k if args.top_k is None else (args.top_k or None),
@@ -38,11 +39,12 @@ def sampling_settings(args: argparse.Namespace):
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    # the defaults named here are ar_model.evaluate.DEFAULT_SETTINGS (not imported: the parser must stay torch-free)
+    # the defaults named here are ar_model.generate.DEFAULT_SETTINGS, which a model exported with its own
+    # recommended settings replaces (not imported: the parser must stay torch-free)
     p.add_argument("--cfg", type=float, default=None, metavar="S",
-                   help="classifier-free guidance scale, >= 0 (default 2; 1 = off, 0 = unconditional)")
+                   help="classifier-free guidance scale, >= 0 (default: the model's, else 2; 1 = off, 0 = unconditional)")
     p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature, >= 0 "
-                                                                                 "(default 0.7; 0 = greedy)")
+                                                                                 "(default: the model's, else 0.7; 0 = greedy)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="keep the K most likely codes (default: all; 0 = all)")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling mass in (0, 1] "

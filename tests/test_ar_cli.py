@@ -159,8 +159,8 @@ def test_eval_ar_reports_holdout(tmp_path):
 def test_sampling_help_names_the_default_settings(capsys):
     assert main(["sample", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off" in text
-    assert f"(default {DEFAULT_SETTINGS.temperature:g};" in text
+    assert f"(default: the model's, else {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off" in text
+    assert f"(default: the model's, else {DEFAULT_SETTINGS.temperature:g};" in text
     assert "(default 8 on CUDA, 1 elsewhere;" in text
 
 

@@ -90,3 +90,15 @@ def test_resume_on_another_machine_and_refuse_another_tokenizer(machine, capsys)
     capsys.readouterr()
     assert fit(root / "other_tokens", root / "run3", f"--ckpt_path={ckpt_path}", "--trainer.max_steps=5") == 2
     assert "trained on the codes of tokenizer" in capsys.readouterr().err
+
+
+def test_export_saves_the_runs_sampling_settings_as_the_models_recommended(machine):
+    from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings
+
+    root, ckpt_path = machine
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"] = {**ckpt["hyper_parameters"], "sample_cfg": 3.5, "sample_temperature": 0.4}
+    model = UnifiedModel.from_pretrained(export_checkpoint(ckpt, root / "unified"))
+    assert model.settings == SamplingSettings(temperature=0.4, cfg_scale=3.5)
+    model.settings = DEFAULT_SETTINGS
+    assert UnifiedModel.from_pretrained(model.save_pretrained(root / "again")).settings == DEFAULT_SETTINGS
