@@ -23,6 +23,7 @@ from onetok.ar_model.model import Transformer
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab
 from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
+from onetok.timing import Stopwatch
 
 
 class EvalItems(NamedTuple):
@@ -114,11 +115,12 @@ def text_to_image(model: UnifiedModel, prompts: list[str], settings: SamplingSet
     rows, passes, seconds = [], 0, 0.0
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
-        out = model.generate_images(chunk, settings=settings, image_tokens=image_tokens, seed=seed + b, sjd=sjd)
+        with Stopwatch(model.device) as watch:
+            out = model.generate_images(chunk, settings=settings, image_tokens=image_tokens, seed=seed + b, sjd=sjd)
         if on_images is not None:
             on_images(out.images)
         rows += attribute_scores(chunk, out.images)
-        passes, seconds = passes + out.forward_passes, seconds + out.seconds
+        passes, seconds = passes + out.forward_passes, seconds + watch.seconds
     report = with_holdout(rows, holdout or [False] * len(prompts))
     report.update(forward_passes=passes, seconds=round(seconds, 3))
     return report

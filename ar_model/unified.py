@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,7 +37,6 @@ class ImageResult(NamedTuple):
     images: torch.Tensor  # (B, 3, S, S) in [0, 1], B = len(prompts) * n_per_prompt, prompt-major
     codes: torch.Tensor  # (B, k) tokenizer code ids
     forward_passes: int  # AR forward passes for the whole batch, prefill included
-    seconds: float  # wall clock for token generation and decoding
     tokens_per_pass: list[int] | None  # SJD only: tokens each unfinished row gained per verify pass
 
 
@@ -130,8 +128,6 @@ class UnifiedModel(nn.Module):
             raise ValueError(f"prompt + {k} image tokens = {longest} tokens > max_seq_len "
                              f"{self.transformer.config.max_seq_len}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        self._sync()
-        start = time.perf_counter()
         if sjd:
             out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
                                             window=window, init=init, chains=chains or default_chains(self.device))
@@ -139,9 +135,7 @@ class UnifiedModel(nn.Module):
         else:
             codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)
             per_pass = None
-        images = self.tokenizer.decode(codes)
-        self._sync()
-        return ImageResult(images, codes, passes, time.perf_counter() - start, per_pass)
+        return ImageResult(self.tokenizer.decode(codes), codes, passes, per_pass)
 
     # --- image -> text ---------------------------------------------------------------------------------------------
 
@@ -154,10 +148,6 @@ class UnifiedModel(nn.Module):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         result = generate_text(self.transformer, self.vocab, codes, max_len, settings, generator)
         return [self.vocab.decode_text(ids) for ids in result.ids]
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def _save_vocab(vocab: Vocab, directory: Path) -> dict:

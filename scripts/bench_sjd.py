@@ -119,13 +119,16 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
 
 def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
     """Decode `prompts` in batches of `args.batch`, one seed per batch; passes and seconds per image."""
+    from onetok.timing import Stopwatch
+
     passes, seconds, per_pass = [], 0.0, []
     for i in range(0, len(prompts), args.batch):
-        out = model.generate_images(prompts[i : i + args.batch], settings=settings, image_tokens=args.image_tokens,
-                                    seed=args.seed + i, sjd=sjd, window=args.window, init=args.init,
-                                    chains=args.chains)
+        with Stopwatch(model.device) as watch:
+            out = model.generate_images(prompts[i : i + args.batch], settings=settings, image_tokens=args.image_tokens,
+                                        seed=args.seed + i, sjd=sjd, window=args.window, init=args.init,
+                                        chains=args.chains)
         passes.append(out.forward_passes)
-        seconds += out.seconds
+        seconds += watch.seconds
         per_pass += out.tokens_per_pass or []
     result = {"forward_passes_per_image": sum(passes) / len(passes), "seconds_per_image": seconds / len(prompts)}
     if sjd:

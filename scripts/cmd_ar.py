@@ -161,14 +161,15 @@ def _check_sample_args(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int, batch: int, result) -> str:
+def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int, batch: int, result,
+                seconds: float) -> str:
     return json.dumps({
         "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": batch,
         "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
                      "cfg": settings.cfg_scale, "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
                      "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None,
                      "chains": args.chains if args.sjd else None},
-        "forward_passes": result.forward_passes, "seconds": round(result.seconds, 4),
+        "forward_passes": result.forward_passes, "seconds": round(seconds, 4),
     }) + "\n"
 
 
@@ -188,6 +189,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from onetok.ar_model.sjd import default_chains
     from onetok.scripts.progress import progress
+    from onetok.timing import Stopwatch
 
     args.chains = args.chains or default_chains(model.device)
     if args.chains > model.tokenizer.codebook_size:
@@ -200,16 +202,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with (staged_dir(out, args.force, inputs=[args.model]) as tmp, open(tmp / "samples.jsonl", "w") as jsonl,
           progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar):
         for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
-            result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
-                                           window=args.window or 16, chains=args.chains)
+            with Stopwatch(model.device) as watch:
+                result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
+                                               window=args.window or 16, chains=args.chains)
             for j, image in enumerate(result.images):
                 name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
                 _save_png(image, tmp / name)
-                jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result))
+                jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result, watch.seconds))
                 if len(grid) < GRID_IMAGES:
                     grid.append(image.cpu())
                 written += 1
-            passes, seconds = passes + result.forward_passes, seconds + result.seconds
+            passes, seconds = passes + result.forward_passes, seconds + watch.seconds
             bar.update(count)
         columns = args.n if len(prompts) > 1 and args.n <= 16 else min(written, 8)
         _save_png(make_grid(torch.stack(grid), nrow=columns, padding=2), tmp / "grid.png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,15 +23,24 @@ from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
 from onetok.data.shapes import all_combos, caption_of, render, sample_attributes
+from onetok.timing import Stopwatch
 from onetok.tokenizers.model import Tokenizer, preset
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = (("plain", False, 1), ("sjd-1", True, 1), ("sjd-8", True, 8))  # (name, sjd, chains)
 
 
-def generate(model: UnifiedModel, prompts: list[str], sjd: bool, chains: int, seed: int):
-    """The one call into sampling; the ImageResult carries seconds, forward passes and SJD tokens per pass."""
-    return model.generate_images(prompts, settings=DEFAULT_SETTINGS, seed=seed, sjd=sjd, chains=chains)
+class Timed(NamedTuple):
+    seconds: float
+    forward_passes: int
+    tokens_per_pass: list[int] | None
+
+
+def generate(model: UnifiedModel, prompts: list[str], sjd: bool, chains: int, seed: int) -> Timed:
+    """The one call into sampling: its wall clock, forward passes and SJD tokens per pass."""
+    with Stopwatch(model.device) as watch:
+        out = model.generate_images(prompts, settings=DEFAULT_SETTINGS, seed=seed, sjd=sjd, chains=chains)
+    return Timed(watch.seconds, out.forward_passes, out.tokens_per_pass)
 
 
 def shapes_captions(n: int, seed: int = 0) -> list[str]:
