@@ -161,14 +161,12 @@ class Attention(nn.Module):
             cache_k[rows, :, slots] = k.transpose(1, 2).to(cache_k.dtype)  # (B, T, Hkv, Dh)
             cache_v[rows, :, slots] = v.transpose(1, 2).to(cache_v.dtype)
             k, v = cache_k.type_as(q), cache_v.type_as(q)
-        if self.n_kv != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)  # (B, H, S, Dh)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        gqa = self.n_kv != self.n_heads  # SDPA shares each k/v head among n_heads // n_kv query heads
         dropout = self.dropout if self.training else 0.0
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*Dh)
         return self.wo(out)
 

@@ -142,3 +142,20 @@ def test_cached_decoding_step_is_one_static_graph():
     with torch.no_grad():
         out = torch.cat([step(ids[:, t : t + 1], cache) for t in range(5, 8)], dim=1)
     torch.testing.assert_close(out, model(ids)[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_attention_equals_repeated_kv_heads():
+    """n_kv_heads < n_heads equals full multi-head attention whose k/v projections repeat each kv head for its
+    group of n_heads // n_kv_heads query heads (what SDPA's enable_gqa must compute)."""
+    torch.manual_seed(0)
+    gqa = tiny(n_kv_heads=2)
+    full = tiny()
+    H, Hkv = gqa.config.n_heads, 2
+    group, dh = H // Hkv, gqa.config.dim // H
+    state = gqa.state_dict()
+    for key, value in list(state.items()):
+        if key.endswith(("attn.wk.weight", "attn.wv.weight")):  # (Hkv * Dh, D) -> (H * Dh, D)
+            state[key] = value.view(Hkv, dh, -1).repeat_interleave(group, dim=0).reshape(H * dh, -1)
+    full.load_state_dict(state)
+    ids = torch.randint(0, 50, (2, 10))
+    torch.testing.assert_close(gqa(ids), full(ids), atol=1e-5, rtol=1e-5)
