@@ -210,6 +210,27 @@ def test_image_roundtrip_is_exact(tok, packed, w, h, rate):
         assert (im.counts == rate.tokens).all()
 
 
+@pytest.mark.parametrize("w,h", [(640, 427), (3000, 2000)])
+def test_photo_sizes_roundtrip(tok, packed, w, h):
+    """A camera-size photo round-trips at its own size: the grid covers it, every tile decodes from its k ids, and
+    decoding one tile's ids alone gives that tile of the decoded image (edge tiles cropped)."""
+    image = _image(w, h, seed=3)
+    data = packed.compress([image], C.RateControl(tokens=3))
+    f = codec.loads(data, codec.fingerprint(tok))
+    im, T = f.images[0], tok.image_size
+    assert (im.width, im.height) == (w, h) and len(im.counts) == -(-w // T) * -(-h // T) and (im.counts == 3).all()
+    [decoded] = packed.decompress(data)
+    assert decoded.size == (w, h) and decoded.mode == "RGB"
+    cols = -(-w // T)
+    last = len(im.counts) - 1  # the bottom-right tile: padded on both sides, cropped on decode
+    ids = torch.from_numpy(np.asarray(im.ids).reshape(-1, 3)[[0, last]])
+    tiles = C.to_uint8(tok.decode(ids))  # (2, T, T, 3)
+    out = np.asarray(decoded)
+    np.testing.assert_array_equal(out[:T, :T], tiles[0])
+    r, c = divmod(last, cols)
+    np.testing.assert_array_equal(out[r * T:, c * T:], tiles[1][: h - r * T, : w - c * T])
+
+
 def test_bpp_target_counts_every_byte_and_adapts(packed):
     flat_and_busy = np.asarray(_image(64, 32)).copy()
     flat_and_busy[:, :32] = 128  # the left half is flat
