@@ -70,7 +70,10 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenize
         with staged_dir(out, force=True) as tmp:  # existence was checked above
             exporter(ckpt, tmp, force=True, **kwargs)
             if system in ("tokenizer", "postfilter"):  # what it knows, for `compress` to warn about far-off inputs
-                domain.record_trained_on(tmp, domain.describe_training(ckpt))
+                described, before = domain.describe_training(ckpt), domain.read_trained_on(tmp)
+                if system == "postfilter" and before:  # the tokenizer's own record stays first
+                    described = f"{before}; its post-filter on {described}"
+                domain.record_trained_on(tmp, described)
     except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
         raise UserError(f"{ckpt_path}: cannot export this {system} checkpoint ({err})") from None
     return out
