@@ -18,6 +18,7 @@ the finished files and `--resume` does the rest. Every output is written atomica
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -500,7 +501,8 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
              f"{coding} ids")
     with atomic_output(outputs["rd.png"], args.force) as tmp:
         rd.plot(points, tmp, title=title)
-    summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": rates}
+    bd = {k: None if math.isnan(v) else v for k, v in rates.items()}  # None: the curves share no PSNR range
+    summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": bd}
     atomic_write_json(outputs["rd.json"], summary, args.force)
     panels = rd.equal_bytes(owner, images[0], args.compare_bpp, codecs)
     with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:

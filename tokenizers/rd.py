@@ -269,7 +269,9 @@ def format_table(points: list[RDPoint]) -> str:
 
 
 def format_bd(rates: dict[str, float]) -> str:
-    return "BD-rate (PSNR): " + ", ".join(f"{k} {v:+.1f}%" for k, v in rates.items())
+    """One line; "no overlap" where the two curves share no PSNR range (e.g. WebP's lowest quality is above L tokens)."""
+    return "BD-rate (PSNR): " + ", ".join(f"{k} " + ("no overlap" if np.isnan(v) else f"{v:+.1f}%")
+                                          for k, v in rates.items())
 
 
 def equal_bytes(owner: Codec, image: Image.Image, bpp: float, codecs: tuple[str, ...] | None = None,
