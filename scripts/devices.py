@@ -3,19 +3,24 @@
 torch starts one thread per core. On cores that other processes are busy with, that thrashes: on 2 cores shared
 with one other job, a CPU training step ran about 4x faster with 1 thread than with 2 (1.4 vs 6 steps/s). So by
 default a command takes the cores that are not busy: those this process may run on (its CPU affinity) less the
-1-minute load average, at least 1. `--threads N` sets the number; an `OMP_NUM_THREADS` in the environment is left
-to torch. The parsers stay torch-free; torch is imported only when a command applies its choice.
+threads other processes have runnable right now (`/proc/loadavg`, a median of a few reads; the 1-minute load
+average lags, so a pipeline's own previous step would count), at least 1. `--threads N` sets the number; an
+`OMP_NUM_THREADS` in the environment is left to torch. The parsers stay torch-free; torch is imported only when a
+command applies its choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
 from onetok.fileio import UserError
 
-THREADS_HELP = ("CPU threads for torch (default: the cores not busy -- this process's cores less the 1-minute load "
-                "average, at least 1 -- or OMP_NUM_THREADS when set)")
+THREADS_HELP = ("CPU threads for torch (default: the cores not busy -- this process's cores less other processes' "
+                "runnable threads, at least 1 -- or OMP_NUM_THREADS when set)")
+LOADAVG = "/proc/loadavg"
 
 
 def choose_device(name: str | None = "auto") -> str:
@@ -29,14 +34,28 @@ def choose_device(name: str | None = "auto") -> str:
     return name
 
 
-def idle_cores() -> int:
-    """The cores this process may run on (its affinity) that the 1-minute load average leaves free, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def busy_cores(samples: int = 5) -> float:
+    """Threads of other processes that are runnable now: the median over a few reads of /proc/loadavg's running
+    count, less this process; the 1-minute load average where there is no /proc."""
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0.0
-    return max(1, min(cores, cores - round(busy)))
+        counts = []
+        for i in range(samples):
+            if i:
+                time.sleep(0.01)
+            with open(LOADAVG) as fh:
+                counts.append(int(fh.read().split()[3].split("/")[0]) - 1)  # "R/T": runnable/total, R counts us
+        return float(statistics.median(counts))
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform
+            return 0.0
+
+
+def idle_cores() -> int:
+    """The cores this process may run on (its affinity) that other processes leave free, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, cores - round(busy_cores())))
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:

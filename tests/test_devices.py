@@ -22,8 +22,21 @@ def restore_threads():
                                                           (2, 1.3, 1), (1, 0.0, 1)])
 def test_idle_cores_are_the_affinity_less_the_load(monkeypatch, cores, load, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(devices, "busy_cores", lambda: load)
     assert devices.idle_cores() == expected
+
+
+def test_busy_cores_counts_other_runnable_threads_now(monkeypatch, tmp_path):
+    """/proc/loadavg's running count less this process; without /proc, the 1-minute load average."""
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.90 1.20 0.80 3/250 12345\n")  # a lagging 1.9 average, but 3 runnable: us and 2 others
+    monkeypatch.setattr(devices, "LOADAVG", str(loadavg))
+    assert devices.busy_cores(samples=3) == 2.0
+    loadavg.write_text("1.90 1.20 0.80 1/250 12345\n")  # only us: the previous step's load has ended
+    assert devices.busy_cores(samples=1) == 0.0
+    monkeypatch.setattr(devices, "LOADAVG", str(tmp_path / "missing"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 0.5))
+    assert devices.busy_cores() == 1.4
 
 
 def test_use_threads(monkeypatch, restore_threads):
