@@ -157,7 +157,8 @@ def _photo_markdown(photo: dict) -> list[str]:
              "every file counted.", "", "| target bpp | bytes | bpp | PSNR (dB) | decoded |", "|---|---|---|---|---|"]
     lines += [f"| {r['target_bpp']:g} | {r['bytes']} | {r['bpp']:.3f} | {r['psnr']:.2f} | ![](photo/{r['png']}) |"
               for r in photo["ladder"]]
-    rates = ", ".join(f"{k} {v:+.1f}%" for k, v in photo["bd_rate_percent"].items())
+    rates = ", ".join(f"{k} " + ("no overlap" if v is None else f"{v:+.1f}%")  # None: no common PSNR range
+                      for k, v in photo["bd_rate_percent"].items())
     return lines + ["", f"BD-rate on this photo: {rates}.", "",
                     "Roughly equal bytes (original, .otok, JPEG, WebP, AVIF; a 3x centre crop below):", "",
                     "![equal bytes](photo/rd/equal_bytes.png)", "", "![rate-distortion](photo/rd/rd.png)", ""]

@@ -269,3 +269,13 @@ def test_eval_compression(env, tmp_path, capsys):
     code, _, err = _run(capsys, "eval-compression", "--tokenizer", env / "tok", "--quiet", env / "bad",
                         "--out", tmp_path / "r2")
     assert code == 2 and "nothing evaluated" in err and not (tmp_path / "r2").exists()
+
+
+def test_demo_report_names_curves_without_overlap():
+    """rd.json stores null for a BD-rate whose curves share no PSNR range; the demo report says so."""
+    from onetok.scripts.demo_report import _photo_markdown
+
+    ladder = [{"target_bpp": 0.1, "bytes": 3000, "bpp": 0.1, "psnr": 23.0, "png": "a.png"}]
+    text = "\n".join(_photo_markdown({"ladder": ladder, "bd_rate_percent": {"otok vs jpeg": -50.0,
+                                                                             "otok vs webp": None}}))
+    assert "otok vs jpeg -50.0%" in text and "otok vs webp no overlap" in text
