@@ -289,9 +289,7 @@ def _loads_v1(data: bytes, fingerprint: bytes | None) -> OtokFile:
     if len(data) != expected:
         what = "truncated file" if len(data) < expected else "trailing bytes after the CRC"
         raise OtokError(f"{what} ({len(data)} bytes, the header says {expected})")
-    (crc,) = _CRC.unpack_from(data, len(data) - CRC_BYTES)
-    if zlib.crc32(data[:-CRC_BYTES]) != crc:
-        raise OtokError("CRC mismatch: the file is corrupt")
+    _check_crc(data, "the file is corrupt")
     _check_fingerprint(fp, fingerprint)
     if fit >= len(FITS):
         raise OtokError(f"unknown fit mode {fit}")
@@ -432,13 +430,18 @@ def _read_coded_v2(cur: _Cursor, max_tokens: int) -> CodedImage:
     return CodedImage(width, height, coded_w, coded_h, uniform_k, stream, checksum)
 
 
+def _check_crc(data: bytes, what: str) -> None:
+    """The last CRC_BYTES are the CRC32 of everything before them."""
+    (crc,) = _CRC.unpack_from(data, len(data) - CRC_BYTES)
+    if zlib.crc32(data[:-CRC_BYTES]) != crc:
+        raise OtokError(f"CRC mismatch: {what}")
+
+
 def _loads_v2(data: bytes, fingerprint: bytes | None) -> TiledFile:
     if len(data) < HEADER_V2_BYTES + CRC_BYTES:
         raise OtokError(f"truncated file ({len(data)} bytes, the header alone is {HEADER_V2_BYTES + CRC_BYTES})")
     _, _, payload, fp, codebook_size, tile, max_tokens, bits, n = _HEADER_V2.unpack_from(data)
-    (crc,) = _CRC.unpack_from(data, len(data) - CRC_BYTES)
-    if zlib.crc32(data[:-CRC_BYTES]) != crc:
-        raise OtokError("CRC mismatch: the file is corrupt or truncated")
+    _check_crc(data, "the file is corrupt or truncated")
     _check_fingerprint(fp, fingerprint)
     if payload >= len(PAYLOADS):
         raise OtokError(f"unknown payload mode {payload}")

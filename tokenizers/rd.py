@@ -133,14 +133,13 @@ def otok_rows(owner: Codec, name: str, image: Image.Image, tokens: tuple[int, ..
     for k in tokens:
         data, decoded = otok_file(analysis, RateControl(tokens=k))
         rows.append(_row(name, "otok-fixed", k, len(data), array, decoded))
-    for bpp in bpps:
-        data, decoded = otok_file(analysis, RateControl(bpp=bpp))
-        rows.append(_row(name, "otok", bpp, len(data), array, decoded))
+    curves = [("otok", analysis)]
     if owner.prior is not None:  # the same encoder pass, ids bit-packed: what the entropy coder gains
-        packed = analysis.packed()
+        curves.append(("otok-packed", analysis.packed()))
+    for codec_name, coded in curves:
         for bpp in bpps:
-            data, decoded = otok_file(packed, RateControl(bpp=bpp))
-            rows.append(_row(name, "otok-packed", bpp, len(data), array, decoded))
+            data, decoded = otok_file(coded, RateControl(bpp=bpp))
+            rows.append(_row(name, codec_name, bpp, len(data), array, decoded))
     return rows
 
 
