@@ -11,7 +11,7 @@ from onetok.tokenizers.losses import TokenizerLoss
 from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
 from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.quantize import VectorQuantizer
-from onetok.tokenizers.vit import Block
+from onetok.tokenizers.vit import Block, Blocks
 
 QUANTIZERS = {
     "vq": dict(quantizer="vq", code_dim=8, codebook_size=64),
@@ -180,8 +180,10 @@ def test_presets_build_with_expected_sizes():
 class TimmBlocks(torch.nn.Sequential):
     """The previous encoder/decoder stacks: timm Blocks, all rows out, then the read-out rows."""
 
-    def __init__(self, width, depth, heads, mlp_ratio, qk_norm):
+    def __init__(self, width, depth, heads, mlp_ratio, qk_norm, readout):
         from timm.models.vision_transformer import Block as TimmBlock
+
+        assert readout == 1  # the plain stack
 
         super().__init__(*[TimmBlock(width, heads, mlp_ratio, qkv_bias=True, qk_norm=qk_norm) for _ in range(depth)])
 
@@ -211,6 +213,62 @@ def test_block_equals_timm_block(qk_norm):
         torch.testing.assert_close(ours(x), want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours(x, rows=slice(12, None)), want[:, 12:], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ours(x, rows=slice(0, 5)), want[:, :5], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("readout", [1, 2, 3])
+@pytest.mark.parametrize("rows", [slice(12, None), slice(0, 12)], ids=["suffix", "prefix"])
+def test_readout_blocks_update_only_the_read_rows(readout, rows):
+    """The last `readout` blocks: the read rows as a full block computes them, the other rows frozen at their input
+    to the first read-out block (keys and values only); with grad and without, and gradients reach the frozen rows
+    through the keys and values."""
+    torch.manual_seed(0)
+    blocks = Blocks(32, 3, 4, 4.0, False, readout)
+    x = torch.randn(2, 20, 32, requires_grad=True)
+
+    def spec(x):
+        for i, block in enumerate(blocks):
+            full = block(x)  # (B, N, D): every row updated ...
+            if i >= len(blocks) - readout:  # ... but only the read rows are kept
+                full = torch.cat([x[:, :rows.start or 0], full[:, rows], x[:, rows.stop or x.shape[1]:]], dim=1)
+            x = full
+        return x[:, rows]
+
+    want = spec(x)
+    got = blocks(x, rows)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    grad_want, = torch.autograd.grad(want.square().sum(), x)
+    grad_got, = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(grad_got, grad_want, atol=1e-4, rtol=1e-4)
+    assert grad_got[:, 12:].abs().sum() > 0 and grad_got[:, :12].abs().sum() > 0  # both kinds of rows learn
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(x, rows), want, atol=1e-5, rtol=1e-5)
+    if readout > 1:  # not the plain stack: the frozen rows really are frozen
+        plain = Blocks(32, 3, 4, 4.0, False, 1)
+        plain.load_state_dict(blocks.state_dict())
+        assert (plain(x, rows) - got).abs().max() > 1e-3
+
+
+def test_readout_blocks_are_checked():
+    with pytest.raises(ValueError, match="enc_readout_blocks must be in 1..enc_depth = 4"):
+        TokenizerConfig(enc_depth=4, enc_readout_blocks=5)
+    with pytest.raises(ValueError, match="dec_readout_blocks"):
+        TokenizerConfig(dec_readout_blocks=0)
+
+
+def test_fingerprint_leaves_out_later_fields_at_their_old_values():
+    """Read-out blocks at 1 build the models made before the field existed: their fingerprints (named by every .otok
+    file and by the built-in prior, tests/test_builtin_codec.py) stay; another value is another tokenizer."""
+    import dataclasses
+
+    from onetok.tokenizers.codec import fingerprint
+
+    torch.manual_seed(0)
+    tok = Tokenizer(preset("tiny", enc_depth=2, dec_depth=2))
+    before = fingerprint(tok)
+    tok.config = dataclasses.replace(tok.config, dec_readout_blocks=2)
+    assert fingerprint(tok) != before
+    tok.config = dataclasses.replace(tok.config, dec_readout_blocks=1)
+    assert fingerprint(tok) == before
 
 
 COMPAT_CONFIGS = {

@@ -487,11 +487,15 @@ def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile | TiledFile
 
 
 def fingerprint(tokenizer: torch.nn.Module) -> bytes:
-    """16 bytes of sha256 over the config (sorted JSON) and every state_dict tensor (name, dtype, shape, bytes)."""
+    """16 bytes of sha256 over the config (sorted JSON; `LATER_FIELDS` at their old values left out) and every
+    state_dict tensor (name, dtype, shape, bytes)."""
     import torch  # here, so that reading and checking .otok files does not load torch
 
     h = hashlib.sha256(b"onetok-fingerprint-v1\0")
     config = dataclasses.asdict(tokenizer.config)
+    for name, old_value in getattr(tokenizer.config, "LATER_FIELDS", {}).items():
+        if config.get(name) == old_value:  # a field added later, at the value of the models made before it
+            del config[name]
     h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
     state = tokenizer.state_dict()
     for name in sorted(state):

@@ -86,13 +86,33 @@ class Block(nn.Module):
 
 
 class Blocks(nn.Sequential):
-    """A stack of `Block`s (state-dict keys blocks.0.*, blocks.1.*, ...). `rows` keeps only those output rows of
-    the last block: the only ones read out, so its other rows' queries, projections and MLP are skipped."""
+    """A stack of `Block`s (state-dict keys blocks.0.*, blocks.1.*, ...). With `rows` (the rows that are read out, a
+    prefix or suffix slice), the last `readout` blocks update only those rows: the other rows stop one block
+    earlier and serve the read-out blocks as a fixed memory of keys and values (their queries, projections and MLP
+    are skipped). readout=1 is the plain stack (only the last block's unread rows are skipped, which changes
+    nothing); a larger readout is a cheaper model, the other rows' stream ending early (a Perceiver-style read-out,
+    arXiv:2107.14795)."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool):
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float, qk_norm: bool, readout: int = 1):
         super().__init__(*[Block(width, heads, mlp_ratio, qk_norm) for _ in range(depth)])
+        if not 1 <= readout <= depth:
+            raise ValueError(f"readout blocks must be in 1..{depth}, got {readout}")
+        self.readout = readout
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        for i, block in enumerate(self):
-            x = block(x, rows if i == len(self) - 1 else None)
-        return x
+        """x (B, N, D) -> (B, N, D), or with `rows` only those rows (B, n, D)."""
+        blocks = list(self)
+        first = len(blocks) - self.readout if rows is not None else len(blocks)
+        for block in blocks[:first]:
+            x = block(x)
+        if rows is None:
+            return x
+        for block in blocks[first:-1]:
+            x = _put_rows(x, rows, block(x, rows))  # (B, N, D): updated rows, the memory rows as they were
+        return blocks[-1](x, rows)  # (B, n, D)
+
+
+def _put_rows(x: torch.Tensor, rows: slice, values: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D) with x[:, rows] replaced by values (B, n, D), out of place; `rows` contiguous."""
+    start, stop, _ = rows.indices(x.shape[1])
+    return torch.cat([x[:, :start], values, x[:, stop:]], dim=1)
