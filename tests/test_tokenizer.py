@@ -253,6 +253,8 @@ def test_readout_blocks_are_checked():
         TokenizerConfig(enc_depth=4, enc_readout_blocks=5)
     with pytest.raises(ValueError, match="dec_readout_blocks"):
         TokenizerConfig(dec_readout_blocks=0)
+    with pytest.raises(ValueError, match="needs the rows"):  # a read-out stack has no all-rows output
+        Blocks(32, 2, 4, 4.0, False, readout=2)(torch.randn(1, 5, 32))
 
 
 def test_fingerprint_leaves_out_later_fields_at_their_old_values():

@@ -3,7 +3,8 @@
 The parameter names, shapes, LayerNorm eps and initialisation order are those of timm's `Block`
 (`timm/models/vision_transformer.py`, with qkv bias, no layer scale, no drop path), so checkpoints trained with it
 load unchanged; timm itself is not imported (it costs ~2 s at start-up). Beyond timm's block: the last block of a
-stack can compute only the rows that are read out, and at inference GELU and the residual adds run in place.
+stack (or its last n, the read-out blocks) computes only the rows that are read out, and at inference GELU and the
+residual adds run in place.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Block(nn.Module):
 
 class Blocks(nn.Sequential):
     """A stack of `Block`s (state-dict keys blocks.0.*, blocks.1.*, ...). With `rows` (the rows that are read out, a
-    prefix or suffix slice), the last `readout` blocks update only those rows: the other rows stop one block
+    contiguous slice), the last `readout` blocks update only those rows: the other rows stop one block
     earlier and serve the read-out blocks as a fixed memory of keys and values (their queries, projections and MLP
     are skipped). readout=1 is the plain stack (only the last block's unread rows are skipped, which changes
     nothing); a larger readout is a cheaper model, the other rows' stream ending early (a Perceiver-style read-out,
@@ -101,6 +102,8 @@ class Blocks(nn.Sequential):
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x (B, N, D) -> (B, N, D), or with `rows` only those rows (B, n, D)."""
+        if rows is None and self.readout > 1:
+            raise ValueError("a stack with read-out blocks needs the rows that are read out")
         blocks = list(self)
         first = len(blocks) - self.readout if rows is not None else len(blocks)
         for block in blocks[:first]:
