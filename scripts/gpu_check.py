@@ -332,6 +332,7 @@ SECTIONS = [
     Section("sampling_trained", _model_section("sampling_trained"), 120, 60,
             requires=("timm", "einops", "lightning")),
     Section("train_rates", _model_section("train_rates"), 45, 40, requires=("timm", "einops", "lightning", "yaml")),
+    Section("tokenizer_speed", _model_section("tokenizer_speed"), 30, 10, requires=("einops",)),
 ]
 
 
@@ -416,6 +417,13 @@ def markdown(report: dict) -> str:
     if rates:
         lines += ["", "| training (bf16-mixed) | batch | steps / s |", "|---|---|---|"]
         lines += [f"| {r['config']} | {r['batch']} | {_fmt(r['steps_per_s'])} |" for r in rates.values()]
+    speed = sections.get("tokenizer_speed", {}).get("result")
+    if speed:
+        lines += ["", "| tokenizer (random weights) | dtype | batch | encode img/s | decode img/s | ms per stage |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['preset']} | {r['dtype']} | {r['batch']} | {_fmt(r['encode_images_per_s'])} | "
+                  f"{_fmt(r['decode_images_per_s'])} | "
+                  f"{', '.join(f'{k} {_fmt(v)}' for k, v in r['stage_ms'].items())} |" for r in speed["rows"]]
     tests = sections.get("tests", {}).get("result", {})
     for name, run in tests.items():
         if isinstance(run, dict) and "command" in run:

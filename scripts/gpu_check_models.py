@@ -1,4 +1,5 @@
-"""The model sections of the GPU check (`scripts/gpu_check.py`): sampling plain vs SJD, and training step rates.
+"""The model sections of the GPU check (`scripts/gpu_check.py`): sampling plain vs SJD, training step rates, and
+tokenizer throughput.
 
 Only high-level entry points are called, each in one place: `UnifiedModel.generate_images` (`generate`), the
 Lightning systems `ARSystem` / `TokenizerSystem` with their YAML init arguments (`_fit`), and the public data
@@ -249,3 +250,12 @@ def sampling_trained(ctx) -> dict:
         model, info = train_shapes_model(ctx, max_seconds=10 if ctx.dry_run else max(5.0, min(45.0, ctx.left() - 150)))
     batches = (1, 2) if ctx.dry_run else (1, 16)
     return {**info, **sample_rates(ctx, model, batches, repeats=1 if ctx.dry_run else 3)}
+
+
+def tokenizer_speed(ctx) -> dict:
+    """Encode/decode images/s of the TiTok-S-128 preset (random weights) in bf16 autocast, the default on CUDA, and
+    in fp32, with the time per stage (`onetok bench tokenizer`'s measurement)."""
+    from onetok.scripts.bench_tokenizer import bench_device
+
+    name, batch, rounds = ("tiny", 4, 2) if ctx.dry_run else ("titok-s-128", 64, 10)
+    return {"rows": [bench_device(name, ctx.device, dtype, batch, rounds) for dtype in ("bf16", "fp32")]}

@@ -105,6 +105,8 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
         assert modes == {(b, m) for b in (1, 2) for m in ("plain", "sjd-1", "sjd-8")}
     assert result["sampling_trained"]["tokenizer"].startswith("shapes preset, vq")
     assert result["train_rates"]["tokenizer"]["steps_per_s"] > 0 and result["train_rates"]["ar"]["steps_per_s"] > 0
+    speed = result["tokenizer_speed"]["rows"]
+    assert [r["dtype"] for r in speed] == ["bfloat16", "float32"] and all(r["decode_images_per_s"] > 0 for r in speed)
     assert all(t["value"] is None for t in report["targets"])  # no GPU numbers from a dry run
     text = (tmp_path / "gpu_check.md").read_text()
     assert "DRY RUN on CPU" in text and "| sampling_trained | ok |" in text
