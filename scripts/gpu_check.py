@@ -266,21 +266,33 @@ def sjd_verify(ctx: Context) -> dict:
 KERNEL_TEST_FILES = ("test_kernels.py", "test_kernel_compile.py", "test_bench_kernels.py")
 
 
+def gpu_marked_files(tests: Path) -> list[str]:
+    """The test files other than the kernel ones that mark any test `gpu`: the only ones worth collecting on the
+    device (the others may import packages the GPU image lacks, and would fail to collect)."""
+    marks = re.compile(r"^\s*(@pytest\.mark\.gpu\b|pytestmark\b.*\bgpu\b)", re.M)
+    return [str(f) for f in sorted(tests.glob("test_*.py"))
+            if f.name not in KERNEL_TEST_FILES and marks.search(f.read_text(encoding="utf-8"))]
+
+
 def kernel_tests(ctx: Context) -> dict:
     """pytest in subprocesses. On CUDA: the kernel test files, compiled on the device (xdist when it imports), then
-    every other `gpu`-marked test (modules that need an absent package fail to collect and are listed). In a dry
-    run: the `gpu`-marked kernel tests only, which skip themselves without CUDA (the plumbing is what runs)."""
+    the `gpu`-marked tests of the other files that mark any (only those files are collected: the rest may import
+    packages the GPU image lacks). In a dry run: the `gpu`-marked kernel tests only, which skip themselves without
+    CUDA (the plumbing is what runs)."""
     tests = REPO / "tests"
     pytest = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
     if ctx.dry_run:
         runs = {"kernel_tests": [*pytest, "-m", "gpu", str(tests / "test_kernels.py")]}
     else:
         parallel = ["-n", "8"] if importlib.util.find_spec("xdist") else []
+        marked = gpu_marked_files(tests)
         runs = {"kernel_tests": [*pytest, *parallel, *(str(tests / name) for name in KERNEL_TEST_FILES)],
-                "gpu_marked_elsewhere": [*pytest, "-m", "gpu", "--continue-on-collection-errors",
-                                         *(f"--ignore={tests / name}" for name in KERNEL_TEST_FILES), str(tests)]}
+                "gpu_marked_elsewhere": [*pytest, "-m", "gpu", *marked] if marked else None}
     results, log = {}, []
     for name, cmd in runs.items():
+        if cmd is None:
+            results[name] = {"skipped": "no other test file marks a test `gpu`"}
+            continue
         if ctx.left() < 20:
             results[name] = {"skipped": f"deadline: {ctx.left():.0f} s left"}
             continue
@@ -426,6 +438,8 @@ def markdown(report: dict) -> str:
                   f"{', '.join(f'{k} {_fmt(v)}' for k, v in r['stage_ms'].items())} |" for r in speed["rows"]]
     tests = sections.get("tests", {}).get("result", {})
     for name, run in tests.items():
+        if isinstance(run, dict) and "skipped" in run:
+            lines += ["", f"Tests, {name}: skipped ({run['skipped']})"]
         if isinstance(run, dict) and "command" in run:
             lines += ["", f"Tests, {name} (`{run['command']}`): {'; '.join(run['summary']) or run['returncode']}"
                           f"{'; failed: ' + ', '.join(run['failed']) if run['failed'] else ''}"]

@@ -110,3 +110,15 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     assert all(t["value"] is None for t in report["targets"])  # no GPU numbers from a dry run
     text = (tmp_path / "gpu_check.md").read_text()
     assert "DRY RUN on CPU" in text and "| sampling_trained | ok |" in text
+
+
+def test_only_files_that_mark_gpu_tests_are_collected_on_the_device(tmp_path):
+    """Files that mark no test `gpu` (some import packages the GPU image lacks) are not collected there."""
+    from onetok.scripts.gpu_check import KERNEL_TEST_FILES, gpu_marked_files
+
+    (tmp_path / "test_plain.py").write_text("import constriction\n\ndef test_x():\n    pass\n")
+    (tmp_path / "test_marked.py").write_text("import pytest\n\n@pytest.mark.gpu\ndef test_y():\n    pass\n")
+    (tmp_path / KERNEL_TEST_FILES[0]).write_text("import pytest\n\n@pytest.mark.gpu\ndef test_z():\n    pass\n")
+    (tmp_path / "test_module_mark.py").write_text("import pytest\n\npytestmark = [pytest.mark.gpu]\n")
+    assert gpu_marked_files(tmp_path) == [str(tmp_path / "test_marked.py"), str(tmp_path / "test_module_mark.py")]
+    assert gpu_marked_files(Path(__file__).parent) == []  # today only the kernel files mark gpu tests
