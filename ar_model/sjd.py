@@ -13,7 +13,7 @@ norm(max(0, p_n - q_n)) after a rejection or from p_w when all were accepted: n 
 Each row's KV cache is cut back to its accepted prefix; the positions after the new token are re-drafted from
 this pass's predictions there (carry-over, their q the predicted distributions) and the window is refilled.
 
-With `chains` C > 1 (the default on CUDA, `default_chains`) each prompt runs C draft windows as extra batch rows of
+With `chains` C > 1 (`--chains C`; the default is 1) each prompt runs C draft windows as extra batch rows of
 the same pass, a token tree: the first draft position branches over the C most likely codes, the drafts come from the
 mean of the chains' predictions, `verify_chains` verifies them together by recursive rejection sampling (without a
 loop over positions), and every chain continues from the winning chain's keys and values at this pass's slots.
@@ -44,13 +44,9 @@ from onetok.kernels import sjd_verify
 from onetok.kernels.reference import inverse_cdf
 
 DRAFT_INITS = ("uniform", "prev")
-DEFAULT_CHAINS = 8  # draft chains per image on CUDA; 1 is the paper's algorithm (docs/sjd.md, docs/benchmarks.md)
-
-
-def default_chains(device: torch.device | str) -> int:
-    """Draft chains per image when none are asked for: `DEFAULT_CHAINS` on CUDA, where a pass costs about the same
-    for a few more rows, and 1 elsewhere, where a pass costs in proportion to its rows (docs/sjd.md)."""
-    return DEFAULT_CHAINS if torch.device(device).type == "cuda" else 1
+# draft chains per image when none are asked for, on every device: one chain (the paper's algorithm) was the fastest
+# in wall clock on a 2-core CPU and on an H200 (docs/sjd.md, "How many chains"; docs/benchmarks.md)
+DEFAULT_CHAINS = 1
 
 
 class SJDResult(NamedTuple):

@@ -24,7 +24,7 @@ from torch import nn
 
 from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
-from onetok.ar_model.sjd import default_chains, generate_image_tokens_sjd
+from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import staged_dir
 from onetok.tokenizers import Tokenizer
@@ -114,7 +114,7 @@ class UnifiedModel(nn.Module):
         chains: int | None = None,
     ) -> ImageResult:
         """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each; SJD with
-        `chains` draft chains per image (default: `default_chains` of the device)."""
+        `chains` draft chains per image (default `DEFAULT_CHAINS`, 1)."""
         settings = settings or self.settings
         L = self.tokenizer.num_latent_tokens
         k = L if image_tokens is None else int(image_tokens)
@@ -130,7 +130,7 @@ class UnifiedModel(nn.Module):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         if sjd:
             out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
-                                            window=window, init=init, chains=chains or default_chains(self.device))
+                                            window=window, init=init, chains=chains or DEFAULT_CHAINS)
             codes, passes, per_pass = out.codes, out.forward_passes, out.tokens_per_pass
         else:
             codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)

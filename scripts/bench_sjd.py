@@ -78,8 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
     parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
     parser.add_argument("--chains", type=int,
-                        help="SJD draft chains per image, verified together as a token tree (default: 8 on CUDA, 1 "
-                             "elsewhere, ar_model.sjd.default_chains; 1 = the paper's single chain)")
+                        help="SJD draft chains per image, verified together as a token tree (default 1: the paper's "
+                             "single chain, ar_model.sjd.DEFAULT_CHAINS)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
@@ -183,7 +183,7 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from onetok.ar_model.sjd import default_chains
+    from onetok.ar_model.sjd import DEFAULT_CHAINS
 
     if args.window < 1 or args.batch < 1 or (args.chains is not None and args.chains < 1):
         raise UserError("--window, --chains and --batch must be >= 1")
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args)
     settings = sampling_settings(args, model.settings)  # flags checked above, before the model loaded
-    args.chains = args.chains or default_chains(model.device)
+    args.chains = args.chains or DEFAULT_CHAINS
     prompts = load_prompts(args)
     profiles = {}
     try:

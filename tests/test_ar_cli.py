@@ -11,7 +11,7 @@ from PIL import Image
 
 from onetok.ar_model.evaluate import DEFAULT_SETTINGS, attribute_scores, summarize
 from onetok.ar_model.model import Transformer, config_from_preset
-from onetok.ar_model.sjd import default_chains
+from onetok.ar_model.sjd import DEFAULT_CHAINS
 from onetok.ar_model.tokenize import read_meta
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
@@ -85,7 +85,7 @@ def test_sample_sjd_and_image_tokens(setup, tmp_path):
                  "--image-tokens", "5", "--out", str(out)]) == 0
     line = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert line["settings"]["sjd"] and line["settings"]["window"] == 4 and line["settings"]["image_tokens"] == 5
-    assert 1 <= line["forward_passes"] <= 5 and line["settings"]["chains"] == default_chains("cpu")
+    assert 1 <= line["forward_passes"] <= 5 and line["settings"]["chains"] == DEFAULT_CHAINS == 1
     tree = tmp_path / "tree"
     assert main(["sample", "--model", str(root / "model"), "--prompt", PROMPT, "-n", "2", "--sjd", "--chains", "3",
                  "--out", str(tree)]) == 0
@@ -161,7 +161,7 @@ def test_sampling_help_names_the_default_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: the model's, else {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off" in text
     assert f"(default: the model's, else {DEFAULT_SETTINGS.temperature:g};" in text
-    assert "(default 8 on CUDA, 1 elsewhere;" in text
+    assert f"(default {DEFAULT_CHAINS}, the paper's single chain" in text
 
 
 def test_sjd_chain_defaults_agree():
@@ -170,6 +170,5 @@ def test_sjd_chain_defaults_agree():
 
     parser = argparse.ArgumentParser()
     bench_sjd.add_arguments(parser)
-    assert parser.parse_args(["--model", "m"]).chains is None  # both resolved by default_chains(device)
+    assert parser.parse_args(["--model", "m"]).chains is None  # both resolved to DEFAULT_CHAINS
     assert build_parser().parse_args(["sample", "--model", "m", "--out", "o"]).chains is None
-    assert (default_chains("cpu"), default_chains("cuda:0")) == (1, 8)
