@@ -54,6 +54,13 @@ class _Detached:
         self.module = module
 
 
+def run_sampling_settings(hparams: dict) -> SamplingSettings:
+    """A run's sampling settings, from its hyperparameters (`sample_temperature`, `sample_cfg`; absent: the library
+    defaults): its validation samples use them, and its exported model recommends them."""
+    return SamplingSettings(temperature=hparams.get("sample_temperature", DEFAULT_SETTINGS.temperature),
+                            cfg_scale=hparams.get("sample_cfg", DEFAULT_SETTINGS.cfg_scale))
+
+
 class ARSystem(pl.LightningModule):
     """Next-token cross-entropy on the loss-masked rows of `ARDataModule`; AdamW + warm-up/cosine."""
 
@@ -227,11 +234,7 @@ class ARSystem(pl.LightningModule):
         """This transformer with its vocabulary and tokenizer as a `UnifiedModel`."""
         from onetok.ar_model.unified import UnifiedModel
 
-        return UnifiedModel(self.transformer, self.vocab, self.tokenizer(), self.sampling_settings())
-
-    def sampling_settings(self) -> SamplingSettings:
-        """The run's sampling settings (validation samples; the exported model's recommended ones)."""
-        return SamplingSettings(temperature=self.hparams.sample_temperature, cfg_scale=self.hparams.sample_cfg)
+        return UnifiedModel(self.transformer, self.vocab, self.tokenizer(), run_sampling_settings(self.hparams))
 
     # ---- checkpoints and optimizers --------------------------------------------------------------------------------
 
@@ -306,8 +309,6 @@ def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = Fals
     prefix = "transformer."
     state = {k[len(prefix):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     transformer.load_state_dict(state)
-    hp = ckpt.get("hyper_parameters", {})  # the run's sampling settings become the model's recommended ones
-    settings = SamplingSettings(temperature=hp.get("sample_temperature", DEFAULT_SETTINGS.temperature),
-                                cfg_scale=hp.get("sample_cfg", DEFAULT_SETTINGS.cfg_scale))
+    settings = run_sampling_settings(ckpt.get("hyper_parameters", {}))  # the model's recommended ones
     model = UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir), settings)
     return model.save_pretrained(out_dir, force=force)

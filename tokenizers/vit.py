@@ -102,14 +102,16 @@ class Blocks(nn.Sequential):
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """x (B, N, D) -> (B, N, D), or with `rows` only those rows (B, n, D)."""
-        if rows is None and self.readout > 1:
-            raise ValueError("a stack with read-out blocks needs the rows that are read out")
         blocks = list(self)
-        first = len(blocks) - self.readout if rows is not None else len(blocks)
+        if rows is None:
+            if self.readout > 1:
+                raise ValueError("a stack with read-out blocks needs the rows that are read out")
+            for block in blocks:
+                x = block(x)
+            return x
+        first = len(blocks) - self.readout
         for block in blocks[:first]:
             x = block(x)
-        if rows is None:
-            return x
         for block in blocks[first:-1]:
             x = _put_rows(x, rows, block(x, rows))  # (B, N, D): updated rows, the memory rows as they were
         return blocks[-1](x, rows)  # (B, n, D)
