@@ -48,7 +48,7 @@ def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, model_
     given) or image shards (encoded with the model's tokenizer)."""
     from onetok.ar_model.tokenize import encode_samples, is_token_dir, iter_token_samples, read_meta
     from onetok.data.shards import iter_samples
-    from onetok.tokenizers.codec import fingerprint
+    from onetok.tokenizers.registry import fingerprint
 
     spec = val_spec(data)
     if is_token_dir(data):

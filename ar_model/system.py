@@ -2,7 +2,7 @@
 
 The transformer is built once the vocabulary is known: from the `vocab` init argument (a checkpoint being loaded)
 or from the data module (`ARDataModule.vocab`), with `model_config` (stored in every checkpoint) or else a size
-preset plus overrides. The tokenizer is named by its fingerprint (`onetok.tokenizers.codec.fingerprint`), taken from
+preset plus overrides. The tokenizer is named by its fingerprint (`onetok.tokenizers.registry.fingerprint`), taken from
 the data; its directory (`tokenizer_dir`, else the data's, else the registry `onetok.tokenizers.registry`) is used
 to encode streamed images on the training device, to draw images at validation, and by `export_checkpoint`.
 

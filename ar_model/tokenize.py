@@ -2,7 +2,7 @@
 
 `onetok tokenize` writes a token folder, WebDataset-style tars beside a `meta.json`:
 
-    OUT/meta.json          format "onetok-tokens" v2: tokenizer fingerprint (`onetok.tokenizers.codec.fingerprint`,
+    OUT/meta.json          format "onetok-tokens" v2: tokenizer fingerprint (`onetok.tokenizers.registry.fingerprint`,
                            hex), its config and the path it was read from, L, codebook size, samples per split
                            and per shard, the caption word list
     OUT/train/000000.tar   per sample: KEY.codes.npy (L,) int16/int32, KEY.txt (caption), KEY.json (attributes)
@@ -144,7 +144,7 @@ def tokenize_dataset(
     in `out` (which must not exist yet: callers build into a temporary folder and rename it)."""
     from onetok.data.shards import SkipCounter
     from onetok.tokenizers import Tokenizer
-    from onetok.tokenizers.codec import fingerprint
+    from onetok.tokenizers.registry import fingerprint
 
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir, map_location=device)
     out = Path(out)

@@ -1,7 +1,7 @@
 """The unified model: AR transformer + shared vocabulary + image tokenizer, saved together in one directory.
 
     DIR/config.json        {"format": "onetok-unified", "version": 1, "model": ARConfig dict, "vocab": Vocab dict,
-                            "tokenizer_fingerprint": hex of onetok.tokenizers.codec.fingerprint, checked on load,
+                            "tokenizer_fingerprint": hex of onetok.tokenizers.registry.fingerprint, checked on load,
                             "sampling": the recommended SamplingSettings (absent: generate.DEFAULT_SETTINGS)}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
@@ -28,7 +28,7 @@ from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import staged_dir
 from onetok.tokenizers import Tokenizer
-from onetok.tokenizers.codec import fingerprint
+from onetok.tokenizers.registry import fingerprint
 
 FORMAT, VERSION = "onetok-unified", 1
 

@@ -49,7 +49,7 @@ def bench(codecs: dict, image, repeats: int) -> list[dict]:
     """Timings of each `.otok` codec (name -> compress.Codec) at each rate, and of WebP."""
     from PIL import Image
 
-    from onetok.tokenizers.compress import RateControl
+    from onetok.tokenizers.codec.codec import RateControl
 
     rows = []
     for label, owner in codecs.items():

@@ -130,7 +130,7 @@ def load_tokenizer(directory: str | Path | None, device: str = "cpu"):
 
 def load_prior(directory: str | Path):
     from onetok.tokenizers import registry
-    from onetok.tokenizers.prior import TilePrior
+    from onetok.tokenizers.codec.prior import TilePrior
 
     path = Path(directory)
     if not registry.is_tokenizer_dir(path):
@@ -148,7 +148,7 @@ def load_codec(directory: str | Path | None, prior_dir: str | Path | None = None
 
     folder = tokenizer_dir(directory)
     tok = load_tokenizer(folder)
-    from onetok.tokenizers.compress import Codec
+    from onetok.tokenizers.codec.codec import Codec
 
     if entropy and prior_dir is None:
         prior_dir = registry.prior_beside(folder)
@@ -177,7 +177,7 @@ def check_rate_flags(args: argparse.Namespace) -> None:
 
 
 def rate_control(args: argparse.Namespace, num_tokens: int):
-    from onetok.tokenizers.compress import RateControl
+    from onetok.tokenizers.codec.codec import RateControl
 
     check_rate_flags(args)
     if args.tokens is not None and args.tokens > num_tokens:
@@ -194,11 +194,12 @@ class Encoder:
 
     def __call__(self, src: Path):
         """The `compress.Encoded` image of `src`; UserError for an unreadable or too large image."""
-        from onetok.tokenizers import codec, domain
+        from onetok.tokenizers import domain
+        from onetok.tokenizers.codec import format as otok
 
         image = read_image(src)
-        if max(image.size) > codec.MAX_SIDE:
-            raise UserError(f"{src}: {image.size[0]}x{image.size[1]} px, the format allows at most {codec.MAX_SIDE} "
+        if max(image.size) > otok.MAX_SIDE:
+            raise UserError(f"{src}: {image.size[0]}x{image.size[1]} px, the format allows at most {otok.MAX_SIDE} "
                             "px a side")
         analysis = self.owner.analyse(image, self.rate.scale)
         encoded = analysis.encode(self.rate)
@@ -253,7 +254,7 @@ def _coding(encoder: Encoder) -> str:
 def _compress_one_file(args, encoder: Encoder, items: list[Item], target: Path, single: bool) -> int:
     from onetok.fileio import atomic_write_bytes
     from onetok.scripts.progress import progress
-    from onetok.tokenizers import codec
+    from onetok.tokenizers.codec import format as otok
 
     images, skipped = [], []
     with progress(len(items), "compress", quiet=args.quiet or single) as bar:
@@ -266,7 +267,7 @@ def _compress_one_file(args, encoder: Encoder, items: list[Item], target: Path, 
                 skipped.append(image_skip(err))
             bar.update(1)
     code = finish(len(images), skipped, len(items), target, "compressed")
-    data = codec.dumps(encoder.owner.file([encoded.image for encoded in images]))
+    data = otok.dumps(encoder.owner.file([encoded.image for encoded in images]))
     atomic_write_bytes(target, data, args.force)
     totals = Totals()
     for encoded in images:
@@ -279,7 +280,7 @@ def _compress_one_file(args, encoder: Encoder, items: list[Item], target: Path, 
 def _compress_folder(args, encoder: Encoder, work: list[tuple[Item, Path]], out: Path, resumed: int) -> int:
     from onetok.fileio import atomic_write_bytes
     from onetok.scripts.progress import progress
-    from onetok.tokenizers import codec
+    from onetok.tokenizers.codec import format as otok
 
     totals, skipped = Totals(), []
     try:
@@ -291,7 +292,7 @@ def _compress_folder(args, encoder: Encoder, work: list[tuple[Item, Path]], out:
                     skipped.append(image_skip(err))
                     bar.update(1)
                     continue
-                data = codec.dumps(encoder.owner.file([encoded.image]))
+                data = otok.dumps(encoder.owner.file([encoded.image]))
                 atomic_write_bytes(target, data, args.force)
                 totals = totals.add(encoded, len(data))  # the images themselves are not kept: flat memory
                 bar.update(1)
@@ -310,13 +311,13 @@ def _compress_folder(args, encoder: Encoder, work: list[tuple[Item, Path]], out:
 
 
 def read_otok(path: Path, fp: bytes | None):
-    from onetok.tokenizers import codec
+    from onetok.tokenizers.codec import format as otok
 
     try:
-        return codec.loads(path.read_bytes(), fp)
+        return otok.loads(path.read_bytes(), fp)
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    except codec.OtokError as err:
+    except otok.OtokError as err:
         raise UserError(f"{path}: {err}") from None
 
 
@@ -339,7 +340,7 @@ class Codecs:
 
     def _load(self, path: Path, f):
         from onetok.tokenizers import registry
-        from onetok.tokenizers.compress import Codec
+        from onetok.tokenizers.codec.codec import Codec
 
         folder = self.tokenizer_dir or registry.find_tokenizer(f.fingerprint.hex())
         if folder is None:
@@ -425,14 +426,14 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 def _decode_all(args, plans: list, single: bool, finished: list[int]) -> int:
     from onetok.scripts.progress import progress
-    from onetok.tokenizers import codec
+    from onetok.tokenizers.codec import format as otok
 
     written = 0
     with progress(sum(f.num_images for f, _, _ in plans), "decompress", quiet=args.quiet or single) as bar:
         for f, owner, targets in plans:
             try:
                 images = owner.decode(f)
-            except codec.OtokError as err:
+            except otok.OtokError as err:
                 raise UserError(f"{targets[0]}: {err}") from None
             for image, target in zip(images, targets):
                 with atomic_output(target, args.force) as tmp:
@@ -451,7 +452,7 @@ CODECS = ("jpeg", "webp", "avif")
 
 
 def _codecs(text: str) -> tuple[str, ...]:
-    from onetok.tokenizers import rd
+    from onetok.tokenizers.codec import rd
 
     asked = tuple(c.strip().lower() for c in text.split(",") if c.strip())
     unknown = [c for c in asked if c not in CODECS]
@@ -479,7 +480,7 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     for path in outputs.values():
         check_writable(path, args.force, protect)
     owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
-    from onetok.tokenizers import rd
+    from onetok.tokenizers.codec import rd
 
     codecs = _codecs(args.codecs)
     names, images, skipped = [], [], []

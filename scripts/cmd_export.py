@@ -19,8 +19,8 @@ from onetok.fileio import UserError, check_replaceable_dir, staged_dir
 EXPORTERS = {
     "tokenizer": "onetok.tokenizers.system",
     "ar": "onetok.ar_model.system",
-    "prior": "onetok.tokenizers.prior_system",
-    "postfilter": "onetok.tokenizers.postfilter_system",
+    "prior": "onetok.tokenizers.codec.prior_system",
+    "postfilter": "onetok.tokenizers.codec.postfilter_system",
 }
 
 

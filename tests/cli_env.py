@@ -16,7 +16,7 @@ from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
 from onetok.data.shapes import ATTRIBUTES, caption_of, write_shapes_dataset
 from onetok.tokenizers import PRESETS, Tokenizer
-from onetok.tokenizers import compress as C
+from onetok.tokenizers.codec import codec as C
 
 UNWRITABLE = Path("/proc/onetok-test")  # no file can be created below /proc, even by root
 

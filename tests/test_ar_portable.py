@@ -14,8 +14,7 @@ from onetok.ar_model.unified import UnifiedModel
 from onetok.data.shapes import write_shapes_dataset
 from onetok.scripts.cli import main as onetok
 from onetok.tokenizers import Tokenizer, preset
-from onetok.tokenizers.codec import fingerprint
-from onetok.tokenizers.registry import find_tokenizer
+from onetok.tokenizers.registry import find_tokenizer, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from onetok.data.images import sample_photo
 from onetok.scripts.cli import main as onetok
-from onetok.tokenizers import codec
+from onetok.tokenizers.codec import format as otok
 from onetok.tokenizers.registry import builtin, fingerprint_dir, prior_beside, prior_fingerprint_dir
 
 
@@ -30,7 +30,7 @@ def test_compress_and_decompress_without_tokenizer(tmp_path, capsys):
     assert onetok(["compress", str(photo), "-o", str(tmp_path / "p.otok"), "--bpp", "0.1", "--quiet"]) == 0
     data = (tmp_path / "p.otok").read_bytes()
     assert 8 * len(data) / (W * H) <= 0.1  # every byte of the file counted
-    f = codec.loads(data)
+    f = otok.loads(data)
     assert f.fingerprint.hex() == fingerprint_dir(builtin())
     assert f.prior_fingerprint.hex() == prior_fingerprint_dir(builtin() / "prior")  # range-coded with its prior
     assert onetok(["decompress", str(tmp_path / "p.otok"), "-o", str(tmp_path / "p.png"), "--quiet"]) == 0
@@ -44,7 +44,7 @@ def test_unknown_fingerprint_says_what_to_pass(tmp_path, capsys):
     photo = sample_photo()
     assert onetok(["compress", str(photo), "-o", str(tmp_path / "p.otok"), "--tokens", "2", "--quiet"]) == 0
     data = bytearray((tmp_path / "p.otok").read_bytes())
-    f = codec.loads(bytes(data))
+    f = otok.loads(bytes(data))
     at = bytes(data).index(f.fingerprint)
     data[at] ^= 0xFF  # another tokenizer's file
     body = bytes(data[:-4])

@@ -19,7 +19,8 @@ from cli_env import UNWRITABLE, build, shapes_words
 from PIL import Image
 
 from onetok.scripts.cli import main
-from onetok.tokenizers import codec
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.registry import fingerprint
 
 PROMPT = "a large red circle in the center on a black background"
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_01_full_disk_midway_keeps_finished_files_and_says_how_to_go_on(env, tmp
     assert code == 2 and "No space left on device" in line and "2 of 5" in line and "--resume" in line
     assert files(out) == ["p00.otok", "p01.otok"]  # finished ones only: no temp file, no half-written file
     for name in files(out):
-        codec.loads((out / name).read_bytes())
+        otok.loads((out / name).read_bytes())
     monkeypatch.undo()
     code, out_text, _ = run(capsys, "compress", "--tokenizer", env / "tok", "--quiet", "--resume", src, "-o", out)
     assert code == 0 and "2 already done earlier (--resume)" in out_text and len(files(out)) == 5
@@ -258,7 +259,7 @@ def test_13_model_checks_its_tokenizer_fingerprint(env, capsys):
 
     meta = json.loads((env / "model" / "config.json").read_text())
 
-    assert meta["tokenizer_fingerprint"] == codec.fingerprint(Tokenizer.from_pretrained(env / "tok")).hex()
+    assert meta["tokenizer_fingerprint"] == fingerprint(Tokenizer.from_pretrained(env / "tok")).hex()
 
 
 # --- 14. exit codes and summaries -----------------------------------------------------------------------------------
@@ -516,7 +517,7 @@ def test_21_compress_warns_when_an_input_is_far_outside_the_training_data(env, t
     assert domain.read_trained_on(tok) == description
     from onetok.tokenizers import Tokenizer
 
-    assert codec.fingerprint(Tokenizer.from_pretrained(tok)) == codec.fingerprint(Tokenizer.from_pretrained(env / "tok"))
+    assert fingerprint(Tokenizer.from_pretrained(tok)) == fingerprint(Tokenizer.from_pretrained(env / "tok"))
     photo = photos(tmp_path / "in", 1, size=(64, 48)) / "p00.png"
     code, _, err = run(capsys, "compress", "--tokenizer", tok, photo, "-o", tmp_path / "p.otok")
     assert code == 0 and "trained on the built-in shapes data" in err and "dB even with all 8 tokens" in err

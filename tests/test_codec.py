@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 
 from onetok.metrics import ssim
-from onetok.tokenizers import PRESETS, Tokenizer, codec, rd
-from onetok.tokenizers import compress as C
-from onetok.tokenizers.codec import OtokError, OtokFile
+from onetok.tokenizers import PRESETS, Tokenizer
+from onetok.tokenizers.codec import codec as C
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.codec import rd
+from onetok.tokenizers.codec.format import OtokError, OtokFile
+from onetok.tokenizers.registry import fingerprint
 
 FP = bytes(range(16))
 
@@ -62,19 +65,19 @@ def squares(tok):
 @pytest.mark.parametrize("codebook_size", [2, 3, 64, 1000, 4096, 2**20 + 1, 2**32 - 1])
 @pytest.mark.parametrize("n,k", [(1, 1), (2, 7), (3, 33)])
 def test_pack_roundtrip(codebook_size, n, k):
-    bits = codec.bits_per_id(codebook_size)
+    bits = otok.bits_per_id(codebook_size)
     assert 2**(bits - 1) < codebook_size <= 2**bits
     ids = np.random.default_rng(0).integers(0, codebook_size, (n, k))
     ids[0, 0] = codebook_size - 1
-    packed = codec.pack_ids(ids, bits)
+    packed = otok.pack_ids(ids, bits)
     assert len(packed) == n * math.ceil(k * bits / 8)
-    np.testing.assert_array_equal(codec.unpack_ids(packed, n, k, bits), ids)
+    np.testing.assert_array_equal(otok.unpack_ids(packed, n, k, bits), ids)
 
 
 def test_pack_is_msb_first_and_zero_padded():
-    assert codec.pack_ids(np.array([[1, 2, 3]]), 2) == bytes([0b01101100])
-    assert codec.pack_ids(np.array([[5, 1]]), 3) == bytes([0b10100100])
-    assert codec.pack_ids(np.array([[1], [2]]), 3) == bytes([0b00100000, 0b01000000])  # byte-aligned per image
+    assert otok.pack_ids(np.array([[1, 2, 3]]), 2) == bytes([0b01101100])
+    assert otok.pack_ids(np.array([[5, 1]]), 3) == bytes([0b10100100])
+    assert otok.pack_ids(np.array([[1], [2]]), 3) == bytes([0b00100000, 0b01000000])  # byte-aligned per image
 
 
 def test_layout_matches_the_spec():
@@ -82,33 +85,33 @@ def test_layout_matches_the_spec():
     f = OtokFile(FP, 64, 16, "crop", ((40, 20),), np.array([[1, 2, 63, 0]]))
     body = (b"OTOK" + bytes([1, 0]) + FP + struct.pack("<IHHBI", 64, 16, 4, 6, 1) + struct.pack("<HH", 40, 20)
             + bytes([0b00000100, 0b00101111, 0b11000000]))
-    assert codec.dumps(f) == _with_crc(body)
-    assert codec.HEADER_BYTES == 35
+    assert otok.dumps(f) == _with_crc(body)
+    assert otok.HEADER_BYTES == 35
 
 
 @pytest.mark.parametrize("n,k,codebook_size", [(1, 1, 2), (1, 8, 64), (3, 5, 4096), (2, 16, 1000)])
 def test_file_size_formula(n, k, codebook_size):
     f = _file(codebook_size, n, k)
-    size = codec.file_size(n, k, codebook_size)
+    size = otok.file_size(n, k, codebook_size)
     bits = math.ceil(math.log2(codebook_size))
-    assert len(codec.dumps(f)) == size.total == 35 + 4 * n + n * math.ceil(k * bits / 8) + 4
+    assert len(otok.dumps(f)) == size.total == 35 + 4 * n + n * math.ceil(k * bits / 8) + 4
     assert (size.header, size.payload, size.crc) == (35 + 4 * n, n * math.ceil(k * bits / 8), 4)
 
 
 def test_dumps_loads_roundtrip():
     f = _file(4096, 3, 7, fit="crop")
-    g = codec.loads(codec.dumps(f), FP)
+    g = otok.loads(otok.dumps(f), FP)
     assert (g.fingerprint, g.codebook_size, g.image_size, g.fit, g.sizes) == (FP, 4096, 16, "crop", f.sizes)
     np.testing.assert_array_equal(g.ids, f.ids)
-    assert codec.loads(codec.dumps(f)).num_images == 3  # no fingerprint given: not checked
+    assert otok.loads(otok.dumps(f)).num_images == 3  # no fingerprint given: not checked
 
 
 def test_select_and_concat():
     f = _file(64, 3, 4)
     parts = [f.select(slice(i, i + 1)) for i in range(3)]
-    assert codec.dumps(codec.concat(parts)) == codec.dumps(f)
+    assert otok.dumps(otok.concat(parts)) == otok.dumps(f)
     with pytest.raises(OtokError, match="cannot batch"):
-        codec.concat([parts[0], _file(64, 1, 5)])
+        otok.concat([parts[0], _file(64, 1, 5)])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -116,7 +119,7 @@ def test_select_and_concat():
 # --------------------------------------------------------------------------------------------------------------------
 
 
-GOOD = codec.dumps(_file(64, 2, 5))
+GOOD = otok.dumps(_file(64, 2, 5))
 
 
 @pytest.mark.parametrize("data,message", [
@@ -142,27 +145,27 @@ GOOD = codec.dumps(_file(64, 2, 5))
         "bits", "zero-bits", "codebook", "zero-count", "zero-tokens", "zero-width", "zero-size", "count-mismatch"])
 def test_reader_rejects(data, message):
     with pytest.raises(OtokError, match=message):
-        codec.loads(data, FP)
+        otok.loads(data, FP)
 
 
 def test_reader_rejects_ids_beyond_codebook():
     f = _file(40, 1, 3)  # 6 bits per id hold 0..63, but only 0..39 are codes
-    data = bytearray(codec.dumps(f)[:-4])
-    data[39:42] = codec.pack_ids(np.array([[1, 45, 2]]), 6)
+    data = bytearray(otok.dumps(f)[:-4])
+    data[39:42] = otok.pack_ids(np.array([[1, 45, 2]]), 6)
     with pytest.raises(OtokError, match="token id 45 out of range for codebook size 40"):
-        codec.loads(_with_crc(bytes(data)), FP)
+        otok.loads(_with_crc(bytes(data)), FP)
 
 
 def test_reader_rejects_nonzero_padding():
     data = bytearray(GOOD[:-4])
     data[-1] |= 1  # 5 ids x 6 bits = 30 bits in 4 bytes: the last 2 bits are padding
     with pytest.raises(OtokError, match="padding"):
-        codec.loads(_with_crc(bytes(data)), FP)
+        otok.loads(_with_crc(bytes(data)), FP)
 
 
 def test_reader_rejects_other_tokenizer():
     with pytest.raises(OtokError, match="different tokenizer"):
-        codec.loads(GOOD, bytes(16))
+        otok.loads(GOOD, bytes(16))
 
 
 def test_huge_length_fields_allocate_nothing():
@@ -172,7 +175,7 @@ def test_huge_length_fields_allocate_nothing():
     tracemalloc.start()
     try:
         with pytest.raises(OtokError, match="truncated file"):
-            codec.loads(data, FP)
+            otok.loads(data, FP)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -191,7 +194,7 @@ def test_writer_rejects_bad_contents():
         OtokFile(FP, 1, 16, "pad", f.sizes, f.ids * 0),
     ):
         with pytest.raises(OtokError):
-            codec.dumps(bad)
+            otok.dumps(bad)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -200,43 +203,43 @@ def test_writer_rejects_bad_contents():
 
 
 def test_fingerprint(tok, tmp_path):
-    fp = codec.fingerprint(tok)
-    assert len(fp) == 16 and codec.fingerprint(tok) == fp
+    fp = fingerprint(tok)
+    assert len(fp) == 16 and fingerprint(tok) == fp
     tok.save_pretrained(tmp_path / "tok")
-    assert codec.fingerprint(Tokenizer.from_pretrained(tmp_path / "tok")) == fp
+    assert fingerprint(Tokenizer.from_pretrained(tmp_path / "tok")) == fp
     other = Tokenizer.from_pretrained(tmp_path / "tok")
     with torch.no_grad():
         w = next(other.parameters())
         w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(math.inf))  # one ulp in one weight
-    assert codec.fingerprint(other) != fp
+    assert fingerprint(other) != fp
     torch.manual_seed(0)
     renamed = Tokenizer(PRESETS["tiny"])
     renamed.load_state_dict(tok.state_dict())
     renamed.config.full_length_prob = 0.5  # config only
-    assert codec.fingerprint(renamed) != fp
+    assert fingerprint(renamed) != fp
 
 
 def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
     """A version-1 file decodes to exactly tok.decode(tok.encode(x, k)), and has the promised size."""
     images = [Image.fromarray(sq) for sq in squares]
     x = C.to_tensor(squares)  # (3, 3, S, S)
-    fp = codec.fingerprint(tok)
-    bits = codec.bits_per_id(tok.codebook_size)
+    fp = fingerprint(tok)
+    bits = otok.bits_per_id(tok.codebook_size)
     for k in range(1, tok.num_latent_tokens + 1):
-        data = codec.dumps(C.encode_squares(tok, images, k))
+        data = otok.dumps(C.encode_squares(tok, images, k))
         assert len(data) == 35 + 3 * 4 + 3 * math.ceil(k * bits / 8) + 4
         expected = tok.decode(tok.encode(x, k))
-        f = codec.loads(data, fp)
+        f = otok.loads(data, fp)
         assert f.num_tokens == k
         decoded = C.Codec(tok).decompress(data)
         np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), C.to_uint8(expected))
-        single = codec.dumps(C.encode_squares(tok, images[:1], k))
+        single = otok.dumps(C.encode_squares(tok, images[:1], k))
         assert len(single) == 39 + math.ceil(k * bits / 8) + 4
-    assert len({codec.dumps(C.encode_squares(tok, [im])) for im in images}) > 1  # the ids depend on the image
+    assert len({otok.dumps(C.encode_squares(tok, [im])) for im in images}) > 1  # the ids depend on the image
 
 
 def test_decompress_with_wrong_tokenizer(tok, squares):
-    data = codec.dumps(C.encode_squares(tok, [Image.fromarray(squares[0])], 4))
+    data = otok.dumps(C.encode_squares(tok, [Image.fromarray(squares[0])], 4))
     torch.manual_seed(1)
     with pytest.raises(OtokError, match="different tokenizer"):
         C.Codec(Tokenizer(PRESETS["tiny"]).eval()).decompress(data)
@@ -248,7 +251,7 @@ def test_non_square_sizes_are_restored(tok, fit, size):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     f = C.encode_squares(tok, [image], 3, fit)
     assert f.sizes == (size,) and f.fit == fit
-    [decoded] = C.Codec(tok).decompress(codec.dumps(f))
+    [decoded] = C.Codec(tok).decompress(otok.dumps(f))
     assert decoded.size == size and decoded.mode == "RGB"
 
 
@@ -349,7 +352,7 @@ def test_evaluate_rows_and_report(tok, tmp_path):
             assert row.bpp <= row.setting or row.setting == 0.5  # 0.5 bpp is below 1 token per tile here
         if row.codec == "otok-fixed":
             f = packed.file([packed.encode(images[row.image == "b"], C.RateControl(tokens=row.setting)).image])
-            assert row.bytes == len(codec.dumps(f))
+            assert row.bytes == len(otok.dumps(f))
     jpeg = next(r for r in rows if r.codec == "jpeg" and r.image == "a" and r.setting == 50)
     size, decoded = rd.pillow_roundtrip(np.asarray(images[0]), "jpeg", 50)
     assert (jpeg.bytes, jpeg.psnr) == (size, rd.psnr(np.asarray(images[0]), decoded))
@@ -385,8 +388,8 @@ def test_avif_is_available():
 def test_evaluate_with_a_prior_adds_the_bit_packed_curve(tok):
     """With a prior, the report also codes every target bit-packed from the same encoder pass: same token budget
     rule, the same decoder, so the difference in bytes is the entropy coder's alone."""
-    from onetok.tokenizers.prior import PRESETS as PRIOR_PRESETS
-    from onetok.tokenizers.prior import TilePrior
+    from onetok.tokenizers.codec.prior import PRESETS as PRIOR_PRESETS
+    from onetok.tokenizers.codec.prior import TilePrior
 
     if tok.codebook_size != PRIOR_PRESETS["tiny"].codebook_size:
         pytest.skip("the tiny prior is for a 64-code tokenizer")
@@ -399,6 +402,6 @@ def test_evaluate_with_a_prior_adds_the_bit_packed_curve(tok):
     analysis = owner.analyse(image).packed()
     assert analysis.codec.prior is None and analysis.tokenizer is tok
     f = analysis.codec.file([analysis.encode(C.RateControl(bpp=3.0)).image])
-    assert packed[1].bytes == len(codec.dumps(f)) and f.images[0].__class__ is codec.TiledImage
+    assert packed[1].bytes == len(otok.dumps(f)) and f.images[0].__class__ is otok.TiledImage
     rates = rd.bd_rates(rd.summarize(rows))
     assert {"otok vs otok-packed", "otok vs otok-fixed"} <= set(rates)

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from onetok.scripts.cli import main
-from onetok.tokenizers import PRESETS, Tokenizer, codec
-from onetok.tokenizers import compress as C
+from onetok.tokenizers import PRESETS, Tokenizer
+from onetok.tokenizers.codec import codec as C
+from onetok.tokenizers.codec import format as otok
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_rate_control_keeps_original_size(env, tmp_path, capsys, rate):
     code, out, _ = _run(capsys, "compress", "--tokenizer", env / "tok", *rate, env / "images" / "b.png",
                         "-o", tmp_path / "b.otok")
     assert code == 0 and "tokens per tile" in out
-    f = codec.loads((tmp_path / "b.otok").read_bytes())
+    f = otok.loads((tmp_path / "b.otok").read_bytes())
     assert (f.images[0].width, f.images[0].height) == (40, 20)
     if rate[0] == "--bpp":
         assert 8 * (tmp_path / "b.otok").stat().st_size <= 3 * 40 * 20

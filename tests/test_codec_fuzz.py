@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onetok.tokenizers.codec import (
+from onetok.tokenizers.codec.format import (
     CRC_BYTES,
     HEADER_BYTES,
     CodedImage,

@@ -10,11 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from onetok.tokenizers import PRESETS, Tokenizer, codec, entropy
-from onetok.tokenizers import compress as C
-from onetok.tokenizers.codec import OtokError
-from onetok.tokenizers.prior import PRESETS as PRIOR_PRESETS
-from onetok.tokenizers.prior import WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
+from onetok.tokenizers import PRESETS, Tokenizer
+from onetok.tokenizers.codec import codec as C
+from onetok.tokenizers.codec import entropy
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.codec.format import OtokError
+from onetok.tokenizers.codec.prior import PRESETS as PRIOR_PRESETS
+from onetok.tokenizers.codec.prior import WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
+from onetok.tokenizers.registry import fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_stream_roundtrip_across_thread_counts(prior, uniform):
         words = entropy.encode(prior, rows, cols, counts, ids, uniform)
         torch.set_num_threads(2)
         got_counts, got_ids = entropy.decode(prior, rows, cols, words, 4 if uniform else 0,
-                                             codec.ids_checksum(counts, flat))
+                                             otok.ids_checksum(counts, flat))
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(got_counts, counts)
@@ -85,7 +88,7 @@ def test_a_wrong_stream_is_an_error_not_a_picture(prior):
     counts, ids = rng.integers(1, 9, 6), rng.integers(0, 64, (6, 8))
     flat = ids[np.arange(8)[None] < counts[:, None]]
     words = entropy.encode(prior, 2, 3, counts, ids, False)
-    checksum = codec.ids_checksum(counts, flat)
+    checksum = otok.ids_checksum(counts, flat)
     bad = words.copy()
     bad[0] ^= np.uint32(1 << 20)
     for w, c in ((bad, checksum), (words, checksum ^ 1), (words[:-1], checksum)):
@@ -108,9 +111,9 @@ def test_entropy_coded_images_decode_like_bit_packed_ones(tok, prior, rate):
     image = _image(45, 30)
     packed, coded = C.Codec(tok), C.Codec(tok, prior)
     a, b = packed.compress([image], rate), coded.compress([image], rate)
-    f = codec.loads(b, codec.fingerprint(tok))
-    assert f.payload == "entropy" and f.prior_fingerprint == codec.fingerprint(prior)
-    assert codec.dumps(f) == b
+    f = otok.loads(b, fingerprint(tok))
+    assert f.payload == "entropy" and f.prior_fingerprint == fingerprint(prior)
+    assert otok.dumps(f) == b
     np.testing.assert_array_equal(np.asarray(coded.decompress(b)[0]), np.asarray(packed.decompress(a)[0]))
     if rate.bpp:
         assert 8 * len(b) <= rate.bpp * 45 * 30
@@ -120,18 +123,18 @@ def test_entropy_coded_images_decode_like_bit_packed_ones(tok, prior, rate):
 
 def test_entropy_layout_and_reader_bounds(tok, prior):
     data = C.Codec(tok, prior).compress([_image(33, 17)], C.RateControl(tokens=5))
-    assert data[5] == 1 and data[33:49] == codec.fingerprint(prior)
+    assert data[5] == 1 and data[33:49] == fingerprint(prior)
     width, height, cw, ch, k, words = struct.unpack_from("<HHHHHI", data, 49)
     assert (width, height, cw, ch, k) == (33, 17, 33, 17, 5) and len(data) == 49 + 14 + 4 * words + 4 + 4
     huge = bytearray(data[:-4])
     struct.pack_into("<I", huge, 59, 0xFFFFFFFF)  # a word count far beyond the file
     with pytest.raises(OtokError, match="coder words cannot fit"):
-        codec.loads(bytes(huge) + struct.pack("<I", zlib.crc32(bytes(huge))))
+        otok.loads(bytes(huge) + struct.pack("<I", zlib.crc32(bytes(huge))))
 
 
 def test_prior_system_trains_and_exports(tok, tmp_path):
     from onetok.scripts.cmd_export import export
-    from onetok.tokenizers.prior_system import PriorSystem, TileIdsDataModule
+    from onetok.tokenizers.codec.prior_system import PriorSystem, TileIdsDataModule
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -152,5 +155,5 @@ def test_prior_system_trains_and_exports(tok, tmp_path):
     trainer.save_checkpoint(ckpt)
     export(ckpt, tmp_path / "prior")
     loaded = TilePrior.from_pretrained(tmp_path / "prior")
-    assert loaded.tokenizer_fingerprint == codec.fingerprint(tok).hex()
+    assert loaded.tokenizer_fingerprint == fingerprint(tok).hex()
     C.Codec(tok, loaded)  # accepted: same tokenizer

@@ -1,6 +1,6 @@
 """onetok.metrics and the codebook numbers: the Frechet distance against closed forms, reference statistics, the
 Inception Score, the FID Inception and LPIPS wiring on random weights, weight-file look-up, SSIM against
-tokenizers/rd.py, and codebook health."""
+tokenizers/codec/rd.py, and codebook health."""
 
 import math
 

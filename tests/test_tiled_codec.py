@@ -11,9 +11,12 @@ import torch
 from PIL import Image
 
 from onetok.data.images import load_image
-from onetok.tokenizers import PRESETS, Tokenizer, codec, tiling
-from onetok.tokenizers import compress as C
-from onetok.tokenizers.codec import OtokError, TiledFile, TiledImage
+from onetok.tokenizers import PRESETS, Tokenizer
+from onetok.tokenizers.codec import codec as C
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.codec import rate, tiling
+from onetok.tokenizers.codec.format import OtokError, TiledFile, TiledImage
+from onetok.tokenizers.registry import fingerprint
 
 FP = bytes(range(16))
 
@@ -54,19 +57,19 @@ def _recrc(data: bytes) -> bytes:
 def test_layout_matches_the_spec():
     """40x20 px at T = 16: a 2 x 3 grid; per-tile counts take ceil(6 * 3 / 8) bytes, ids ceil(sum k * 6 / 8)."""
     f = _tiled([1, 8, 3, 2, 2, 5])
-    data = codec.dumps(f)
+    data = otok.dumps(f)
     head = struct.unpack_from("<4sBB16sIHHBH", data)
     assert head == (b"OTOK", 2, 0, FP, 64, 16, 8, 6, 1)
     assert struct.unpack_from("<HHHHB", data, 33) == (40, 20, 40, 20, 1)
-    counts = codec.unpack_bits(data[42:45], 6, 3) + 1
+    counts = otok.unpack_bits(data[42:45], 6, 3) + 1
     np.testing.assert_array_equal(counts, f.images[0].counts)
     assert len(data) == 33 + 9 + 3 + math.ceil(21 * 6 / 8) + 4
-    np.testing.assert_array_equal(codec.unpack_bits(data[45:-4], 21, 6), f.images[0].ids)
+    np.testing.assert_array_equal(otok.unpack_bits(data[45:-4], 21, 6), f.images[0].ids)
 
 
 def test_uniform_counts_use_two_bytes():
     f = _tiled([4] * 6)
-    data = codec.dumps(f)
+    data = otok.dumps(f)
     assert data[41] == 0 and struct.unpack_from("<H", data, 42) == (4,)
     assert len(data) == 33 + 9 + 2 + math.ceil(24 * 6 / 8) + 4
 
@@ -74,7 +77,7 @@ def test_uniform_counts_use_two_bytes():
 def test_roundtrip_many_images():
     a, b = _tiled([1, 8, 3, 2, 2, 5]), _tiled([2, 2, 2, 2, 2, 2], seed=1)
     f = TiledFile(FP, 64, 16, 8, a.images + b.images)
-    g = codec.loads(codec.dumps(f), FP)
+    g = otok.loads(otok.dumps(f), FP)
     assert isinstance(g, TiledFile) and g.num_images == 2
     for x, y in zip(f.images, g.images):
         np.testing.assert_array_equal(x.counts, y.counts)
@@ -82,7 +85,7 @@ def test_roundtrip_many_images():
         assert [len(t) for t in y.tile_ids()] == list(x.counts)
 
 
-GOOD = codec.dumps(_tiled([1, 8, 3, 2, 2, 5]))
+GOOD = otok.dumps(_tiled([1, 8, 3, 2, 2, 5]))
 
 
 @pytest.mark.parametrize("data,message", [
@@ -101,16 +104,16 @@ GOOD = codec.dumps(_tiled([1, 8, 3, 2, 2, 5]))
         "count-over-L", "huge-grid"])
 def test_reader_rejects(data, message):
     with pytest.raises(OtokError, match=message):
-        codec.loads(data)
+        otok.loads(data)
 
 
 def test_reader_rejects_other_tokenizer_and_noncanonical_counts():
     with pytest.raises(OtokError, match="different tokenizer"):
-        codec.loads(GOOD, bytes(16))
-    uniform_as_per_tile = bytearray(codec.dumps(_tiled([2, 8, 3, 2, 2, 5])))
-    uniform_as_per_tile[42:45] = codec.pack_bits(np.full(6, 1), 3)  # every count 2, stored per tile
+        otok.loads(GOOD, bytes(16))
+    uniform_as_per_tile = bytearray(otok.dumps(_tiled([2, 8, 3, 2, 2, 5])))
+    uniform_as_per_tile[42:45] = otok.pack_bits(np.full(6, 1), 3)  # every count 2, stored per tile
     with pytest.raises(OtokError, match="uniform mode"):
-        codec.loads(_recrc(bytes(uniform_as_per_tile)))
+        otok.loads(_recrc(bytes(uniform_as_per_tile)))
 
 
 def test_writer_rejects_bad_contents():
@@ -123,12 +126,12 @@ def test_writer_rejects_bad_contents():
         TiledImage(0, 20, 40, 20, good.counts, good.ids),
     ):
         with pytest.raises(OtokError):
-            codec.dumps(TiledFile(FP, 64, 16, 8, (bad,)))
+            otok.dumps(TiledFile(FP, 64, 16, 8, (bad,)))
 
 
 def test_version_1_files_still_decode(tok):
     image = _image(40, 20)
-    legacy = codec.dumps(C.encode_squares(tok, [image], 5))
+    legacy = otok.dumps(C.encode_squares(tok, [image], 5))
     assert legacy[4] == 1
     [decoded] = C.Codec(tok).decompress(legacy)
     assert decoded.size == (40, 20)
@@ -150,19 +153,19 @@ def test_tile_untile_roundtrip(w, h):
 
 
 def test_rate_ladder():
-    assert tiling.rate_ladder(32) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]
-    assert tiling.rate_ladder(8) == list(range(1, 9)) and tiling.rate_ladder(1) == [1]
-    assert tiling.rate_ladder(13)[-1] == 13
+    assert rate.rate_ladder(32) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]
+    assert rate.rate_ladder(8) == list(range(1, 9)) and rate.rate_ladder(1) == [1]
+    assert rate.rate_ladder(13)[-1] == 13
 
 
 def test_lower_hull_and_greedy_allocation():
     cost = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
     sse = np.array([[100.0, 90, 20, 19], [50, 10, 9, 8]])  # tile 0: point 1 lies above the hull
-    assert tiling._lower_hull(cost[0], sse[0]) == [0, 2, 3]
-    assert list(tiling.allocate_bits(sse, cost, 2.0)) == [0, 0]  # nothing beyond the minimum fits
-    assert list(tiling.allocate_bits(sse, cost, 3.0)) == [0, 1]  # 40 per bit beats 40 per bit over 2 bits
-    assert list(tiling.allocate_bits(sse, cost, 5.0)) == [2, 1]
-    assert list(tiling.allocate_bits(sse, cost, 100.0)) == [3, 3]
+    assert rate._lower_hull(cost[0], sse[0]) == [0, 2, 3]
+    assert list(rate.allocate_bits(sse, cost, 2.0)) == [0, 0]  # nothing beyond the minimum fits
+    assert list(rate.allocate_bits(sse, cost, 3.0)) == [0, 1]  # 40 per bit beats 40 per bit over 2 bits
+    assert list(rate.allocate_bits(sse, cost, 5.0)) == [2, 1]
+    assert list(rate.allocate_bits(sse, cost, 100.0)) == [3, 3]
 
 
 def test_allocation_is_optimal_at_lagrangian_rates():
@@ -175,7 +178,7 @@ def test_allocation_is_optimal_at_lagrangian_rates():
         lam = rng.uniform(1, 40)
         lagrangian = np.argmin(sse + lam * cost, axis=1)  # (3,)
         budget = cost[np.arange(3), lagrangian].sum()
-        choice = tiling.allocate_bits(sse, cost, budget)
+        choice = rate.allocate_bits(sse, cost, budget)
         best = min(sse[np.arange(3), list(c)].sum() for c in np.ndindex(4, 4, 4)
                    if cost[np.arange(3), list(c)].sum() <= budget)
         assert cost[np.arange(3), choice].sum() <= budget
@@ -185,7 +188,7 @@ def test_allocation_is_optimal_at_lagrangian_rates():
 def test_psnr_target_picks_the_smallest_count():
     sse = np.array([[300.0, 30.0, 3.0], [3.0, 2.0, 1.0], [900.0, 800.0, 700.0]])
     valid = np.array([1, 1, 1])  # one pixel, 3 channels: mse = sse / 3
-    counts = tiling.counts_for_psnr(sse, [1, 2, 4], valid, 10 * np.log10(255**2 / 10.0))
+    counts = rate.counts_for_psnr(sse, [1, 2, 4], valid, 10 * np.log10(255**2 / 10.0))
     assert list(counts) == [2, 1, 4]  # the last never reaches the target: largest count
 
 
@@ -197,7 +200,7 @@ def test_image_roundtrip_is_exact(tok, packed, w, h, rate):
     """Decoding gives exactly the tokenizer's decode of each tile's prefix, cropped (and resized back if scaled)."""
     image = _image(w, h)
     data = packed.compress([image], rate)
-    f = codec.loads(data, codec.fingerprint(tok))
+    f = otok.loads(data, fingerprint(tok))
     [decoded] = packed.decompress(data)
     assert decoded.size == (w, h) and decoded.mode == "RGB"
     im = f.images[0]
@@ -216,7 +219,7 @@ def test_photo_sizes_roundtrip(tok, packed, w, h):
     decoding one tile's ids alone gives that tile of the decoded image (edge tiles cropped)."""
     image = _image(w, h, seed=3)
     data = packed.compress([image], C.RateControl(tokens=3))
-    f = codec.loads(data, codec.fingerprint(tok))
+    f = otok.loads(data, fingerprint(tok))
     im, T = f.images[0], tok.image_size
     assert (im.width, im.height) == (w, h) and len(im.counts) == -(-w // T) * -(-h // T) and (im.counts == 3).all()
     [decoded] = packed.decompress(data)
@@ -237,7 +240,7 @@ def test_bpp_target_counts_every_byte_and_adapts(packed):
     image = Image.fromarray(flat_and_busy)
     for bpp in (1.5, 3.0):
         enc = packed.encode(image, C.RateControl(bpp=bpp))
-        data = codec.dumps(packed.file([enc.image]))
+        data = otok.dumps(packed.file([enc.image]))
         assert enc.reached and 8 * len(data) <= bpp * 64 * 32
     analysis = packed.analyse(image)
     counts, _ = analysis.counts(C.RateControl(bpp=3.0))
@@ -338,7 +341,7 @@ def test_large_image_memory_is_bounded(packed):
 def test_postfilter_identity_strips_and_fingerprint(tmp_path):
     torch.manual_seed(0)
     tok = Tokenizer(PRESETS["tiny"]).eval()
-    before = codec.fingerprint(tok)
+    before = fingerprint(tok)
     filt = tok.add_postfilter(8, 3)
     image = np.asarray(_image(45, 70))
     np.testing.assert_array_equal(tiling.refine(tok, image), image)  # a new filter is the identity
@@ -346,10 +349,10 @@ def test_postfilter_identity_strips_and_fingerprint(tmp_path):
         filt.body[-1].weight.normal_(0, 0.05)
     whole = C.to_uint8(tok.refine(C.to_tensor([image])))[0]
     np.testing.assert_array_equal(tiling.refine(tok, image, rows=16), whole)  # strips with margins = whole image
-    assert codec.fingerprint(tok) != before
+    assert fingerprint(tok) != before
     tok.save_pretrained(tmp_path / "tok")
     again = Tokenizer.from_pretrained(tmp_path / "tok")
-    assert again.postfilter is not None and codec.fingerprint(again) == codec.fingerprint(tok)
+    assert again.postfilter is not None and fingerprint(again) == fingerprint(tok)
     data = C.Codec(tok).compress([Image.fromarray(image)], C.RateControl(tokens=3))
     [decoded] = C.Codec(again).decompress(data)
     tiles, grid = tiling.tile_image(image, 16)
@@ -363,7 +366,7 @@ def test_postfilter_system_trains_and_exports(tmp_path):
 
     from onetok.data.tiles import TileDataModule
     from onetok.scripts.cmd_export import export
-    from onetok.tokenizers.postfilter_system import PostFilterSystem
+    from onetok.tokenizers.codec.postfilter_system import PostFilterSystem
 
     torch.manual_seed(0)
     Tokenizer(PRESETS["tiny"]).save_pretrained(tmp_path / "tok")

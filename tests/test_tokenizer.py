@@ -262,7 +262,7 @@ def test_fingerprint_leaves_out_later_fields_at_their_old_values():
     file and by the built-in prior, tests/test_builtin_codec.py) stay; another value is another tokenizer."""
     import dataclasses
 
-    from onetok.tokenizers.codec import fingerprint
+    from onetok.tokenizers.registry import fingerprint
 
     torch.manual_seed(0)
     tok = Tokenizer(preset("tiny", enc_depth=2, dec_depth=2))

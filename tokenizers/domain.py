@@ -62,7 +62,7 @@ def record_trained_on(directory: str | os.PathLike, description: str | None) -> 
 
 def full_length_psnr(tokenizer, tiles: np.ndarray, ids: np.ndarray, sample: int = SAMPLE_TILES) -> float:
     """PSNR (dB) of up to `sample` tiles (N, T, T, 3) uint8, spread evenly, decoded from all their ids (N, L)."""
-    from onetok.tokenizers import tiling
+    from onetok.tokenizers.codec import tiling
 
     pick = np.unique(np.linspace(0, len(tiles) - 1, min(sample, len(tiles))).round().astype(np.int64))
     decoded = tiling.decode_tiles(tokenizer, ids[pick], np.full(len(pick), ids.shape[1]))

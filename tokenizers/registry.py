@@ -1,7 +1,7 @@
 """Where tokenizers are found by their fingerprint, so `.otok` files, checkpoints and token folders move between
 machines.
 
-A tokenizer is named everywhere by `onetok.tokenizers.codec.fingerprint` (16 bytes over its config and weights; 32
+A tokenizer is named everywhere by `fingerprint` below (16 bytes over its config and weights; 32
 hex digits in JSON). `find_tokenizer(fingerprint)` looks through, in order:
 
 - the folders a caller passes (a `--tokenizer` flag, a path recorded in a checkpoint);
@@ -16,10 +16,19 @@ Fingerprints of other folders are computed by loading the weights, once per fold
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onetok.tokenizers.codec.format import FINGERPRINT_BYTES
+
+if TYPE_CHECKING:
+    import torch
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT = "photo"
@@ -63,10 +72,9 @@ def _candidates(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 
 @lru_cache(maxsize=64)
 def _fingerprint_cached(path: str, mtime_ns: int, kind: str) -> str:
-    from onetok.tokenizers.codec import fingerprint
 
     if kind == "prior":
-        from onetok.tokenizers.prior import TilePrior as saved
+        from onetok.tokenizers.codec.prior import TilePrior as saved
     else:
         from onetok.tokenizers.model import Tokenizer as saved
     return fingerprint(saved.from_pretrained(path)).hex()
@@ -140,7 +148,7 @@ def register(directory: str | os.PathLike, fingerprint: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Priors of the entropy coder (`onetok.tokenizers.prior`): a `prior/` folder beside a tokenizer, or registered
+# Priors of the entropy coder (`onetok.tokenizers.codec.prior`): a `prior/` folder beside a tokenizer, or registered
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -167,3 +175,22 @@ def find_prior(fingerprint: str, extra_dirs: Iterable[str | os.PathLike | None] 
         except (OSError, ValueError, KeyError, RuntimeError, TypeError):
             continue
     return None
+
+
+def fingerprint(tokenizer: torch.nn.Module) -> bytes:
+    """16 bytes of sha256 over the config (sorted JSON; `LATER_FIELDS` at their old values left out) and every
+    state_dict tensor (name, dtype, shape, bytes)."""
+    import torch  # here, so that finding folders by name does not load torch
+
+    h = hashlib.sha256(b"onetok-fingerprint-v1\0")
+    config = dataclasses.asdict(tokenizer.config)
+    for name, old_value in getattr(tokenizer.config, "LATER_FIELDS", {}).items():
+        if config.get(name) == old_value:  # a field added later, at the value of the models made before it
+            del config[name]
+    h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    state = tokenizer.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()[:FINGERPRINT_BYTES]

@@ -1,6 +1,6 @@
 """The learned prior over a tile's token ids: a small causal transformer that gives the probability of each id of a
 tile given its earlier ids (coarse to fine) and the first id of each of its 8 neighbouring tiles. The entropy coder
-(`onetok.tokenizers.entropy`) turns those probabilities into bits.
+(`onetok.tokenizers.codec.entropy`) turns those probabilities into bits.
 
 One sequence per tile (length P + L, P = 9):
 

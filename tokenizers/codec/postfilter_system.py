@@ -1,4 +1,4 @@
-"""Training the post-filter of a tiled tokenizer (`onetok.tokenizers.model.PostFilter`): the tokenizer is frozen,
+"""Training the post-filter of a tiled tokenizer (`onetok.tokenizers.codec.postfilter.PostFilter`): the tokenizer is frozen,
 crops of several tiles are coded with a random token count per tile (as the adaptive rate control does), decoded,
 put side by side and rounded to 8 bits exactly as the codec does, and the filter learns to bring them back towards
 the original pixels -- above all across the seams between tiles.

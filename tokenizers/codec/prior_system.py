@@ -1,4 +1,4 @@
-"""Training the tile prior (`onetok.tokenizers.prior`) on the ids a fixed tokenizer gives real photos.
+"""Training the tile prior (`onetok.tokenizers.codec.prior`) on the ids a fixed tokenizer gives real photos.
 
     onetok-train fit --config configs/tokenizer/photo_prior.yaml
     onetok export <run>/checkpoints/last.ckpt --out models/photo/prior
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.optim import adamw_warmup_cosine
-from onetok.tokenizers.prior import PRESETS, WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
+from onetok.tokenizers.codec.prior import PRESETS, WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
 
 SYSTEM_NAME = "prior"
 
@@ -35,7 +35,7 @@ SYSTEM_NAME = "prior"
 
 def photo_ids(tokenizer, image: Image.Image, missing: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One photo -> (neighbour context (N, 8), all L ids (N, L)) of its tiles."""
-    from onetok.tokenizers import tiling
+    from onetok.tokenizers.codec import tiling
 
     tiles, grid = tiling.tile_image(np.asarray(image.convert("RGB"), dtype=np.uint8), tokenizer.image_size)
     ids = torch.from_numpy(tiling.encode_tiles(tokenizer, tiles))  # (N, L)

@@ -1,13 +1,13 @@
 """Images <-> `.otok` files: the tiled codec (version 2), and decoding of legacy square files (version 1).
 
 `Codec(tokenizer, prior=None).encode` codes one RGB image at its own resolution: an optional downscale (`scale`),
-the tile grid (`onetok.tokenizers.tiling`), one encoder pass for all L ids of every tile, then the rate control picks
+the tile grid (`onetok.tokenizers.codec.tiling`), one encoder pass for all L ids of every tile, then the rate control picks
 each tile's token count -- the same k everywhere (`tokens`), the smallest k reaching a PSNR per tile (`psnr`), or a
 target size for the whole file in bits per pixel with every byte counted (`bpp`; with a prior, the bits the range
-coder really spends on each id). The ids are bit-packed, or entropy-coded with the prior (`onetok.tokenizers.entropy`).
+coder really spends on each id). The ids are bit-packed, or entropy-coded with the prior (`onetok.tokenizers.codec.entropy`).
 `Codec.decode_image` inverts it: tiles decoded from their prefixes, the grid cropped to the coded size, and the image
 resized back to its original size when it was downscaled. The byte format itself belongs to
-`onetok.tokenizers.codec`.
+`onetok.tokenizers.codec.format`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import torch
 from PIL import Image
 
 from onetok.data.images import MAX_PIXELS
-from onetok.tokenizers import codec, entropy, tiling
+from onetok.tokenizers.codec import entropy, tiling
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.codec.rate import allocate_bits, counts_for_psnr, fixed_counts, rate_ladder, sse_ladder
+from onetok.tokenizers.registry import fingerprint
 
 DOWNSCALE = Image.Resampling.LANCZOS
 UPSCALE = Image.Resampling.BICUBIC
@@ -36,7 +39,7 @@ class RateControl(NamedTuple):
 
 
 class Encoded(NamedTuple):
-    image: codec.TiledImage | codec.CodedImage
+    image: otok.TiledImage | otok.CodedImage
     counts: np.ndarray  # (N,) tokens per tile
     reached: bool  # False when a --bpp target is below the smallest possible file (every tile at 1 token)
 
@@ -49,12 +52,12 @@ def coded_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 def packed_overhead_bits(num_tiles: int, max_tokens: int, per_tile_counts: bool) -> int:
     """Bits of a one-image bit-packed file that are not ids: header, image record, token counts, CRC."""
-    counts = codec.record_bytes(num_tiles, codec.count_bits(max_tokens)) if per_tile_counts else codec.UNIFORM_COUNT_BYTES
-    return 8 * (codec.HEADER_V2_BYTES + codec.IMAGE_V2_BYTES + counts + codec.CRC_BYTES)
+    counts = otok.record_bytes(num_tiles, otok.count_bits(max_tokens)) if per_tile_counts else otok.UNIFORM_COUNT_BYTES
+    return 8 * (otok.HEADER_V2_BYTES + otok.IMAGE_V2_BYTES + counts + otok.CRC_BYTES)
 
 
-ENTROPY_OVERHEAD_BITS = 8 * (codec.HEADER_V2_BYTES + codec.FINGERPRINT_BYTES + codec.CODED_V2_BYTES
-                             + codec.CHECKSUM_BYTES + codec.CRC_BYTES + 4)  # + the coder's last partial word
+ENTROPY_OVERHEAD_BITS = 8 * (otok.HEADER_V2_BYTES + otok.FINGERPRINT_BYTES + otok.CODED_V2_BYTES
+                             + otok.CHECKSUM_BYTES + otok.CRC_BYTES + 4)  # + the coder's last partial word
 
 
 class Codec:
@@ -63,8 +66,8 @@ class Codec:
 
     def __init__(self, tokenizer, prior=None):
         self.tokenizer, self.prior = tokenizer, prior
-        self.fingerprint = codec.fingerprint(tokenizer)
-        self.prior_fingerprint = codec.fingerprint(prior) if prior is not None else None
+        self.fingerprint = fingerprint(tokenizer)
+        self.prior_fingerprint = fingerprint(prior) if prior is not None else None
         if prior is not None:
             recorded = getattr(prior, "tokenizer_fingerprint", None)
             c = prior.config
@@ -83,40 +86,40 @@ class Codec:
         rate = rate or RateControl()
         return self.analyse(image, rate.scale).encode(rate)
 
-    def file(self, images: list[codec.TiledImage | codec.CodedImage]) -> codec.TiledFile:
+    def file(self, images: list[otok.TiledImage | otok.CodedImage]) -> otok.TiledFile:
         t = self.tokenizer
-        return codec.TiledFile(self.fingerprint, t.codebook_size, t.image_size, t.num_latent_tokens, tuple(images),
+        return otok.TiledFile(self.fingerprint, t.codebook_size, t.image_size, t.num_latent_tokens, tuple(images),
                                self.prior_fingerprint)
 
     def compress(self, images: list[Image.Image], rate: RateControl | None = None) -> bytes:
-        return codec.dumps(self.file([self.encode(im, rate).image for im in images]))
+        return otok.dumps(self.file([self.encode(im, rate).image for im in images]))
 
     # ---- decoding ---------------------------------------------------------------------------------------------------
 
-    def check(self, f: codec.TiledFile) -> None:
+    def check(self, f: otok.TiledFile) -> None:
         t = self.tokenizer
         if (f.codebook_size, f.tile_size) != (t.codebook_size, t.image_size) or f.max_tokens > t.num_latent_tokens:
-            raise codec.OtokError(f"file is for codebook {f.codebook_size}, {f.tile_size}px tiles and up to "
+            raise otok.OtokError(f"file is for codebook {f.codebook_size}, {f.tile_size}px tiles and up to "
                                   f"{f.max_tokens} tokens; the tokenizer has {t.codebook_size}, {t.image_size}px "
                                   f"and {t.num_latent_tokens}")
         if f.prior_fingerprint is not None and f.prior_fingerprint != self.prior_fingerprint:
             have = self.prior_fingerprint.hex()[:12] if self.prior_fingerprint else "none"
-            raise codec.OtokError(f"entropy-coded with prior {f.prior_fingerprint.hex()[:12]}, this codec's prior is "
+            raise otok.OtokError(f"entropy-coded with prior {f.prior_fingerprint.hex()[:12]}, this codec's prior is "
                                   f"{have}")
 
-    def ids(self, f: codec.TiledFile, im: codec.TiledImage | codec.CodedImage) -> codec.TiledImage:
+    def ids(self, f: otok.TiledFile, im: otok.TiledImage | otok.CodedImage) -> otok.TiledImage:
         """The ids of one image of a file: as stored, or decoded from the entropy-coded stream."""
-        if isinstance(im, codec.TiledImage):
+        if isinstance(im, otok.TiledImage):
             return im
         rows, cols = im.grid(f.tile_size)
         counts, ids = entropy.decode(self.prior, rows, cols, im.words, im.uniform_k, im.checksum)
-        return codec.TiledImage(im.width, im.height, im.coded_width, im.coded_height, counts, ids)
+        return otok.TiledImage(im.width, im.height, im.coded_width, im.coded_height, counts, ids)
 
-    def decode_image(self, f: codec.TiledFile, im: codec.TiledImage | codec.CodedImage) -> Image.Image:
+    def decode_image(self, f: otok.TiledFile, im: otok.TiledImage | otok.CodedImage) -> Image.Image:
         """One image of a version-2 file at its original size."""
         self.check(f)
         if im.width * im.height > MAX_PIXELS:
-            raise codec.OtokError(f"{im.width}x{im.height} px is more than the {MAX_PIXELS:,} pixels a decoded "
+            raise otok.OtokError(f"{im.width}x{im.height} px is more than the {MAX_PIXELS:,} pixels a decoded "
                                   f"image may have")
         im = self.ids(f, im)
         grid = tiling.TileGrid(im.coded_width, im.coded_height, f.tile_size)
@@ -126,14 +129,14 @@ class Codec:
         decoded = Image.fromarray(tiling.refine(self.tokenizer, array))
         return decoded if decoded.size == (im.width, im.height) else decoded.resize((im.width, im.height), UPSCALE)
 
-    def decode(self, f: codec.OtokFile | codec.TiledFile) -> list[Image.Image]:
-        if isinstance(f, codec.TiledFile):
+    def decode(self, f: otok.OtokFile | otok.TiledFile) -> list[Image.Image]:
+        if isinstance(f, otok.TiledFile):
             return [self.decode_image(f, im) for im in f.images]
         return decode_squares(self.tokenizer, f)
 
     def decompress(self, data: bytes) -> list[Image.Image]:
         """Either version; the file must carry this tokenizer's (and prior's) fingerprint."""
-        return self.decode(codec.loads(data, self.fingerprint))
+        return self.decode(otok.loads(data, self.fingerprint))
 
 
 class Analysis:
@@ -143,14 +146,14 @@ class Analysis:
 
     def __init__(self, owner: Codec, image: Image.Image, scale: float = 1.0):
         self.codec, self.tokenizer, (self.width, self.height) = owner, owner.tokenizer, image.size
-        if max(self.width, self.height) > codec.MAX_SIDE:
-            raise ValueError(f"image size {self.width}x{self.height} exceeds {codec.MAX_SIDE} px a side")
+        if max(self.width, self.height) > otok.MAX_SIDE:
+            raise ValueError(f"image size {self.width}x{self.height} exceeds {otok.MAX_SIDE} px a side")
         self.coded = coded_size(self.width, self.height, scale)
         small = image if self.coded == image.size else image.resize(self.coded, DOWNSCALE)
         self.tiles, self.grid = tiling.tile_image(np.asarray(small.convert("RGB"), dtype=np.uint8),
                                                   self.tokenizer.image_size)
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
-        self.ladder = tiling.rate_ladder(self.tokenizer.num_latent_tokens)
+        self.ladder = rate_ladder(self.tokenizer.num_latent_tokens)
         self._sse: np.ndarray | None = None
         self._bits: np.ndarray | None = None
 
@@ -164,7 +167,7 @@ class Analysis:
     def sse(self) -> np.ndarray:
         """(N, M) squared 8-bit error of each tile decoded from its first k ids, k in the rate ladder."""
         if self._sse is None:
-            self._sse = tiling.sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
+            self._sse = sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
         return self._sse
 
     @property
@@ -172,7 +175,7 @@ class Analysis:
         """(N, L) bits of each id: ceil(log2 K) bit-packed, or what the range coder spends under the prior."""
         if self._bits is None:
             if self.codec.prior is None:
-                self._bits = np.full(self.ids.shape, float(codec.bits_per_id(self.tokenizer.codebook_size)))
+                self._bits = np.full(self.ids.shape, float(otok.bits_per_id(self.tokenizer.codebook_size)))
             else:
                 self._bits = entropy.id_bits(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
         return self._bits
@@ -183,7 +186,7 @@ class Analysis:
         uniform = bool((counts == counts[0]).all())
         if self.codec.prior is None:
             L = self.tokenizer.num_latent_tokens
-            ids = codec.record_bytes(int(counts.sum()), codec.bits_per_id(self.tokenizer.codebook_size))
+            ids = otok.record_bytes(int(counts.sum()), otok.bits_per_id(self.tokenizer.codebook_size))
             return packed_overhead_bits(len(counts), L, not uniform) + 8 * ids
         ids = float(self.bits[np.arange(self.bits.shape[1])[None, :] < counts[:, None]].sum())
         counts_bits = 0.0 if uniform else entropy.count_bits(counts, self.grid.rows, self.grid.cols,
@@ -197,9 +200,9 @@ class Analysis:
             k = L if rate.tokens is None else rate.tokens
             if not 1 <= k <= L:
                 raise ValueError(f"tokens must be in 1..{L} for this tokenizer, got {k}")
-            return tiling.fixed_counts(self.grid, k), True
+            return fixed_counts(self.grid, k), True
         if rate.psnr is not None:
-            return tiling.counts_for_psnr(self.sse, self.ladder, self.grid.valid_pixels(), rate.psnr), True
+            return counts_for_psnr(self.sse, self.ladder, self.grid.valid_pixels(), rate.psnr), True
         return self._counts_for_bits(rate.bpp * self.width * self.height)
 
     def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
@@ -209,7 +212,7 @@ class Analysis:
         cost = np.cumsum(self.bits, axis=1)[:, ladder - 1]  # (N, M): bits of the first k ids, k in the ladder
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
         for _ in range(8):
-            counts = ladder[tiling.allocate_bits(self.sse, cost, budget)]
+            counts = ladder[allocate_bits(self.sse, cost, budget)]
             overshoot = self.size_bits(counts) - target
             if overshoot <= 0 or (counts == 1).all():
                 break
@@ -221,11 +224,11 @@ class Analysis:
         mask = np.arange(self.ids.shape[1])[None, :] < counts[:, None]
         size = (self.width, self.height, *self.coded)
         if self.codec.prior is None:
-            return Encoded(codec.TiledImage(*size, counts, self.ids[mask]), counts, reached)  # ids tile by tile
+            return Encoded(otok.TiledImage(*size, counts, self.ids[mask]), counts, reached)  # ids tile by tile
         uniform = bool((counts == counts[0]).all())
         words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
-        coded = codec.CodedImage(*size, int(counts[0]) if uniform else 0, words,
-                                 codec.ids_checksum(counts, self.ids[mask]))
+        coded = otok.CodedImage(*size, int(counts[0]) if uniform else 0, words,
+                                 otok.ids_checksum(counts, self.ids[mask]))
         return Encoded(coded, counts, reached)
 
 
@@ -287,23 +290,23 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def encode_squares(tokenizer, images: list[Image.Image], num_tokens: int | None = None, fit: str = "pad",
-                   fp: bytes | None = None) -> codec.OtokFile:
+                   fp: bytes | None = None) -> otok.OtokFile:
     """A version-1 file: each image fitted to the tokenizer's square and encoded with k = num_tokens (default L)."""
-    if fit not in codec.FITS:
-        raise ValueError(f"fit must be one of {codec.FITS}, not {fit!r}")
+    if fit not in otok.FITS:
+        raise ValueError(f"fit must be one of {otok.FITS}, not {fit!r}")
     x = to_tensor([fit_square(image, tokenizer.image_size, fit) for image in images])  # (B, 3, S, S)
     ids = tokenizer.encode(x, num_tokens).cpu().numpy().astype(np.int64)  # (B, k)
-    fp = codec.fingerprint(tokenizer) if fp is None else fp
-    return codec.OtokFile(fp, tokenizer.codebook_size, tokenizer.image_size, fit, tuple(im.size for im in images), ids)
+    fp = fingerprint(tokenizer) if fp is None else fp
+    return otok.OtokFile(fp, tokenizer.codebook_size, tokenizer.image_size, fit, tuple(im.size for im in images), ids)
 
 
-def decode_squares(tokenizer, f: codec.OtokFile) -> list[Image.Image]:
+def decode_squares(tokenizer, f: otok.OtokFile) -> list[Image.Image]:
     """A version-1 file's images at their original sizes."""
     if (f.codebook_size, f.image_size) != (tokenizer.codebook_size, tokenizer.image_size):
-        raise codec.OtokError(f"file is for codebook {f.codebook_size} at {f.image_size}px, the tokenizer has "
+        raise otok.OtokError(f"file is for codebook {f.codebook_size} at {f.image_size}px, the tokenizer has "
                               f"{tokenizer.codebook_size} at {tokenizer.image_size}px")
     if f.num_tokens > tokenizer.num_latent_tokens:
-        raise codec.OtokError(f"file has {f.num_tokens} tokens per image, the tokenizer at most "
+        raise otok.OtokError(f"file has {f.num_tokens} tokens per image, the tokenizer at most "
                               f"{tokenizer.num_latent_tokens}")
     squares = to_uint8(tokenizer.decode(torch.from_numpy(f.ids)))  # (B, S, S, 3)
     return [restore_size(sq, w, h, f.fit) for sq, (w, h) in zip(squares, f.sizes)]

@@ -15,16 +15,11 @@ rejection is an `OtokError` (a `ValueError`) with a one-line message.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import struct
 import zlib
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 MAGIC = b"OTOK"
 VERSION = 2  # what `dumps` writes for a TiledFile
@@ -48,7 +43,7 @@ _K = struct.Struct("<H")
 UNIFORM_COUNT_BYTES = _K.size  # the one k of a uniform-count image
 HEADER_V2_BYTES = _HEADER_V2.size  # 33
 IMAGE_V2_BYTES = _IMAGE_V2.size  # 9
-PAYLOADS = ("packed", "entropy")  # 0: bit-packed ids; 1: range-coded with a learned prior (tokenizers/entropy.py)
+PAYLOADS = ("packed", "entropy")  # 0: bit-packed ids; 1: range-coded with a learned prior (tokenizers/codec/entropy.py)
 _CODED_V2 = struct.Struct("<HHHHHI")  # width, height, coded width, coded height, uniform k (0: per tile), words
 CODED_V2_BYTES = _CODED_V2.size  # 14
 CHECKSUM_BYTES = 4
@@ -117,7 +112,7 @@ class TiledImage:
 @dataclasses.dataclass(frozen=True)
 class CodedImage:
     """One image of an entropy-coded version-2 file: the range coder's words, to be decoded with the prior
-    (`onetok.tokenizers.entropy`) into a `TiledImage`."""
+    (`onetok.tokenizers.codec.entropy`) into a `TiledImage`."""
 
     width: int
     height: int
@@ -479,27 +474,3 @@ def loads(data: bytes, fingerprint: bytes | None = None) -> OtokFile | TiledFile
     if version not in VERSIONS:
         raise OtokError(f"unsupported format version {version} (this reader knows versions 1 and 2)")
     return _loads_v1(data, fingerprint) if version == 1 else _loads_v2(data, fingerprint)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Tokenizer fingerprint
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def fingerprint(tokenizer: torch.nn.Module) -> bytes:
-    """16 bytes of sha256 over the config (sorted JSON; `LATER_FIELDS` at their old values left out) and every
-    state_dict tensor (name, dtype, shape, bytes)."""
-    import torch  # here, so that reading and checking .otok files does not load torch
-
-    h = hashlib.sha256(b"onetok-fingerprint-v1\0")
-    config = dataclasses.asdict(tokenizer.config)
-    for name, old_value in getattr(tokenizer.config, "LATER_FIELDS", {}).items():
-        if config.get(name) == old_value:  # a field added later, at the value of the models made before it
-            del config[name]
-    h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
-    state = tokenizer.state_dict()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.digest()[:FINGERPRINT_BYTES]

@@ -28,8 +28,8 @@ import torch
 from PIL import Image, features
 
 from onetok.metrics import ssim
-from onetok.tokenizers import codec
-from onetok.tokenizers.compress import Analysis, Codec, RateControl
+from onetok.tokenizers.codec import format as otok
+from onetok.tokenizers.codec.codec import Analysis, Codec, RateControl
 from onetok.tokenizers.metrics import token_counts
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
@@ -121,7 +121,7 @@ def otok_file(analysis: Analysis, rate: RateControl) -> tuple[bytes, np.ndarray]
     """(file bytes, decoded (H, W, 3) uint8) of one image coded with `rate` from a shared analysis."""
     owner = analysis.codec
     f = owner.file([analysis.encode(rate).image])
-    data = codec.dumps(f)
+    data = otok.dumps(f)
     return data, np.asarray(owner.decode_image(f, f.images[0]))
 
 

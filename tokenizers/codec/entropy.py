@@ -4,7 +4,7 @@ The stream of one image, in the order the decoder reads it:
 
 1. the per-tile token counts k_t in raster order (unless every tile has the same k), each with an adaptive frequency
    table picked by the counts of the left and upper tiles -- integer counts, exact on any machine;
-2. the first id of every tile, diagonal by diagonal (a wavefront): the prior (`onetok.tokenizers.prior`) sees the
+2. the first id of every tile, diagonal by diagonal (a wavefront): the prior (`onetok.tokenizers.codec.prior`) sees the
    first ids of the up-left, up and left tiles, all decoded on earlier diagonals;
 3. the other ids, `CHUNK` tiles at a time, position by position: the prior sees the tile's earlier ids and the first
    ids of all 8 neighbours.
@@ -25,8 +25,8 @@ import constriction
 import numpy as np
 import torch
 
-from onetok.tokenizers.codec import OtokError, ids_checksum
-from onetok.tokenizers.prior import WAVEFRONT_MASK, TilePrior, neighbour_ids
+from onetok.tokenizers.codec.format import OtokError, ids_checksum
+from onetok.tokenizers.codec.prior import WAVEFRONT_MASK, TilePrior, neighbour_ids
 
 PROB_SCALE = 1 << 16  # probabilities become integers in 1 .. 2**16 + 1
 CHUNK = 1024  # tiles per batch in the third pass
