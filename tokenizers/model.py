@@ -56,7 +56,7 @@ class TokenizerConfig:
     # start as L learned spatial poolings of the patch embeddings (distinct from step 0, no rank collapse), and the
     # decoder's grid tokens start as a LayerNorm'd linear map of all kept codes (dropped ones replaced by learned
     # codes) instead of one shared mask token; small models then leave the "background colour only" plateau in a
-    # few hundred steps (shapes: 28 dB at step 750 against 21 dB without, continuous latents)
+    # few hundred steps instead of thousands (measured: docs/benchmarks.md, "token mixing")
     token_mixing: bool = False
     # patch embedding: a linear patch projection (stem_channels=0) or a convolutional stem of stride-2 3x3 convs
     # ("Early convolutions help transformers see better", arXiv:2106.14881) starting at stem_channels wide
@@ -493,9 +493,8 @@ class Tokenizer(nn.Module):
 # The TiTok sizes (ViT-S/B/L, 128/64/32 tokens at 256 px) with VQ as in TiTok, a linear pixel head as its non-legacy
 # decoder (no full-resolution convs), and read-out blocks: the encoder's second half updates only the latents (the
 # patch tokens stop there and serve as keys/values), and the decoder's latents are keys/values only (never updated).
-# Same parameters, 28% fewer multiply-adds than plain stacks in both; trained on photo tiles, these read-out designs
-# (even an encoder that never updates its patch tokens) land within seed noise of the plain stacks' PSNR
-# (docs/benchmarks.md, "Tokenizer speed against the reference").
+# Same parameters and fewer multiply-adds than plain stacks; what it costs in PSNR and gains in speed is measured in
+# docs/benchmarks.md ("Tokenizer speed against the reference, part 2").
 _TITOK_VQ = dict(image_size=256, patch_size=16, quantizer="vq", code_dim=12, codebook_size=4096,
                  head_channels=3, refine_layers=0, dead_code_threshold=0.01)
 
@@ -514,7 +513,7 @@ PRESETS: dict[str, TokenizerConfig] = {
                               quantizer="fsq", fsq_levels=(8, 8, 8), token_mixing=True, latent_batchnorm=True,
                               full_length_prob=0.5),
     # the built-in photo codec: 32 px tiles of real photographs, up to 32 tokens of 9 bits each (0.28 bpp); a linear
-    # pixel head (no conv upsampler): +0.7 dB at 0.05 bpp and 4x cheaper decoding in the sweep (docs/benchmarks.md)
+    # pixel head (no conv upsampler), chosen by the sweep in docs/benchmarks.md ("The photo codec")
     "photo": TokenizerConfig(image_size=32, patch_size=8, num_latent_tokens=32, enc_width=128, enc_depth=2,
                              enc_heads=4, dec_width=128, dec_depth=2, dec_heads=4, upsample_channels=0,
                              head_channels=3, refine_layers=0, quantizer="fsq", fsq_levels=(8, 8, 8),
