@@ -97,7 +97,7 @@ TABLE = [
                                 "--out", "{T}/s"], "model_other_tokenizer", ()),
     ("sample-unwritable", ["sample", "--model", "{E}/model", "--prompt", "a red circle", "--out", "{U}/s"], "{U}", ()),
     ("sample-over-model", ["sample", "--model", "{T}/m", "--prompt", "a red circle", "--force", "--out", "{T}/m"],
-     "holds the input", (("{E}/model", "m"),)),
+     "is the input", (("{E}/model", "m"),)),
     # --- caption -------------------------------------------------------------------------------------------------
     ("caption-bomb", ["caption", "--model", "{E}/model", "{E}/bad/bomb.png"], "bomb.png", ()),
     ("caption-not-image", ["caption", "--model", "{E}/model", "{E}/bad/notes.png"], "notes.png", ()),
@@ -125,7 +125,7 @@ TABLE = [
     ("tokenize-batch-0", ["tokenize", "--tokenizer", "{E}/tok", "--data", "{E}/shapes", "--batch-size", "0", "--out",
                           "{T}/t"], "--batch-size 0", ()),
     ("tokenize-over-data", ["tokenize", "--tokenizer", "{E}/tok", "--data", "{T}/shapes", "--out", "{T}/shapes",
-                            "--force", "--quiet"], "holds the input", (("{E}/shapes", "shapes"),)),
+                            "--force", "--quiet"], "is the input", (("{E}/shapes", "shapes"),)),
     # --- data ----------------------------------------------------------------------------------------------------
     ("data-shapes-size-0", ["data", "shapes", "--out", "{T}/d", "--size", "0"], "--size 0", ()),
     ("data-shapes-nothing", ["data", "shapes", "--out", "{T}/d", "--train", "0", "--val", "0"], "--train 0", ()),
@@ -134,7 +134,7 @@ TABLE = [
     ("data-images-all-bad", ["data", "images", "{E}/bad", "--out", "{T}/d", "--quiet"], "bad", ()),
     ("data-images-missing", ["data", "images", "{E}/nope", "--out", "{T}/d"], "nope", ()),
     ("data-images-over-source", ["data", "images", "{T}/src", "--out", "{T}/src", "--force", "--quiet"],
-     "holds the input", (("{E}/images", "src"),)),
+     "is the input", (("{E}/images", "src"),)),
     # --- text-vocab ----------------------------------------------------------------------------------------------
     ("text-vocab-missing", ["text-vocab", "train", "--captions", "{E}/nonexist", "--size", "300", "--out", "{T}/v"],
      "nonexist", ()),
