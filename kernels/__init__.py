@@ -1,7 +1,9 @@
 """Kernels: fused nearest-code search and SJD verification, each with a pure-torch reference.
 
 Backend choice per call: an explicit ``backend="triton"|"torch"`` wins; with ``backend="auto"`` the environment
-variable ``ONETOK_KERNEL_BACKEND=triton|torch`` decides if set, else Triton for CUDA tensors and torch otherwise.
+variable ``ONETOK_KERNEL_BACKEND=triton|torch`` decides if set, else Triton for CUDA tensors and torch otherwise --
+except that a nearest-code search of at most `TORCH_SEARCH_MAX_SCORES` scores runs the torch search (there the
+kernel's launch costs more than the search; docs/kernels.md, "Which path runs").
 The Triton backend also runs on CPU tensors under ``TRITON_INTERPRET=1`` (set it before this package first
 launches a kernel; the tests do).
 
@@ -19,13 +21,20 @@ from types import ModuleType
 import torch
 
 from onetok.kernels import reference
+from onetok.kernels.cache import PREPARED
 from onetok.kernels.reference import NearestCode, SJDVerifyResult
 
-__all__ = ["NearestCode", "SJDVerifyResult", "nearest_code", "resolve_backend", "sjd_verify"]
+__all__ = ["TORCH_SEARCH_MAX_SCORES", "NearestCode", "SJDVerifyResult", "nearest_code", "resolve_backend",
+           "search_backend", "sjd_verify"]
 
 BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
 _BACKENDS = ("triton", "torch")
 TRITON_MODULES = ("codebook", "sjd")
+# Searches of at most this many scores (rows of z × codes) run the torch search even on CUDA, unless a backend is
+# asked for. On an H200 (docs/benchmarks.md, 2026-11-29) the kernel lost to addmm+argmin at 4096 × 4096 = 2^24
+# scores (host-bound: 14 launches per call) and won at 32768 × 4096 = 2^27; 2^26 sits between the two. The prepared
+# codebook is cached now (fewer launches), so `make gpu-check` times both paths on either side of this value.
+TORCH_SEARCH_MAX_SCORES = 1 << 26
 
 
 def _triton_importable() -> bool:
@@ -66,6 +75,17 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     return backend
 
 
+def search_backend(backend: str, z: torch.Tensor, num_codes: int) -> str:
+    """The backend a `nearest_code` call runs: `resolve_backend`, except that the default choice (no explicit
+    backend, no environment override) runs the torch search for searches of at most `TORCH_SEARCH_MAX_SCORES`."""
+    chosen = resolve_backend(backend, z)
+    if chosen == "triton" and backend == "auto" and not os.environ.get(BACKEND_ENV, "").strip():
+        rows = z.numel() // max(1, z.shape[-1]) if z.dim() else 0
+        if rows * num_codes <= TORCH_SEARCH_MAX_SCORES:
+            return "torch"
+    return chosen
+
+
 def nearest_code(
     z: torch.Tensor, codebook: torch.Tensor, metric: str = "euclidean", backend: str = "auto"
 ) -> NearestCode:
@@ -73,11 +93,15 @@ def nearest_code(
 
     Returns NearestCode(indices int64 (...), distances float32 (...)): squared euclidean distance, or 1 - cos
     for ``metric="cosine"``. Ties go to the lowest index. fp32/fp16/bf16 inputs, fp32 accumulation.
-    No gradient flows through either output.
+    No gradient flows through either output. The codebook's prepared form is cached while the tensor is unchanged
+    (`onetok.kernels.cache`); `search_backend` says which backend runs.
     """
-    if resolve_backend(backend, z) == "triton":
+    if search_backend(backend, z, codebook.shape[0] if codebook.dim() == 2 else 0) == "triton":
         return __getattr__("codebook").nearest_code(z, codebook, metric)
-    return reference.nearest_code(z, codebook, metric)
+    reference.check_nearest_code_args(z, codebook, metric)
+    cosine = metric == "cosine"
+    prepared = PREPARED.get(codebook, ("torch", cosine), lambda c: reference.prepare_reference_codes(c, cosine))
+    return reference.nearest_code(z, codebook, metric, prepared=prepared)
 
 
 def sjd_verify(

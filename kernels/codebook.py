@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from onetok.kernels.cache import PREPARED
 from onetok.kernels.reference import NearestCode, check_nearest_code_args, code_sq_norms, normalize_codebook
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -295,7 +296,8 @@ def nearest_code(
     row_min_per_tile: bool | None = None,
     num_warps: int | None = None,
 ) -> NearestCode:
-    """Triton nearest-code search; same contract as `reference.nearest_code`.
+    """Triton nearest-code search; same contract as `reference.nearest_code`. The prepared codes
+    (`prepare_codes`) are cached while the codebook tensor is unchanged (`onetok.kernels.cache`).
 
     Launch settings: block sizes (powers of two ≥ 16), the epilogue (`row_min_per_tile`), `num_warps` and
     `split_k` are autotuned / chosen on CUDA when all are None; otherwise (and in the interpreter) the missing ones
@@ -309,7 +311,7 @@ def nearest_code(
     half = (not cosine) and z.dtype in HALF_DTYPES and codebook.dtype == z.dtype
     if not half and z.dtype not in (torch.float32, *HALF_DTYPES):
         z = z.float()
-    codes, bias = prepare_codes(codebook, cosine, half)
+    codes, bias = PREPARED.get(codebook, ("triton", cosine, half), lambda c: prepare_codes(c, cosine, half))
     block_d = block_d or min(MAX_BLOCK_D, max(MIN_BLOCK, triton.next_power_of_2(dim)))
     for name, value in (("block_n", block_n), ("block_k", block_k), ("block_d", block_d)):
         if value is not None and (value < MIN_BLOCK or value & (value - 1)):

@@ -66,42 +66,59 @@ def chunk_rows(num_codes: int) -> int:
     return max(1, min(_MAX_CHUNK_ROWS, _CHUNK_ELEMENTS // num_codes))
 
 
+class ReferenceCodes(NamedTuple):
+    """A codebook as the torch search multiplies with it (`prepare_reference_codes`)."""
+
+    codes_t: torch.Tensor  # (D, K) fp32: the codes (euclidean), or the negated unit-norm codes (cosine)
+    code_sq: torch.Tensor | None  # (K,) fp32 ||c||² (euclidean), None (cosine)
+
+
+def prepare_reference_codes(codebook: torch.Tensor, cosine: bool) -> ReferenceCodes:
+    """What `nearest_code` computes from the codebook before scoring; cacheable while the codebook is unchanged."""
+    if cosine:
+        return ReferenceCodes(normalize_codebook(codebook).neg_().t(), None)  # -ĉ: scores come out as -cos
+    return ReferenceCodes(codebook.detach().float().t(), code_sq_norms(codebook))
+
+
 @torch.no_grad()
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor, metric: str = "euclidean") -> NearestCode:
+def nearest_code(
+    z: torch.Tensor, codebook: torch.Tensor, metric: str = "euclidean", prepared: ReferenceCodes | None = None
+) -> NearestCode:
     """Index and distance of the nearest codebook row for each row of z.
 
     z (..., D) and codebook (K, D), any float dtype (computed in fp32). The search minimises a score:
-    euclidean ``||c||² - 2 z·c`` (the reported distance adds ``||z||²``, clamped at 0); cosine ``-ẑ·ĉ`` on
-    l2-normalised rows (reported distance ``1 - cos``). Ties go to the lowest index (`torch.argmin`).
-    Returns NearestCode(indices int64 (...), distances float32 (...)); nothing is differentiable.
+    euclidean ``||c||² - 2 z·c`` (the reported distance adds ``||z||²``, clamped at 0); cosine ``ẑ·(-ĉ)`` on
+    l2-normalised rows (reported distance ``1 - cos``). Ties go to the lowest index (`torch.min` over a row).
+    `prepared`: `prepare_reference_codes(codebook, metric == "cosine")` computed earlier (same result, fewer
+    launches). Returns NearestCode(indices int64 (...), distances float32 (...)); nothing is differentiable.
     """
     check_nearest_code_args(z, codebook, metric)
     lead_shape = z.shape[:-1]
     z = z.detach().reshape(-1, z.shape[-1])  # (N, D)
     num_rows, num_codes = z.shape[0], codebook.shape[0]
     cosine = metric == "cosine"
-    codes = normalize_codebook(codebook) if cosine else codebook.detach().float()  # (K, D)
-    codes_t = codes.t()  # (D, K)
-    code_sq = None if cosine else code_sq_norms(codebook)  # (K,)
-    indices = torch.empty(num_rows, dtype=torch.int64, device=z.device)
-    distances = torch.empty(num_rows, dtype=torch.float32, device=z.device)
+    codes_t, code_sq = prepared if prepared is not None else prepare_reference_codes(codebook, cosine)
     step = chunk_rows(num_codes)
-    for start in range(0, num_rows, step):
-        zc = z[start : start + step].float()  # (n, D)
-        if cosine:
-            zc = F.normalize(zc, dim=1, eps=_NORM_EPS)
-            scores = torch.mm(zc, codes_t).neg_()  # (n, K): -cos
-        else:
-            scores = torch.addmm(code_sq, zc, codes_t, alpha=-2.0)  # (n, K): ||c||² - 2 z·c
-        idx = scores.argmin(dim=1)  # (n,) first minimum
-        best = scores.gather(1, idx[:, None]).squeeze(1)  # (n,)
-        if cosine:
-            dist = best + 1.0
-        else:
-            dist = (best + (zc * zc).sum(dim=1)).clamp_(min=0.0)
-        indices[start : start + step] = idx
-        distances[start : start + step] = dist
+    parts = [_search_chunk(z[start : start + step], codes_t, code_sq) for start in range(0, num_rows, step)]
+    if len(parts) == 1:
+        indices, distances = parts[0]
+    else:  # no rows (an empty search) or several chunks
+        indices = torch.cat([p[0] for p in parts]) if parts else z.new_empty(0, dtype=torch.int64)
+        distances = torch.cat([p[1] for p in parts]) if parts else z.new_empty(0, dtype=torch.float32)
     return NearestCode(indices.reshape(lead_shape), distances.reshape(lead_shape))
+
+
+def _search_chunk(z: torch.Tensor, codes_t: torch.Tensor, code_sq: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """(indices (n,), distances (n,)) for a chunk of rows z (n, D) against prepared codes."""
+    zc = z.float()
+    if code_sq is None:  # cosine
+        scores = torch.mm(F.normalize(zc, dim=1, eps=_NORM_EPS), codes_t)  # (n, K): -cos
+    else:
+        scores = torch.addmm(code_sq, zc, codes_t, alpha=-2.0)  # (n, K): ||c||² - 2 z·c
+    best, idx = scores.min(dim=1)  # (n,), (n,): the first minimum of each row
+    if code_sq is None:
+        return idx, best.add_(1.0)
+    return idx, best.add_((zc * zc).sum(dim=1)).clamp_(min=0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -443,3 +443,111 @@ def test_sjd_verify_bf16_on_gpu():
     assert (got.accept_len == want.accept_len).float().mean() > 0.95
     same = got.accept_len == want.accept_len
     assert (got.token[same] == want.token[same]).float().mean() > 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The prepared-codebook cache and the default path's size rule
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_prepared_codebook_is_reused_until_the_codebook_changes(backend, metric):
+    from onetok.kernels.cache import PREPARED
+
+    g = torch.Generator().manual_seed(5)
+    z = dev(torch.randn(40, 6, generator=g))
+    codebook = torch.nn.Parameter(dev(torch.randn(70, 6, generator=g)))
+    kw = dict(block_n=16, block_k=16) if backend == "triton" else {}
+    search = (lambda: tk_codebook.nearest_code(z, codebook, metric, **kw)) if backend == "triton" else (
+        lambda: kernels.nearest_code(z, codebook, metric, backend="torch"))
+    PREPARED.clear()
+
+    def check():  # the search equals the reference on the codebook as it is now (a fresh copy: nothing cached)
+        want = reference.nearest_code(z.cpu(), codebook.detach().cpu().clone(), metric)
+        got = cpu(search())
+        assert_same_choice(got, want, z.cpu(), codebook.detach().cpu(), metric)
+        return got
+
+    check()
+    check()
+    assert (PREPARED.hits, PREPARED.misses) == (1, 1)
+    with torch.no_grad():  # in place, as the quantizer's dead-code restart does: code 3 becomes row 0 of z
+        codebook[3] = z[0]
+    assert check().indices[0] == 3  # a stale prepared codebook would not know code 3 moved
+    codebook.grad = torch.randn_like(codebook)
+    torch.optim.SGD([codebook], lr=10.0).step()  # an optimizer step
+    check()
+    codebook.data = dev(torch.randn(70, 6, generator=g))  # new storage behind the same Parameter
+    check()
+    assert PREPARED.misses == 4 and PREPARED.hits == 1
+
+
+def test_prepared_cache_keys_dtype_and_kind_and_skips_inference_tensors():
+    from onetok.kernels.cache import PreparedCache
+
+    cache, calls = PreparedCache(max_entries=2), []
+
+    def build(t):
+        calls.append(t)
+        return t.sum()
+
+    a = torch.randn(4, 3)
+    cache.get(a, "x", build), cache.get(a, "x", build), cache.get(a, "y", build)
+    assert len(calls) == 2  # one build per (tensor, kind)
+    cache.get(a.view(3, 4), "x", build)  # another tensor object over the same storage: not the cached one
+    assert len(calls) == 3 and len(cache) == 2  # the least recently used entry was dropped
+    b = torch.randn(4, 3)
+    cache.get(b, "x", build)
+    del b  # a dead codebook is never matched again, even if its id() is reused
+    cache.get(torch.randn(4, 3), "x", build)
+    assert len(calls) == 5
+    with torch.inference_mode():
+        c = torch.randn(4, 3)
+    cache.get(c, "x", build), cache.get(c, "x", build)
+    assert len(calls) == 7  # no version counter: built every time
+
+
+def test_default_path_runs_torch_below_the_size_and_the_kernel_above(monkeypatch):
+    """The size rule, with the default backend faked to 'triton' (as on CUDA); the kernel runs in the interpreter.
+    Both sides give the reference's ids."""
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+    real = kernels.resolve_backend
+    monkeypatch.setattr(kernels, "resolve_backend", lambda b, t: "triton" if b == "auto" else real(b, t))
+    limit = kernels.TORCH_SEARCH_MAX_SCORES
+    z = torch.zeros(2, 4, 8)
+    assert kernels.search_backend("auto", z, limit // 8) == "torch"  # 8 rows: exactly at the limit
+    assert kernels.search_backend("auto", z, limit // 8 + 1) == "triton"
+    assert kernels.search_backend("triton", z, 1) == "triton"  # an explicit backend is never overridden
+    monkeypatch.setenv(kernels.BACKEND_ENV, "triton")
+    assert kernels.search_backend("auto", z, 1) == "triton"
+    monkeypatch.delenv(kernels.BACKEND_ENV)
+
+    g = torch.Generator().manual_seed(11)
+    z, codebook = torch.randn(50, 12, generator=g), torch.randn(64, 12, generator=g)
+    launched = []
+    monkeypatch.setattr(tk_codebook, "DEFAULT_LAUNCH", {**tk_codebook.DEFAULT_LAUNCH, "BLOCK_N": 16, "BLOCK_K": 16})
+    original = tk_codebook.nearest_code
+    monkeypatch.setattr(tk_codebook, "nearest_code", lambda *a, **k: launched.append(1) or original(*a, **k))
+    for metric in ("cosine", "euclidean"):
+        want = reference.nearest_code(z, codebook, metric)
+        monkeypatch.setattr(kernels, "TORCH_SEARCH_MAX_SCORES", 50 * 64)
+        small = kernels.nearest_code(z, codebook, metric)  # the torch search: bit for bit the reference
+        assert not launched and torch.equal(small.indices, want.indices)
+        assert torch.equal(small.distances, want.distances)
+        monkeypatch.setattr(kernels, "TORCH_SEARCH_MAX_SCORES", 50 * 64 - 1)
+        big = kernels.nearest_code(z, codebook, metric)  # the kernel
+        assert launched.pop() and torch.equal(big.indices, want.indices)
+        torch.testing.assert_close(big.distances, want.distances, rtol=1e-4, atol=1e-4)
+
+
+def test_quantizer_search_sees_the_restarted_codes():
+    from onetok.tokenizers.quantize import VectorQuantizer
+
+    torch.manual_seed(0)
+    vq = VectorQuantizer(dim=8, codebook_size=32, dead_code_threshold=2.0).train()
+    z = torch.nn.functional.normalize(torch.randn(64, 8), dim=-1)
+    before = vq.nearest(z)
+    vq._restart_dead_codes(z, before)  # usage 1 < 2: every code restarts at a latent of the batch (plus noise)
+    want = reference.nearest_code(z, vq.normalized_codebook().detach().clone(), "cosine").indices
+    assert torch.equal(vq.nearest(z), want) and not torch.equal(before, want)

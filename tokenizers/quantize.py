@@ -69,7 +69,8 @@ class VectorQuantizer(nn.Module):
         """(N, D) -> (N,) indices of the most cosine-similar codes (ties to the lowest index)."""
         from onetok.kernels import nearest_code
 
-        indices, _ = nearest_code(z, self.normalized_codebook(), metric="cosine")
+        # the raw parameter: the search normalises it, and caches that while the parameter is unchanged
+        indices, _ = nearest_code(z, self.codebook, metric="cosine")
         return indices
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -107,7 +108,7 @@ class VectorQuantizer(nn.Module):
         new_codes = z[picks] + noise  # (n_dead, D)
         if _distributed():
             dist.broadcast(new_codes, src=0)
-        self.codebook.data[dead] = new_codes.to(self.codebook.dtype)
+        self.codebook[dead] = new_codes.to(self.codebook.dtype)  # not via .data: the write must bump _version
         self.usage[dead] = 1.0
 
 
