@@ -1,7 +1,8 @@
 """WebDataset shards: writing them deterministically, naming them, and reading samples back.
 
-A shard is a plain tar; the files of one sample share a key (`000123.png`, `000123.txt`, `000123.json`). We read
-our own layout (`png` + `txt` + `json`) and the img2dataset/LAION layout (`jpg` + `txt` + `json`) alike.
+A shard is a tar, plain or gzip-compressed (`.tar` or `.tar.gz`; `tarfile` reads both as they are); the files of
+one sample share a key (`000123.png`, `000123.txt`, `000123.json`). We read our own layout (`png` + `txt` + `json`)
+and the img2dataset/LAION layout (`jpg` + `txt` + `json`) alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+SHARD_PATTERNS = ("*.tar", "*.tar.gz")  # what a folder of shards is globbed for
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -83,12 +85,13 @@ class ShardWriter:
 
 
 def expand_shards(spec: str | os.PathLike | list) -> list[str]:
-    """Shard paths from a directory, a glob, a brace pattern (`dir/{000000..000009}.tar`), a file or a list."""
+    """Shard paths from a directory (its `.tar` and `.tar.gz` files), a glob, a brace pattern
+    (`dir/{000000..000009}.tar`), a file or a list."""
     if isinstance(spec, (list, tuple)):
         return [p for s in spec for p in expand_shards(s)]
     spec = str(spec)
     if os.path.isdir(spec):
-        return sorted(glob.glob(os.path.join(spec, "*.tar")))
+        return sorted(p for pattern in SHARD_PATTERNS for p in glob.glob(os.path.join(spec, pattern)))
     if "{" in spec:
         import braceexpand
 
