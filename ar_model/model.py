@@ -91,13 +91,6 @@ class KVCache:
             raise ValueError("rollback: new lengths must lie in [starts, lengths]")
         self.lengths.copy_(lengths)
 
-    def copy_slots(self, source: torch.Tensor, slots: torch.Tensor) -> None:
-        """Row b takes the keys/values of row source[b] at its slots[b] (B, W), in every layer (beam-search style
-        broadcast of a winning row, restricted to the slots where the rows differ)."""
-        rows = torch.arange(self.batch, device=slots.device)[:, None]  # (B, 1)
-        for cache in (self.k, self.v):
-            cache[:, rows, :, slots] = cache[:, source[:, None], :, slots]  # (B, W, layers, H_kv, Dh)
-
     def mark_static(self) -> None:
         """Declare the buffers static for `torch.compile(mode="reduce-overhead")` (CUDA graphs read them in place)."""
         import torch._dynamo

@@ -24,7 +24,7 @@ from torch import nn
 
 from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generate_image_tokens, generate_text
 from onetok.ar_model.model import ARConfig, Transformer
-from onetok.ar_model.sjd import DEFAULT_CHAINS, generate_image_tokens_sjd
+from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
 from onetok.fileio import staged_dir
 from onetok.tokenizers import Tokenizer
@@ -111,10 +111,9 @@ class UnifiedModel(nn.Module):
         sjd: bool = False,
         window: int = 16,
         init: str = "uniform",
-        chains: int | None = None,
     ) -> ImageResult:
-        """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each; SJD with
-        `chains` draft chains per image (default `DEFAULT_CHAINS`, 1)."""
+        """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each, sampled
+        plainly or with SJD (`sjd`, its `window` and draft `init`: the same distribution)."""
         settings = settings or self.settings
         L = self.tokenizer.num_latent_tokens
         k = L if image_tokens is None else int(image_tokens)
@@ -130,7 +129,7 @@ class UnifiedModel(nn.Module):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         if sjd:
             out = generate_image_tokens_sjd(self.transformer, self.vocab, prompt_ids, k, settings, generator,
-                                            window=window, init=init, chains=chains or DEFAULT_CHAINS)
+                                            window=window, init=init)
             codes, passes, per_pass = out.codes, out.forward_passes, out.tokens_per_pass
         else:
             codes, passes = generate_image_tokens(self.transformer, self.vocab, prompt_ids, k, settings, generator)

@@ -77,9 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-file", help="text file, one prompt per line (default: shapes captions)")
     parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
     parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
-    parser.add_argument("--chains", type=int,
-                        help="SJD draft chains per image, verified together as a token tree (default 1: the paper's "
-                             "single chain, ar_model.sjd.DEFAULT_CHAINS)")
     parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
     parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
@@ -125,8 +122,7 @@ def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
     for i in range(0, len(prompts), args.batch):
         with Stopwatch(model.device) as watch:
             out = model.generate_images(prompts[i : i + args.batch], settings=settings, image_tokens=args.image_tokens,
-                                        seed=args.seed + i, sjd=sjd, window=args.window, init=args.init,
-                                        chains=args.chains)
+                                        seed=args.seed + i, sjd=sjd, window=args.window, init=args.init)
         passes.append(out.forward_passes)
         seconds += watch.seconds
         per_pass += out.tokens_per_pass or []
@@ -153,7 +149,7 @@ def pass_profile(model, prompts: list[str], args, settings, sjd: bool) -> dict:
         generator = torch.Generator(model.device).manual_seed(args.seed)
         if sjd:
             return generate_image_tokens_sjd(model.transformer, model.vocab, prompt_ids, k, settings, generator,
-                                             window=args.window, init=args.init, chains=args.chains).forward_passes
+                                             window=args.window, init=args.init).forward_passes
         return generate_image_tokens(model.transformer, model.vocab, prompt_ids, k, settings, generator).forward_passes
 
     with count_host_syncs() as syncs:
@@ -183,22 +179,19 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from onetok.ar_model.sjd import DEFAULT_CHAINS
-
-    if args.window < 1 or args.batch < 1 or (args.chains is not None and args.chains < 1):
-        raise UserError("--window, --chains and --batch must be >= 1")
+    if args.window < 1 or args.batch < 1:
+        raise UserError("--window and --batch must be >= 1")
     settings = sampling_settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args)
     settings = sampling_settings(args, model.settings)  # flags checked above, before the model loaded
-    args.chains = args.chains or DEFAULT_CHAINS
     prompts = load_prompts(args)
     profiles = {}
     try:
         for sjd in (False, True):  # warm-up (and compilation) of both
             model.generate_images(prompts[: args.batch], settings=settings, image_tokens=args.image_tokens, sjd=sjd,
-                                  window=args.window, init=args.init, chains=args.chains)
+                                  window=args.window, init=args.init)
         plain = measure(model, prompts, args, settings, sjd=False)
         sjd = measure(model, prompts, args, settings, sjd=True)
         if args.profile:
@@ -216,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
         "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
         "window": args.window,
         "init": args.init,
-        "chains": args.chains,
         "dtype": args.dtype,
         "compiled": args.compile,
         "settings": vars(settings),
@@ -234,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 def format_report(r: dict) -> str:
     lines = [
         f"model {r['model']} on {r['device']} ({r['threads']} threads): {r['prompts']} prompts, batch {r['batch']}",
-        f"{r['image_tokens']} image tokens, window {r['window']} ({r['init']} drafts), {r['chains']} chain(s), "
+        f"{r['image_tokens']} image tokens, window {r['window']} ({r['init']} drafts), "
         f"{r['dtype']}{', compiled' if r['compiled'] else ''}, settings {r['settings']}",
         f"{'':8}{'passes/image':>14}{'s/image':>12}",
         f"{'plain':8}{r['plain']['forward_passes_per_image']:>14.2f}{r['plain']['seconds_per_image']:>12.4f}",

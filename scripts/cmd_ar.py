@@ -146,8 +146,7 @@ def _save_png(image, path: Path) -> None:
 
 def _check_sample_args(args: argparse.Namespace) -> list[str]:
     """Every flag and path of `sample` that needs no model; the prompts."""
-    for flag, value in (("-n", args.n), ("--batch-size", args.batch_size), ("--window", args.window),
-                        ("--chains", args.chains)):
+    for flag, value in (("-n", args.n), ("--batch-size", args.batch_size), ("--window", args.window)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
     check_sampling_flags(args)
@@ -167,8 +166,7 @@ def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int
         "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": batch,
         "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
                      "cfg": settings.cfg_scale, "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-                     "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None,
-                     "chains": args.chains if args.sjd else None},
+                     "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None},
         "forward_passes": result.forward_passes, "seconds": round(seconds, 4),
     }) + "\n"
 
@@ -187,13 +185,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from torchvision.utils import make_grid
 
-    from onetok.ar_model.sjd import DEFAULT_CHAINS
     from onetok.scripts.progress import progress
     from onetok.timing import Stopwatch
 
-    args.chains = args.chains or DEFAULT_CHAINS
-    if args.chains > model.tokenizer.codebook_size:
-        raise UserError(f"--chains {args.chains}: must be at most the codebook size {model.tokenizer.codebook_size}")
     settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
     prompts = check_prompts(model, prompts, args.image_tokens)
@@ -204,7 +198,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
             with Stopwatch(model.device) as watch:
                 result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
-                                               window=args.window or 16, chains=args.chains)
+                                               window=args.window or 16)
             for j, image in enumerate(result.images):
                 name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
                 _save_png(image, tmp / name)
@@ -431,9 +425,6 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
     p.add_argument("--window", type=int, default=None, metavar="W", help="SJD draft window (default 16)")
-    p.add_argument("--chains", type=int, metavar="C",  # None: ar_model.sjd.DEFAULT_CHAINS (the parser stays torch-free)
-                   help="SJD draft chains per image, verified together as a token tree (default 1, the paper's single "
-                        "chain: more passes, fewer rows per pass; the fastest measured on CPU and on an H200)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (a new one; written when complete)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (never the model folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

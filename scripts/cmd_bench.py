@@ -22,7 +22,7 @@ BENCHES = {
 
 # the smallest value of each count option, by destination name, whichever bench defines it
 COUNTS = {"iters": 1, "rounds": 1, "repeats": 1, "warmup": 0, "batch_cpu": 1, "batch_gpu": 1, "batch": 1,
-          "threads": 1, "prompts": 1, "window": 1, "chains": 1, "image_tokens": 1, "runs": 1,
+          "threads": 1, "prompts": 1, "window": 1, "image_tokens": 1, "runs": 1,
           "ranks": 1, "workers": 0, "tokens": 1, "codebook": 2, "buffer": 1}
 HELP = {"batch_cpu": "images per forward pass on the CPU", "batch_gpu": "images per forward pass on CUDA",
         "iters": "timed iterations", "codebook": "codebook size", "batch": "rows per batch",

@@ -118,7 +118,6 @@ def write_report(out: Path) -> dict:
     tok_metrics = _load_json(out / "tokenizer_metrics.json")
     ar_metrics = _load_json(out / "ar_metrics.json")
     sjd_metrics = _load_json(out / "sjd_metrics.json")
-    single_chain = _load_json(out / "sjd_single_chain_metrics.json")
     counts = reconstruction_grid(out / "models" / "tokenizer", out / "data", out / "reconstructions.png")
     plain = t2i_figure(out / "samples_plain", out / "t2i_plain.png")
     sjd = t2i_figure(out / "samples_sjd", out / "t2i_sjd.png")
@@ -131,10 +130,8 @@ def write_report(out: Path) -> dict:
         "tokenizer": tok_metrics,
         "text_to_image": ar_metrics.get("text_to_image", {}),
         "image_to_text": ar_metrics.get("image_to_text", {}),
-        "sjd": {k: sjd_metrics.get(k) for k in ("forward_pass_ratio", "wall_clock_ratio", "chains", "window",
+        "sjd": {k: sjd_metrics.get(k) for k in ("forward_pass_ratio", "wall_clock_ratio", "window",
                                                "prompts", "plain", "sjd") if k in sjd_metrics},
-        "sjd_single_chain": {k: single_chain.get(k) for k in ("forward_pass_ratio", "wall_clock_ratio", "chains")
-                             if k in single_chain},
         "compression": {"bytes_per_image": bytes_per_image, "files": len(otoks)},
         "photo": {"ladder": photo_ladder(out / "photo"), "bd_rate_percent": photo_rd.get("bd_rate_percent", {})},
         "demo_samples": {"plain_forward_passes": [r.get("forward_passes") for r in plain],
@@ -165,7 +162,7 @@ def _photo_markdown(photo: dict) -> list[str]:
 
 
 def _markdown(m: dict, counts: list[int], captions: list[dict]) -> str:
-    tok, t2i, i2t, sjd, one = m["tokenizer"], m["text_to_image"], m["image_to_text"], m["sjd"], m["sjd_single_chain"]
+    tok, t2i, i2t, sjd = m["tokenizer"], m["text_to_image"], m["image_to_text"], m["sjd"]
     lines = ["# onetok demo report", "", "## Tokenizer", "",
              f"Reconstructions of val images: the original, then decoded from {', '.join(map(str, counts))} tokens.",
              "", "![reconstructions](reconstructions.png)", "", "```json", json.dumps(tok, indent=1), "```", "",
@@ -176,11 +173,8 @@ def _markdown(m: dict, counts: list[int], captions: list[dict]) -> str:
              "| image | predicted | truth | exact |", "|---|---|---|---|"]
     lines += [f"| ![]({c['file']}) | {c['predicted']} | {c['truth']} | {'✓' if c['exact'] else '✗'} |" for c in captions]
     lines += ["", "```json", json.dumps(i2t, indent=1), "```", "", "## Speculative Jacobi decoding", "",
-              f"With {sjd.get('chains')} draft chains (a token tree, docs/sjd.md): forward passes plain ÷ SJD "
-              f"**{_fmt(sjd.get('forward_pass_ratio'))}×**, wall clock plain ÷ SJD "
-              f"**{_fmt(sjd.get('wall_clock_ratio'))}×** (CPU: each pass runs {sjd.get('chains')}× the rows).",
-              f"With one chain (the paper's SJD): **{_fmt(one.get('forward_pass_ratio'))}×** fewer passes, wall "
-              f"clock **{_fmt(one.get('wall_clock_ratio'))}×**.", "",
+              f"Forward passes plain ÷ SJD **{_fmt(sjd.get('forward_pass_ratio'))}×**, wall clock plain ÷ SJD "
+              f"**{_fmt(sjd.get('wall_clock_ratio'))}×** (docs/sjd.md).", "",
               "## Compression", "", f"Mean `.otok` size per image: {_fmt(m['compression']['bytes_per_image'], 1)} bytes "
               "(header and CRC included).", "", "![rate-distortion](rd/rd.png)", ""]
     lines += _photo_markdown(m["photo"])

@@ -11,7 +11,7 @@ after every section, so a run cut short keeps what it measured):
     nearest_code     N=65536 K=16384 D=16 (fp32, bf16 x euclidean, cosine) and the TiTok-S-128 quantizer's shapes,
                      Triton vs cdist+argmin vs addmm+argmin vs the torch reference, with peak extra memory
     sjd_verify       the verify kernel vs its torch reference
-    sampling_random  plain vs SJD (1 and 8 chains) x batch 1 and 16: random-weight AR `base`, 256-token tokenizer
+    sampling_random  plain vs SJD x batch 1 and 16: random-weight AR `base`, 256-token tokenizer
     tests            the kernel tests, compiled on the device, and every `gpu`-marked test (pytest subprocess)
     sampling_trained the same on a trained model: --model DIR, else the `shapes` AR model trained here briefly
     train_rates      bf16-mixed training steps/s of the TiTok-S-128 tokenizer and the AR `base` configs

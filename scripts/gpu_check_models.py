@@ -28,7 +28,7 @@ from onetok.timing import Stopwatch
 from onetok.tokenizers.model import Tokenizer, preset
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = (("plain", False, 1), ("sjd-1", True, 1), ("sjd-8", True, 8))  # (name, sjd, chains)
+MODES = (("plain", False), ("sjd", True))  # (name, sjd)
 
 
 class Timed(NamedTuple):
@@ -37,10 +37,10 @@ class Timed(NamedTuple):
     tokens_per_pass: list[int] | None
 
 
-def generate(model: UnifiedModel, prompts: list[str], sjd: bool, chains: int, seed: int) -> Timed:
+def generate(model: UnifiedModel, prompts: list[str], sjd: bool, seed: int) -> Timed:
     """The one call into sampling: its wall clock, forward passes and SJD tokens per pass."""
     with Stopwatch(model.device) as watch:
-        out = model.generate_images(prompts, settings=DEFAULT_SETTINGS, seed=seed, sjd=sjd, chains=chains)
+        out = model.generate_images(prompts, settings=DEFAULT_SETTINGS, seed=seed, sjd=sjd)
     return Timed(watch.seconds, out.forward_passes, out.tokens_per_pass)
 
 
@@ -51,26 +51,25 @@ def shapes_captions(n: int, seed: int = 0) -> list[str]:
 
 
 def sample_rates(ctx, model: UnifiedModel, batches: tuple[int, ...], repeats: int) -> dict:
-    """Plain vs SJD (1 and 8 chains) per batch size: best-of-`repeats` wall clock, passes, tokens per SJD pass."""
+    """Plain vs SJD per batch size: best-of-`repeats` wall clock, passes, tokens per SJD pass."""
     prompts = shapes_captions(max(batches))
     if model.vocab.text.kind == "words":  # a model with its own word list: prompts of its first words
         try:
             model.vocab.encode_text(prompts[0])
         except ValueError:
             prompts = [" ".join(model.vocab.text.words[:6])] * max(batches)
-    for _, sjd, chains in MODES:  # warm-up: Triton compilation and autotuning, cuBLAS handles
-        generate(model, prompts[:1], sjd, chains, seed=0)
+    for _, sjd in MODES:  # warm-up: Triton compilation and autotuning, cuBLAS handles
+        generate(model, prompts[:1], sjd, seed=0)
     rows, stopped = [], None
     for batch in batches:
-        for name, sjd, chains in MODES:
+        for name, sjd in MODES:
             if ctx.left() < 20:
                 stopped = f"deadline: stopped before batch {batch} {name}"
                 break
-            runs = [generate(model, prompts[:batch], sjd, chains, seed=1 + r) for r in range(repeats)]
+            runs = [generate(model, prompts[:batch], sjd, seed=1 + r) for r in range(repeats)]
             best = min(runs, key=lambda out: out.seconds)
             per_pass = [n for out in runs for n in (out.tokens_per_pass or [])]
-            rows.append({"batch": batch, "mode": name, "chains": chains if sjd else None,
-                         "seconds": best.seconds, "seconds_all": [out.seconds for out in runs],
+            rows.append({"batch": batch, "mode": name, "seconds": best.seconds, "seconds_all": [out.seconds for out in runs],
                          "seconds_per_image": best.seconds / batch, "forward_passes": best.forward_passes,
                          "mean_tokens_per_pass": sum(per_pass) / len(per_pass) if per_pass else None})
     plain = {r["batch"]: r["seconds"] for r in rows if r["mode"] == "plain"}

@@ -89,21 +89,6 @@ def test_every_preset_runs_a_forward_pass(name):
     assert logits.shape == (2, 7, 300)
 
 
-def test_copy_slots_copies_those_slots_of_every_layer_and_nothing_else():
-    model = tiny()
-    cache = model.new_cache(batch=3, max_len=8)
-    model(torch.randint(0, 50, (3, 6)), cache)
-    k, v = cache.k.clone(), cache.v.clone()
-    source, slots = torch.tensor([2, 2, 0]), torch.tensor([[1, 2], [3, 4], [0, 5]])
-    cache.copy_slots(source, slots)
-    for want, got in ((k, cache.k), (v, cache.v)):
-        expected = want.clone()
-        for b in range(3):
-            expected[:, b, :, slots[b]] = want[:, source[b], :, slots[b]]  # (layers, H_kv, 2, Dh)
-        assert torch.equal(got, expected)
-    assert not torch.equal(cache.k, k)
-
-
 def test_unchecked_cache_never_waits_and_clamps_positions_past_max_seq_len():
     """Unchecked: no host sync in a cached step; slots past max_seq_len (discarded drafts) get the last position."""
     from onetok.scripts.bench_sjd import count_host_syncs

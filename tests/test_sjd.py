@@ -90,13 +90,11 @@ def statistic(model, sampler, settings: SamplingSettings, seed: int, **kwargs) -
 
 
 SETTINGS = [
-    (SamplingSettings(), {"chains": 1}),
-    (SamplingSettings(temperature=0.7, top_k=3), {"window": 2, "chains": 1}),
-    (SamplingSettings(temperature=1.3, top_p=0.8), {"init": "prev", "chains": 1}),
-    (SamplingSettings(cfg_scale=3.0), {"chains": 1}),
-    (SamplingSettings(temperature=1.5, top_k=4, top_p=0.9, cfg_scale=2.0), {"window": 3, "init": "prev", "chains": 1}),
-    (SamplingSettings(), {"chains": 3}),
-    (SamplingSettings(temperature=0.7, top_k=4, cfg_scale=2.0), {"chains": 4, "window": 2, "init": "prev"}),
+    (SamplingSettings(), {}),
+    (SamplingSettings(temperature=0.7, top_k=3), {"window": 2}),
+    (SamplingSettings(temperature=1.3, top_p=0.8), {"init": "prev"}),
+    (SamplingSettings(cfg_scale=3.0), {}),
+    (SamplingSettings(temperature=1.5, top_k=4, top_p=0.9, cfg_scale=2.0), {"window": 3, "init": "prev"}),
 ]
 
 
@@ -124,102 +122,18 @@ def resample_from_p(logits, draft_ids, draft_probs, u_accept, u_sample, backend=
 @pytest.mark.parametrize("broken", [always_accept, resample_from_p])
 def test_a_broken_acceptance_rule_fails_the_same_test(model, monkeypatch, broken):
     monkeypatch.setattr(sjd_module, "sjd_verify", broken)
-    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2, chains=1)
+    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2)
     assert stat > limit, f"{broken.__name__}: chi-square {stat:.1f} within bound {limit:.1f}"
 
 
-def longest_chain(processed, drafts, u_accept, u_sample):
-    """Each chain verified on its own (correctly), then the chain that accepted most is kept: best-of-C bias."""
-    B, C = drafts.ids.shape[:2]
-    verdicts = [reference.sjd_verify(processed[:, c], drafts.ids[:, c], drafts.probs[:, c], u_accept[:, c], u_sample)
-                for c in range(C)]
-    n = torch.stack([v.accept_len for v in verdicts], 1)  # (B, C)
-    winner = n.argmax(1)
-    token = torch.stack([v.token for v in verdicts], 1).gather(1, winner[:, None])[:, 0]
-    return sjd_module.ChainVerdict(n.amax(1), token, winner)
-
-
-def no_residual(target, q):
-    """After a rejection the next chain's draft is tested against the same target, not norm(max(0, target - q))."""
-    return target
-
-
-@pytest.mark.parametrize(("name", "broken"), [("verify_chains", longest_chain), ("residual", no_residual)])
-def test_a_broken_chain_rule_fails_the_same_test(model, monkeypatch, name, broken):
-    monkeypatch.setattr(sjd_module, name, broken)
-    stat, limit = statistic(model, generate_image_tokens_sjd, SamplingSettings(), seed=2, chains=3)
-    assert stat > limit, f"{broken.__name__}: chi-square {stat:.1f} within bound {limit:.1f}"
-
-
-def test_one_chain_verification_is_sjd_verify():
-    g = torch.Generator().manual_seed(0)
-    B, W, V = 64, 5, 7
-    logits = torch.randn(B, W + 1, V, generator=g) * 2
-    logits[:8, :, 3:] = float("-inf")  # banned codes, as top-k leaves them
-    q = torch.randn(B, W, V, generator=g).softmax(-1)
-    ids = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, W)
-    ids[16:24] = logits[16:24, :W].argmax(-1)  # some fully accepted windows
-    u, u_sample = torch.rand(B, W, generator=g), torch.rand(B, generator=g)
-    want = reference.sjd_verify(logits, ids, q, u, u_sample)
-    got = sjd_module.verify_chains(logits[:, None], sjd_module.Drafts(ids[:, None], q[:, None]), u[:, None], u_sample)
-    assert torch.equal(got.accept_len, want.accept_len) and torch.equal(got.token, want.token)
-    assert not bool(got.winner.any()) and 0 < want.accept_len.float().mean() < W
-
-
-def verify_chains_by_definition(processed, drafts, u_accept, u_sample):
-    """The rule `verify_chains` implements, written out one row at a time: positions in order, the alive chains
-    in order, a running residual target."""
-    B, C, w1, K = processed.shape
-    p = processed.float().softmax(-1)
-    n, token, winner = [], [], []
-    for b in range(B):
-        alive, accepted = list(range(C)), 0
-        for i in range(w1 - 1):
-            r, x = p[b, alive[0], i], None
-            for c in alive:
-                draft, q = int(drafts.ids[b, c, i]), drafts.probs[b, c, i].float()
-                if u_accept[b, c, i] * q[draft] < r[draft]:
-                    x = draft
-                    break
-                r = sjd_module.residual(r, q)
-            if x is None:
-                break
-            alive, accepted = [c for c in alive if int(drafts.ids[b, c, i]) == x], accepted + 1
-        else:
-            r = p[b, alive[0], w1 - 1]
-        n.append(accepted)
-        winner.append(alive[0])
-        token.append(int(reference.inverse_cdf(r[None], u_sample[b : b + 1].float())[0]))
-    return sjd_module.ChainVerdict(torch.tensor(n), torch.tensor(token), torch.tensor(winner))
-
-
-@pytest.mark.parametrize(("chains", "window", "codes"), [(4, 3, 3), (3, 5, 2), (8, 2, 5)])
-def test_vectorised_verify_chains_equals_the_rule_written_out(chains, window, codes):
-    """Few codes, so chains often share drafts (several alive chains per position); some first drafts one-hot."""
-    g = torch.Generator().manual_seed(chains)
-    B, C, W, V = 300, chains, window, codes
-    logits = torch.randn(B, C, W + 1, V, generator=g) * 1.5
-    logits[:40, :, :, -1] = float("-inf")  # banned codes
-    q = torch.randn(B, C, W, V, generator=g).softmax(-1)
-    q[100:200, :, 0] = torch.nn.functional.one_hot(torch.randint(0, V, (100, C), generator=g), V).float()
-    ids = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, C, W)
-    u, u_sample = torch.rand(B, C, W, generator=g), torch.rand(B, generator=g)
-    drafts = sjd_module.Drafts(ids, q)
-    want = verify_chains_by_definition(logits, drafts, u, u_sample)
-    got = sjd_module.verify_chains(logits, drafts, u, u_sample)
-    for name in ("accept_len", "token", "winner"):
-        assert torch.equal(getattr(got, name), getattr(want, name)), name
-    assert 0 < want.accept_len.float().mean() < W and (want.accept_len == W).any() and want.winner.any()
-
-
-@pytest.mark.parametrize(("chains", "cfg_scale"), [(1, 1.0), (3, 2.0)])
-def test_sjd_waits_on_the_device_at_most_once_per_pass(model, chains, cfg_scale):
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_sjd_waits_on_the_device_at_most_once_per_pass(model, cfg_scale):
     """Counted on CPU: item/bool/int, nonzero, boolean masks, tolist/cpu... (where a CUDA run would wait)."""
     settings = SamplingSettings(temperature=0.8, top_k=4, cfg_scale=cfg_scale)
     prompts = [PROMPTS[0], PROMPTS[1], []]
     with count_host_syncs() as syncs:
         out = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, torch.Generator().manual_seed(0),
-                                        window=3, chains=chains)
+                                        window=3)
     assert out.forward_passes > 1 and sum(syncs.values()) <= out.forward_passes, syncs
     with count_host_syncs() as syncs:
         generate_image_tokens(model, VOCAB, prompts, 9, settings, torch.Generator().manual_seed(0))
@@ -230,12 +144,12 @@ def test_sjd_waits_on_the_device_at_most_once_per_pass(model, chains, cfg_scale)
     assert sum(syncs.values()) == 7, syncs
 
 
-@pytest.mark.parametrize(("cfg_scale", "chains"), [(1.0, 1), (2.5, 1), (1.0, 3), (2.5, 6)])
-def test_greedy_sjd_equals_greedy_plain(model, cfg_scale, chains):
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_greedy_sjd_equals_greedy_plain(model, cfg_scale):
     settings = SamplingSettings(temperature=0, cfg_scale=cfg_scale)
     prompts = [PROMPTS[0], PROMPTS[1], [], PROMPTS[1]]
     plain = generate_image_tokens(model, VOCAB, prompts, 9, settings)
-    spec = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, window=3, init="prev", chains=chains)
+    spec = generate_image_tokens_sjd(model, VOCAB, prompts, 9, settings, window=3, init="prev")
     assert torch.equal(plain.codes, spec.codes) and plain.forward_passes == 9
     assert 1 < spec.forward_passes <= 9
 
@@ -254,11 +168,11 @@ def test_compiled_model_gets_static_windows_and_greedy_still_equals_plain(model,
     settings = SamplingSettings(temperature=0, cfg_scale=2.0)
     compiled = torch.compile(model, backend="eager", dynamic=False)
     k = model.config.max_seq_len - len(PROMPTS[0]) - 2  # prompt + k fill max_seq_len: later drafts are clamped
-    spec = generate_image_tokens_sjd(compiled, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    spec = generate_image_tokens_sjd(compiled, VOCAB, PROMPTS, k, settings, window=16)
     assert torch.equal(spec.codes, generate_image_tokens(model, VOCAB, PROMPTS, k, settings).codes)
     assert set(widths) == {16} and len(widths) == spec.forward_passes > 1
     widths.clear()
-    generate_image_tokens_sjd(model, VOCAB, PROMPTS, k, settings, window=16, chains=2)
+    generate_image_tokens_sjd(model, VOCAB, PROMPTS, k, settings, window=16)
     assert min(widths) < 16  # uncompiled: the window shrinks to what the prompts can still use
 
 
@@ -266,20 +180,17 @@ def test_compiled_model_gets_static_windows_and_greedy_still_equals_plain(model,
 def test_stops_at_k_tokens_and_counts_passes(model, monkeypatch, num_tokens, window):
     """With every draft accepted a pass yields window + 1 tokens (the first pass reads the prompt too): ceil(k / (W + 1))."""
     monkeypatch.setattr(sjd_module, "sjd_verify", always_accept)
-    out = generate_image_tokens_sjd(model, VOCAB, PROMPTS, num_tokens, SamplingSettings(), window=window, chains=1)
+    out = generate_image_tokens_sjd(model, VOCAB, PROMPTS, num_tokens, SamplingSettings(), window=window)
     assert out.codes.shape == (2, num_tokens) and out.codes.max() < K
     assert out.forward_passes == math.ceil(num_tokens / (window + 1))
     assert sum(out.tokens_per_pass) == 2 * num_tokens
 
 
-def test_rejects_bad_window_init_and_chains(model):
+def test_rejects_bad_window_and_init(model):
     with pytest.raises(ValueError):
         generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), window=0)
     with pytest.raises(ValueError):
         generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), init="zeros")
-    for chains in (0, K + 1):
-        with pytest.raises(ValueError):
-            generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), chains=chains)
 
 
 def test_bench_sjd_json(tmp_path, capsys):
@@ -304,13 +215,12 @@ def test_bench_sjd_json(tmp_path, capsys):
     assert sum(int(n) * c for n, c in hist.items()) == 2 * tokenizer.num_latent_tokens
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\nblue\n")
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2",
-                              "--chains", "3"])
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2"])
     assert bench_sjd.run(args) == 0 and "plain / sjd" in capsys.readouterr().out
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4", "--chains", "2",
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4",
                               "--dtype", "bf16", "--profile", "--json"])
     assert bench_sjd.run(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["dtype"] == "bf16" and report["chains"] == 2
+    assert report["dtype"] == "bf16" and "chains" not in report
     assert report["profile"]["sjd"]["host_syncs_per_pass"] <= 1 and report["profile"]["plain"]["ops_per_pass"] > 10
     assert main(["bench", "sjd", "--model", str(tmp_path / "missing")]) == 2  # one-line error, exit 2
