@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "onetok.scripts.cmd_ar",          # tokenize | sample | caption | eval-ar
     "onetok.scripts.cmd_text_vocab",  # text-vocab train
     "onetok.scripts.cmd_eval",        # eval-tokenizer
+    "onetok.scripts.cmd_judge",       # judge train | eval
     "onetok.scripts.cmd_bench",       # bench tokenizer | kernels | sjd | codec | startup
     "onetok.scripts.cmd_demo",        # demo
 ]
