@@ -22,6 +22,7 @@ import time
 import types
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from onetok.fileio import UserError
 
@@ -136,11 +137,23 @@ def _load_file(name: str, path: Path) -> types.ModuleType:
     return module
 
 
-def reference_titok(checkout: Path, cfg):
-    """1d-tokenizer's TiTok encoder + VQ + non-legacy decoder at our preset's size, random weights, as two
-    functions encode(images) -> ids (B, L) and decode(ids) -> images. Its package __init__ pulls in training-only
-    dependencies, so the two modules are loaded from their files; `accelerate` (used only by its clustering-VQ
-    training) is stubbed when missing."""
+class ReferenceTiTok(NamedTuple):
+    """1d-tokenizer's TiTok parts at our preset's size (random weights, CPU, eval mode)."""
+
+    encoder: torch.nn.Module  # TiTokEncoder
+    decoder: torch.nn.Module  # TiTokDecoder (non-legacy: direct RGB)
+    quantizer: torch.nn.Module  # VectorQuantizer (l2-normalised)
+    latent_tokens: torch.nn.Parameter  # (L, width), as TiTok's own parameter
+
+    def parameters(self):
+        yield from (p for m in (self.encoder, self.decoder, self.quantizer) for p in m.parameters())
+        yield self.latent_tokens
+
+
+def reference_modules(checkout: Path, cfg) -> ReferenceTiTok:
+    """1d-tokenizer's TiTok encoder + VQ + non-legacy decoder at our preset's size, random weights. Its package
+    __init__ pulls in training-only dependencies, so the two modules are loaded from their files; `accelerate` (used
+    only by its clustering-VQ training) is stubbed when missing."""
     import torch
 
     blocks_path, quantizer_path = checkout / "modeling/modules/blocks.py", checkout / "modeling/quantizer/quantizer.py"
@@ -166,20 +179,32 @@ def reference_titok(checkout: Path, cfg):
     torch.manual_seed(0)
     encoder, decoder = blocks.TiTokEncoder(config).eval(), blocks.TiTokDecoder(config).eval()
     quantizer = quantizer_module.VectorQuantizer(cfg.codebook_size, cfg.code_dim, 0.25, use_l2_norm=True).eval()
-    latent_tokens = torch.randn(cfg.num_latent_tokens, encoder.width) * encoder.width**-0.5
-    params = sum(p.numel() for m in (encoder, decoder, quantizer) for p in m.parameters()) + latent_tokens.numel()
+    latent_tokens = torch.nn.Parameter(torch.randn(cfg.num_latent_tokens, encoder.width) * encoder.width**-0.5)
+    return ReferenceTiTok(encoder, decoder, quantizer, latent_tokens)
 
-    @torch.no_grad()
-    def encode(images):  # as TiTok.encode + the indices of its quantizer
-        z = encoder(pixel_values=images, latent_tokens=latent_tokens)
-        return quantizer(z)[1]["min_encoding_indices"].flatten(1)  # (B, L)
 
-    @torch.no_grad()
-    def decode(ids):  # as TiTok.decode_tokens with the non-legacy (direct RGB) decoder
-        B, L = ids.shape
-        z = quantizer.get_codebook_entry(ids.reshape(-1)).reshape(B, 1, L, -1)
-        return decoder(z.permute(0, 3, 1, 2).contiguous())  # (B, 3, H, W)
+def reference_encode(ref: ReferenceTiTok, images: torch.Tensor) -> torch.Tensor:
+    """As TiTok.encode + the indices of its quantizer: (B, 3, S, S) -> (B, L)."""
+    z = ref.encoder(pixel_values=images, latent_tokens=ref.latent_tokens)
+    return ref.quantizer(z)[1]["min_encoding_indices"].flatten(1)
 
+
+def reference_decode(ref: ReferenceTiTok, ids: torch.Tensor) -> torch.Tensor:
+    """As TiTok.decode_tokens with the non-legacy (direct RGB) decoder: (B, L) -> (B, 3, S, S)."""
+    B, L = ids.shape
+    z = ref.quantizer.get_codebook_entry(ids.reshape(-1)).reshape(B, 1, L, -1)
+    return ref.decoder(z.permute(0, 3, 1, 2).contiguous())
+
+
+def reference_titok(checkout: Path, cfg):
+    """`reference_modules` as two no-grad functions encode(images) -> ids (B, L), decode(ids) -> images, and the
+    parameter count."""
+    import torch
+
+    ref = reference_modules(checkout, cfg)
+    params = sum(p.numel() for p in ref.parameters())
+    encode = torch.no_grad()(lambda images: reference_encode(ref, images))
+    decode = torch.no_grad()(lambda ids: reference_decode(ref, ids))
     return encode, decode, params
 
 
