@@ -100,6 +100,31 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     return loaded
 
 
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+               b"\x00\x00\x01\x00", b"\xff\x0a", b"\x00\x00\x00\x0cjP  ")  # JPEG PNG GIF BMP TIFF ICO JPEG-XL JP2
+
+
+def image_suffixes() -> frozenset[str]:
+    """The file extensions Pillow reads (lower case, with the dot)."""
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def looks_like_image(path: str | Path) -> bool:
+    """Whether `path` is an image by its name (an extension Pillow reads) or by its first bytes (JPEG, PNG, GIF, WebP,
+    BMP, TIFF, AVIF/HEIF, ...): what folder runs consider; a README or a licence file is neither."""
+    path = Path(path)
+    if path.suffix.lower() in image_suffixes():
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return (head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+            or (head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1")))
+
+
 def sample_photo() -> Path:
     """The photo bundled with the package (600 x 400, CC0; attribution in `onetok/data/photos/README.md`)."""
     return SAMPLE_PHOTO

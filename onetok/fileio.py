@@ -208,7 +208,9 @@ def check_location(path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_place(path: Path, inputs: Inputs) -> None:
+def check_place(path: str | os.PathLike, inputs=()) -> None:
+    """Refuse `path` as an output of a command reading `inputs`, or as the current folder or one above it."""
+    path, inputs = Path(path), _as_inputs(inputs)
     if str(path) == "-":
         raise UserError("-: outputs go to files, not to standard output; name a file or a folder")
     why = inputs.clash(path)
@@ -254,7 +256,7 @@ def check_output(path: str | os.PathLike, force: bool = False, inputs=(), folder
     """THE output contract (module docstring): refuse `path` as an output file (or `folder`) of a command reading
     `inputs` (paths and patterns, an `Inputs`, or `file_ids`), before any work starts."""
     path = Path(path)
-    _check_place(path, _as_inputs(inputs))
+    check_place(path, inputs)
     (_check_folder if folder else _check_file)(path, force)
     return check_location(path)
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from onetok.scripts.arg_types import positive_ints
+
 
 def write_token_folder(out: Path, samples: int, tokens: int, codebook: int, shard_size: int = 5000) -> int:
     """A token folder of random codes and 60-100 byte captions; returns its size in bytes."""
@@ -77,7 +79,8 @@ def read_one_epoch(folder: str, in_memory: bool, rank: int, world: int, workers:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="10000,40000,160000", help="token-set sizes (samples), comma-separated")
+    parser.add_argument("--sizes", type=positive_ints, default=[10000, 40000, 160000],
+                        help="token-set sizes (samples), comma-separated")
     parser.add_argument("--tokens", type=int, default=128, help="codes per image (L)")
     parser.add_argument("--codebook", type=int, default=4096)
     parser.add_argument("--ranks", type=int, default=2, help="processes (ranks), each reading its share")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return _one_rank(args)
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for n in (int(s) for s in args.sizes.split(",")):
+        for n in args.sizes:
             folder = Path(tmp) / f"tokens_{n}"
             disk = write_token_folder(folder, n, args.tokens, args.codebook)
             for mode in ("memory", "stream"):

@@ -1,9 +1,8 @@
-"""`onetok tokenize`, `onetok sample`, `onetok caption` and `onetok eval-ar`: the unified model's commands.
+"""`onetok tokenize`, `onetok sample` and `onetok caption`: the unified model's commands (`eval-ar`: cmd_eval_ar.py).
 
     onetok tokenize --tokenizer models/tokenizer --data data/shapes --out data/tokens
     onetok sample --model models/unified --prompt "a large red circle in the center on a black background" -n 4 --out s
     onetok caption --model models/unified a.png b.png
-    onetok eval-ar --model models/unified --data data/shapes/val --n 300 --json ar_metrics.json [--fid]
 
 Sampling defaults (cfg 2, temperature 0.7, no top-k/top-p) are those of the shapes recipe, stated in
 docs/benchmarks.md (`onetok.ar_model.evaluate.DEFAULT_SETTINGS`).
@@ -17,14 +16,20 @@ import sys
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError, atomic_write_json, check_replaceable_dir, check_writable, load_error, staged_dir
+from onetok.fileio import (
+    UserError,
+    check_replaceable_dir,
+    load_error,
+    png_info,
+    staged_dir,
+)
+from onetok.scripts.arg_types import seed
 from onetok.scripts.devices import add_threads_arg, check_threads, choose_device, use_threads
 from onetok.scripts.sampling_args import (
     add_sampling_args,
     check_image_tokens,
     check_prompts,
     check_sampling_flags,
-    prompt_length,
     sampling_settings,
 )
 
@@ -141,7 +146,7 @@ def _save_png(image, path: Path) -> None:
     from PIL import Image
 
     array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, pnginfo=png_info())
 
 
 def _check_sample_args(args: argparse.Namespace) -> list[str]:
@@ -156,7 +161,7 @@ def _check_sample_args(args: argparse.Namespace) -> list[str]:
         raise UserError(f"-n {args.n}: {args.n * len(prompts)} images in one run; at most {MAX_IMAGES} "
                         "(split the run, e.g. by --seed)")
     check_model_dir(args.model)
-    check_replaceable_dir(args.out, args.force, inputs=[args.model] + ([args.prompts_file] if args.prompts_file else []))
+    check_replaceable_dir(args.out, args.force, inputs=[args.model, args.prompts_file])
     return prompts
 
 
@@ -193,7 +198,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     prompts = check_prompts(model, prompts, args.image_tokens)
     out = Path(args.out)
     grid, written, passes, seconds = [], 0, 0, 0.0  # the grid keeps the first GRID_IMAGES images only
-    with (staged_dir(out, args.force, inputs=[args.model]) as tmp, open(tmp / "samples.jsonl", "w") as jsonl,
+    inputs = [args.model, args.prompts_file]
+    with (staged_dir(out, args.force, inputs) as tmp, open(tmp / "samples.jsonl", "w") as jsonl,
           progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar):
         for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
             with Stopwatch(model.device) as watch:
@@ -276,118 +282,6 @@ CAPTION_BATCH = 64
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# eval-ar
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _fmt(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _gfid_reference(args: argparse.Namespace, model, extractor, meter) -> tuple[str, list[str]]:
-    """Fill `meter`'s real set from --fid-ref (.npz statistics, image shards or a folder of images), else from the
-    first --n val images of --data; returns (what the reference is, notes)."""
-    from onetok import metrics
-    from onetok.ar_model.data import is_token_dir
-    from onetok.ar_model.evaluate import val_spec
-    from onetok.scripts.cmd_eval import image_batches, reference_stats
-
-    if args.fid_ref and str(args.fid_ref).endswith(".npz"):
-        stats, notes = reference_stats(args.fid_ref, extractor)
-        try:
-            meter.set_reference(stats)
-        except ValueError as err:
-            raise UserError(f"{args.fid_ref}: {err}") from None
-        return f"statistics {args.fid_ref} ({stats.n or 'unknown number of'} images)", notes
-    if args.fid_ref is None and is_token_dir(args.data):
-        raise UserError(f"{args.data} holds tokens, not images: give --fid-ref (reference images or an .npz)")
-    spec, limit = (args.fid_ref, None) if args.fid_ref else (val_spec(args.data), args.n)
-    for images in image_batches(spec, model.tokenizer.image_size, args.batch_size, limit):
-        meter.update(metrics.extract(extractor, images), real=True)
-    what = "all images in" if args.fid_ref else f"the first {args.n} val images of"
-    return f"{what} {spec}", []
-
-
-def _gfid_report(args: argparse.Namespace, model, extractor, meter, reference: str, notes: list[str]) -> dict:
-    """{"fid", "inception_score", "protocol"} of the samples fed to `meter`; --fid-stats-out saves the reference."""
-    from onetok import metrics
-    from onetok.scripts.cmd_eval import write_stats
-
-    try:
-        result = meter.compute()
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    protocol = metrics.fid_protocol(extractor, "gFID", model.tokenizer.image_size, result.real_images,
-                                    result.fake_images, reference)
-    protocol.update(paper_protocol=metrics.GFID_PAPER_PROTOCOL,
-                    not_comparable_because=metrics.gfid_differences(protocol), notes=notes)
-    if args.fid_stats_out:
-        write_stats(args.fid_stats_out, meter.real_stats(protocol), args.force)
-    score = None if result.inception_score is None else {"mean": result.inception_score,
-                                                         "std": result.inception_score_std}
-    return {"fid": result.fid, "inception_score": score, "protocol": protocol}
-
-
-def cmd_eval_ar(args: argparse.Namespace) -> int:
-    from onetok.scripts.cmd_eval import check_fid_args, fid_extractor
-
-    if args.n < 1:
-        raise UserError(f"--n {args.n}: must be at least 1")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    check_sampling_flags(args)
-    check_threads(args)
-    if not Path(args.data).exists() and not any(c in args.data for c in "*?[{"):
-        raise UserError(f"{args.data}: no such file or folder")
-    check_model_dir(args.model)
-    if args.json:
-        check_writable(args.json, args.force)
-    check_fid_args(args)
-    from onetok import metrics
-    from onetok.ar_model import evaluate
-
-    model = _load_model(args.model, args.threads)
-    settings = sampling_settings(args, model.settings)
-    check_image_tokens(model, args.image_tokens)
-    try:
-        items = evaluate.load_eval_items(args.data, args.n, model, args.model)
-    except (OSError, ValueError) as err:
-        message = str(err) if str(args.data) in str(err) else f"{args.data}: {err}"
-        raise UserError(message) from None
-    for caption in items.captions:
-        prompt_length(model, caption, what="val caption")
-    on_images = None
-    if args.fid:  # the reference first: a bad --fid-ref fails before any sampling
-        extractor = fid_extractor(args, str(model.transformer.output.weight.device))
-        meter = metrics.FrechetMeter()
-        reference, notes = _gfid_reference(args, model, extractor, meter)
-
-        def on_images(images):
-            meter.update(metrics.extract(extractor, images), real=False)
-    start = time.time()
-    report = evaluate.evaluate(model, items, settings, args.batch_size, args.seed, args.image_tokens, on_images)
-    if args.fid:
-        report["gfid"] = _gfid_report(args, model, extractor, meter, reference, notes)
-    report.update(model=str(args.model), data=str(args.data), seconds=round(time.time() - start, 1))
-    t2i, i2t = report["text_to_image"], report["image_to_text"]
-    print(f"text -> image  exact {_fmt(t2i['exact'])} on {t2i['n']} prompts  ("
-          + ", ".join(f"{k} {_fmt(v)}" for k, v in t2i["per_attribute"].items()) + ")")
-    print(f"image -> text  exact {_fmt(i2t['exact'])} on {i2t['n']} images")
-    if "gfid" in report:
-        g, score = report["gfid"], report["gfid"]["inception_score"]
-        print(f"gFID {g['fid']:.2f} ({g['protocol']['fake_images']} samples vs {g['protocol']['reference']})"
-              + ("" if score is None else f", Inception Score {score['mean']:.2f}"))
-    if "holdout" in t2i:
-        print(f"held-out combos: text -> image {_fmt(t2i['holdout']['exact'])} on {t2i['holdout']['n']}, "
-              f"image -> text {_fmt(i2t['holdout']['exact'])} on {i2t['holdout']['n']}")
-    print(f"settings: cfg {settings.cfg_scale}, temperature {settings.temperature}, top-k {settings.top_k}, "
-          f"top-p {settings.top_p}, seed {args.seed}; {report['seconds']}s", file=sys.stderr)
-    if args.json:
-        atomic_write_json(args.json, report, args.force)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Registration
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -439,30 +333,11 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")
-    p.add_argument("--seed", type=int, default=0, help="random seed for --sample (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed for --sample (default 0)")
     add_threads_arg(p)
     p.set_defaults(func=cmd_caption)
 
 
-def _register_eval_ar(sub: argparse._SubParsersAction) -> None:
-    from onetok.scripts.cmd_eval import add_fid_args
-
-    p = sub.add_parser("eval-ar", help="text->image attribute accuracy and caption exact match on shapes val data",
-                       description="Judge a unified model on shapes val data: text->image (a pixel parser reads the "
-                                   "drawn attributes) and image->text (caption exact match); optionally gFID.")
-    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
-    p.add_argument("--data", required=True, metavar="DATA", help="val image shards, a dataset root, or a token folder")
-    p.add_argument("--n", type=int, default=300, metavar="N", help="val prompts and val images to judge (default 300)")
-    add_sampling_args(p)
-    p.add_argument("--batch-size", type=int, default=100, metavar="B", help="prompts sampled together (default 100)")
-    p.add_argument("--json", metavar="FILE", help="also write the full report as JSON here")
-    p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")
-    add_fid_args(p, "the gFID reference: an .npz of FID statistics (--fid-stats-out), image shards or a folder of "
-                    "images (default: the first --n val images of --data)")
-    add_threads_arg(p)
-    p.set_defaults(func=cmd_eval_ar)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    for add in (_register_tokenize, _register_sample, _register_caption, _register_eval_ar):
+    for add in (_register_tokenize, _register_sample, _register_caption):
         add(sub)

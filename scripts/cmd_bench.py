@@ -44,10 +44,16 @@ def at_least(low: int):
 
 
 def harden(parser: argparse.ArgumentParser) -> None:
-    """Bounded counts, a help text for every option, and its default stated."""
+    """Bounded counts, finite numbers, seeds in range, a help text for every option, and its default stated."""
+    from onetok.scripts.arg_types import finite_float, seed
+
     for action in parser._actions:
         if action.dest in COUNTS and action.type is int:
             action.type = at_least(COUNTS[action.dest])
+        elif action.type is float:  # inf and nan are refused like any other non-number
+            action.type = finite_float
+        elif action.dest == "seed" and action.type is int:
+            action.type = seed
         if isinstance(action, argparse._HelpAction) or not action.option_strings:
             continue
         if not action.help:

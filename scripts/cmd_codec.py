@@ -19,71 +19,45 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, atomic_write_json, check_writable, file_ids, load_error
+from onetok.fileio import (
+    Inputs,
+    UserError,
+    atomic_output,
+    atomic_write_json,
+    check_place,
+    check_writable,
+    file_ids,
+    load_error,
+    png_info,
+    write_manifest,
+)
+from onetok.scripts.arg_types import finite_float, positive_floats
 from onetok.scripts.devices import add_threads_arg, check_threads, use_threads
-from onetok.scripts.folder_runs import (
+from onetok.scripts.folder_runs import (  # noqa: F401 - Item and collect are this module's API too
+    Item,
     Skip,
     Totals,
     check_targets,
+    collect,
     finish,
+    ignored_note,
     image_skip,
     interrupted,
     output_kind,
+    png_names,
     single_input,
     skipped_text,
+    unique_targets,
     write_failed,
 )
-
-
-class Item(NamedTuple):
-    src: Path  # input file
-    rel: Path  # its name below the output folder
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _walk(folder: Path, suffix: str | None, skip_folder: Path | None) -> list[Path]:
-    def fail(err: OSError) -> None:
-        raise UserError(f"{err.filename}: unreadable folder ({err.strerror})")
-
-    if not os.access(folder, os.R_OK | os.X_OK):
-        raise UserError(f"{folder}: unreadable folder")
-    files = []
-    for root, dirs, names in os.walk(folder, onerror=fail):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip_folder)
-        files += [Path(root) / n for n in sorted(names) if not n.startswith(".")
-                  and (n.lower().endswith(suffix) if suffix else not n.lower().endswith(SIDECARS))]
-    return files
-
-
-SIDECARS = (".txt", ".json")  # captions and metadata beside images (our layout, img2dataset's): not images
-
-
-def collect(inputs: list[str], suffix: str | None = None, skip_folder: Path | None = None) -> list[Item]:
-    """Files given directly, and every non-hidden file below each folder (only `suffix` files if given, else no
-    sidecar .txt/.json files; never below `skip_folder`, the output folder, so a second run does not read its own
-    outputs)."""
-    skip_folder = skip_folder.resolve() if skip_folder is not None else None
-    items = []
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            items += [Item(f, f.relative_to(path)) for f in _walk(path, suffix, skip_folder)]
-        elif path.is_file():
-            items.append(Item(path, Path(path.name)))
-        else:
-            raise UserError(f"{path}: no such file or folder")
-    if not items:
-        raise UserError(f"{' '.join(inputs)}: no input files found" + (f" (looked for *{suffix})" if suffix else ""))
-    return items
 
 
 def read_image(path: Path):
@@ -218,10 +192,11 @@ class Encoder:
 def cmd_compress(args: argparse.Namespace) -> int:
     check_rate_flags(args)
     check_threads(args)
-    out = Path(args.out)
-    items = collect(args.inputs, skip_folder=out)
+    out, ignored = Path(args.out), []
+    items = collect(args.inputs, ignored=ignored)
     single = single_input(args.inputs) and not args.batch
-    protect = file_ids(item.src for item in items)
+    protect = Inputs([*args.inputs, args.tokenizer, args.prior], file_ids(item.src for item in items))
+    check_place(out, protect)
     if args.batch:
         if out.suffix.lower() != ".otok":
             raise UserError(f"{out}: --batch writes one .otok file: name the output *.otok")
@@ -229,7 +204,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     elif output_kind(out, ".otok", single, "compress") == "file":
         targets = [out]
     else:
-        targets = [out / item.rel.with_suffix(".otok") for item in items]
+        targets = [out / name for name in unique_targets(items, ".otok")]
     done_before = 0
     if args.resume and not (single or args.batch):
         todo = [(item, t) for item, t in zip(items, targets) if not t.is_file()]
@@ -243,8 +218,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     encoder = Encoder(owner, rate_control(args, owner.tokenizer.num_latent_tokens), domain.read_trained_on(directory))
     if single or args.batch:
-        return _compress_one_file(args, encoder, items, targets[0], single)
-    return _compress_folder(args, encoder, list(zip(items, targets)), out, done_before)
+        code = _compress_one_file(args, encoder, items, targets[0], single)
+    else:
+        code = _compress_folder(args, encoder, list(zip(items, targets)), out, done_before)
+    ignored_note(ignored)
+    return code
 
 
 def _coding(encoder: Encoder) -> str:
@@ -359,17 +337,16 @@ class Codecs:
             raise UserError(f"{path}: {err}") from None
 
 
-def _png_names(base: Path, stem: str, n: int) -> list[Path]:
-    """`stem.png` for a one-image file, `stem_000.png ...` for a batch."""
-    if n == 1:
-        return [base / f"{stem}.png"]
-    digits = max(3, len(str(n - 1)))
-    return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
+class Plan(NamedTuple):
+    src: Path  # the .otok file
+    file: object  # its parsed content
+    codec: object  # the Codec that decodes it
+    targets: list[Path]  # one PNG per image
 
 
-def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool, skipped: list[Skip]) -> list:
-    """Validate every file and name every output before anything is written: [(file, codec, targets)]. A bad file
-    is an error when `strict` (one input), else skipped."""
+def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool, skipped: list[Skip]) -> list[Plan]:
+    """Validate every file and name every output before anything is written. A bad file is an error when `strict`
+    (one input), else skipped."""
     plans = []
     for item in items:
         try:
@@ -382,18 +359,20 @@ def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool,
                 raise
             skipped.append(Skip(str(err), "unknown tokenizer" if "pass --" in str(err) else "unreadable"))
             continue
-        targets = [out] if kind == "file" else _png_names(out / item.rel.parent, item.src.stem, f.num_images)
-        plans.append((f, owner, targets))
+        targets = [out] if kind == "file" else png_names(out / item.rel.parent, item.src.stem, f.num_images)
+        plans.append(Plan(item.src, f, owner, targets))
     return plans
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     check_threads(args)
-    items = collect(args.inputs, suffix=".otok")
+    ignored: list[Path] = []
+    items = collect(args.inputs, suffix=".otok", ignored=ignored)
     out = Path(args.out)
     single = single_input(args.inputs)
+    protect = Inputs([*args.inputs, args.tokenizer, args.prior], file_ids(item.src for item in items))
+    check_place(out, protect)
     kind = output_kind(out, ".png", single, "decompress")
-    protect = file_ids(item.src for item in items)
     if kind == "file":
         check_writable(out, args.force, protect)
     codecs = Codecs(args.tokenizer, args.prior)
@@ -401,46 +380,53 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     plans = _plan(items, codecs, out, kind, single, skipped)
     resumed = 0
     if args.resume and kind == "folder":
-        todo = [p for p in plans if not all(t.is_file() for t in p[2])]
+        todo = [p for p in plans if not all(t.is_file() for t in p.targets)]
         resumed, plans = len(plans) - len(todo), todo
-    check_targets([t for _, _, targets in plans for t in targets], args.force, protect)
-    progress_: list[int] = []  # files finished, for the messages below
+    check_targets([t for p in plans for t in p.targets], args.force, protect)
+    finished: list[Path] = []  # files decoded, for the messages below
     if plans:  # a tokenizer is loaded (so is torch)
         use_threads(args.threads)
     try:
-        written = _decode_all(args, plans, single, progress_)
+        written = _decode_all(args, plans, single, finished, skipped)
     except KeyboardInterrupt as err:
         if single:
             raise
-        raise interrupted(err, resumed + len(progress_), resumed + len(plans), out) from None
+        raise interrupted(err, resumed + len(finished), resumed + len(plans), out) from None
     except OSError as err:
         if single:
             raise
-        raise write_failed(err, resumed + len(progress_), resumed + len(plans), out) from None
-    code = finish(written + resumed, skipped, len(items), out, "decompressed")
-    where = plans[0][2][0] if written == 1 else out
-    print(f"decompressed {len(plans)} file(s) into {written} PNG image(s)" + skipped_text(skipped, resumed)
+        raise write_failed(err, resumed + len(finished), resumed + len(plans), out) from None
+    code = finish(len(finished) + resumed, skipped, len(items), out, "decompressed")
+    where = plans[0].targets[0] if written == 1 else out
+    print(f"decompressed {len(finished)} file(s) into {written} PNG image(s)" + skipped_text(skipped, resumed)
           + f" -> {where}")
+    ignored_note(ignored)
     return code
 
 
-def _decode_all(args, plans: list, single: bool, finished: list[int]) -> int:
+def _decode_all(args, plans: list[Plan], single: bool, finished: list[Path], skipped: list[Skip]) -> int:
+    """Decode and write every planned file; one that does not decode is an error naming it when `single`, else
+    skipped (and listed at the end) while the others go on."""
     from onetok.scripts.progress import progress
-    from onetok.tokenizers.codec import format as otok
 
     written = 0
-    with progress(sum(f.num_images for f, _, _ in plans), "decompress", quiet=args.quiet or single) as bar:
-        for f, owner, targets in plans:
+    with progress(sum(p.file.num_images for p in plans), "decompress", quiet=args.quiet or single) as bar:
+        for plan in plans:
             try:
-                images = owner.decode(f)
-            except otok.OtokError as err:
-                raise UserError(f"{targets[0]}: {err}") from None
-            for image, target in zip(images, targets):
+                images = plan.codec.decode(plan.file)
+            except (ValueError, RuntimeError, IndexError) as err:  # OtokError, or a payload the decoder rejects
+                message = f"{plan.src}: cannot decode ({' '.join(str(err).split()) or type(err).__name__})"
+                if single:
+                    raise UserError(message) from None
+                skipped.append(Skip(message, "undecodable"))
+                bar.update(plan.file.num_images)
+                continue
+            for image, target in zip(images, plan.targets):
                 with atomic_output(target, args.force) as tmp:
-                    image.save(tmp, format="PNG")
+                    image.save(tmp, format="PNG", pnginfo=png_info())
                 written += 1
                 bar.update(1)
-            finished.append(1)
+            finished.append(plan.src)
     return written
 
 
@@ -473,9 +459,10 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         raise UserError(f"--compare-bpp {args.compare_bpp}: must be positive")
     if not Path(args.images).is_dir():
         raise UserError(f"{args.images}: not a folder")
-    report = Path(args.out)
-    items = collect([args.images], skip_folder=report)[: args.max_images or None]
-    protect = file_ids(item.src for item in items)
+    report, ignored = Path(args.out), []
+    items = collect([args.images], ignored=ignored)[: args.max_images or None]
+    protect = Inputs([args.images, args.tokenizer, args.prior], file_ids(item.src for item in items))
+    check_place(report, protect)
     outputs = {name: report / name for name in ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")}
     for path in outputs.values():
         check_writable(path, args.force, protect)
@@ -508,25 +495,17 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     panels = rd.equal_bytes(owner, images[0], args.compare_bpp, codecs)
     with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:
         rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
+    write_manifest(report, outputs)  # onetok's report: a later --force may replace these four files
     print(rd.format_table(points))
     print(rd.format_bd(rates))
     print(f"{len(images)} image(s)" + skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
+    ignored_note(ignored)
     return code
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # parsers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"need positive numbers, got {text!r}")
-    return values
 
 
 def _resume_or_force(p: argparse.ArgumentParser, what: str) -> None:
@@ -563,10 +542,10 @@ def _register_compress(sub: argparse._SubParsersAction) -> None:
     rate.add_argument("--tokens", type=int, metavar="K",
                       help="the same K tokens for every tile, 1..L, where L is the tokenizer's number of tokens per "
                            "tile (its num_latent_tokens, e.g. 32 for the photo tokenizer; default L)")
-    rate.add_argument("--bpp", type=float, metavar="B",
+    rate.add_argument("--bpp", type=finite_float, metavar="B",
                       help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
-    rate.add_argument("--psnr", type=float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
-    p.add_argument("--scale", type=float, default=1.0, metavar="S",
+    rate.add_argument("--psnr", type=finite_float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
+    p.add_argument("--scale", type=finite_float, default=1.0, metavar="S",
                    help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
     _entropy_flags(p)
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
@@ -600,12 +579,12 @@ def _register_eval_compression(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="REPORT_DIR",
                    help="folder for rd.csv, rd.png, rd.json and equal_bytes.png")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
-    p.add_argument("--bpp", type=_float_list, metavar="B1,B2,...",
+    p.add_argument("--bpp", type=positive_floats, metavar="B1,B2,...",
                    help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
     p.add_argument("--codecs", default="jpeg,webp,avif", metavar="C1,C2,...",
                    help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default jpeg,webp,avif)")
     _entropy_flags(p)
-    p.add_argument("--compare-bpp", type=float, default=0.1, metavar="B",
+    p.add_argument("--compare-bpp", type=finite_float, default=0.1, metavar="B",
                    help="target of the equal-bytes picture of the first image (default 0.1)")
     p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default 0 = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")

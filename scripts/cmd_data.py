@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from onetok.fileio import UserError, staged_dir
+from onetok.scripts.arg_types import finite_float, seed
 
 MAX_SIZE = 4096  # image side, px
 MAX_IMAGES = 10_000_000  # per split
@@ -81,9 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=32, help=f"image side in px, 8..{MAX_SIZE} (default 32)")
     p.add_argument("--train", type=int, default=20000, metavar="N", help="training images (default 20000)")
     p.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
-    p.add_argument("--holdout-combos", type=float, default=0.0, metavar="F",
+    p.add_argument("--holdout-combos", type=finite_float, default=0.0, metavar="F",
                    help="fraction in [0, 1) of (color, shape, position) combos kept out of train and used only in "
                         "val (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -100,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=256, help=f"square side after resize + centre crop, 8..{MAX_SIZE} "
                                                          "(default 256)")
     p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
-    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+    p.add_argument("--val-fraction", type=finite_float, default=0.0, metavar="F",
                    help="fraction in [0, 1) of the files (by file-name hash) written to val/ (default 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png",
                    help="how images are stored in the shards (default png)")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from onetok.fileio import UserError, atomic_output, atomic_write_json, check_writable
+from onetok.fileio import WRITTEN_BY, UserError, atomic_output, atomic_write_json, check_writable
 from onetok.scripts.devices import choose_device
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -89,12 +89,14 @@ def add_fid_args(p: argparse.ArgumentParser, ref_help: str) -> None:
     p.add_argument("--fid-stats-out", metavar="NPZ", help="save the reference set's FID statistics here for reuse")
 
 
-def check_fid_args(args: argparse.Namespace) -> None:
-    """Refuse inconsistent FID flags before any work starts."""
+def check_fid_args(args: argparse.Namespace, inputs=()) -> None:
+    """Refuse inconsistent FID flags, and a --fid-stats-out that is an input or --json, before any work starts."""
     if not args.fid and (args.fid_ref or args.fid_stats_out or args.fid_weights):
         raise UserError("--fid-ref, --fid-stats-out and --fid-weights need --fid")
     if args.fid_stats_out:
-        check_writable(args.fid_stats_out, args.force)
+        if args.json and Path(args.json).absolute() == Path(args.fid_stats_out).absolute():
+            raise UserError(f"--fid-stats-out {args.fid_stats_out}: the same file as --json")
+        check_writable(args.fid_stats_out, args.force, inputs)
         if args.fid_ref and str(args.fid_ref).endswith(".npz"):
             raise UserError("--fid-stats-out: --fid-ref is already a statistics file")
 
@@ -128,10 +130,12 @@ def reference_stats(path: str, extractor) -> tuple:
     return stats, notes
 
 
-def write_stats(path: str, stats, force: bool) -> None:
+def write_stats(path: str, stats, force: bool, inputs=()) -> None:
+    """FID statistics as an .npz whose protocol says onetok wrote it (so --force may replace it later)."""
     from onetok import metrics
 
-    with atomic_output(path, force=force) as tmp, open(tmp, "wb") as f:
+    stats = stats._replace(protocol={**stats.protocol, "written_by": WRITTEN_BY})
+    with atomic_output(path, force, inputs) as tmp, open(tmp, "wb") as f:
         metrics.save_stats(f, stats)
 
 
@@ -326,9 +330,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: no such file or folder")
     if not (Path(args.tokenizer) / "config.json").is_file() or not (Path(args.tokenizer) / "model.safetensors").is_file():
         raise UserError(f"{args.tokenizer}: not a tokenizer directory (needs config.json and model.safetensors)")
+    inputs = [args.tokenizer, args.data, args.fid_ref, args.fid_weights, args.lpips_weights]
     if args.json:
-        check_writable(args.json, args.force)
-    check_fid_args(args)
+        check_writable(args.json, args.force, inputs)
+    check_fid_args(args, inputs)
     from onetok.scripts.cmd_codec import load_tokenizer
 
     device = choose_device(args.device)
@@ -352,9 +357,9 @@ def _run(args: argparse.Namespace) -> int:
         print(lpips_note, file=sys.stderr)
     if plan is not None and args.fid_stats_out:
         write_stats(args.fid_stats_out, next(iter(plan.meters.values())).real_stats(result["protocol"]["fid"]),
-                    args.force)
+                    args.force, inputs)
     if args.json:
-        atomic_write_json(args.json, result, args.force)
+        atomic_write_json(args.json, result, args.force, inputs)
     return 0
 
 

@@ -55,7 +55,8 @@ def is_safetensors(path: Path) -> bool:
 
 def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenizer: str | None = None) -> Path:
     ckpt_path, out = Path(ckpt_path), Path(out)
-    check_replaceable_dir(out, force, inputs=[ckpt_path])  # never replaces the folder holding the checkpoint
+    inputs = [ckpt_path, tokenizer]  # never replaces (or writes into) the checkpoint's folder or the tokenizer
+    check_replaceable_dir(out, force, inputs)
     ckpt = load_checkpoint(ckpt_path)
     system = ckpt.get("onetok_system")
     if system not in EXPORTERS:
@@ -67,7 +68,7 @@ def export(ckpt_path: str | Path, out: str | Path, force: bool = False, tokenize
 
     kwargs = {"tokenizer": tokenizer} if system == "ar" else {}
     try:
-        with staged_dir(out, force=True) as tmp:  # existence was checked above
+        with staged_dir(out, force, inputs) as tmp:
             exporter(ckpt, tmp, force=True, **kwargs)
             if system in ("tokenizer", "postfilter"):  # what it knows, for `compress` to warn about far-off inputs
                 described, before = domain.describe_training(ckpt), domain.read_trained_on(tmp)

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from onetok.fileio import UserError, staged_dir
+from onetok.fileio import UserError, check_replaceable_dir, staged_dir
 
 
 def caption_shards(spec: str) -> list[str]:
@@ -52,10 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size}: needs at least 258 (<unk>, the 256 byte pieces, and room for merges)")
     if args.max_captions is not None and args.max_captions < 1:
         raise UserError(f"--max-captions {args.max_captions}: must be at least 1")
-    paths = caption_shards(args.captions)
     out = Path(args.out)
+    check_replaceable_dir(out, args.force, inputs=[args.captions])
+    paths = caption_shards(args.captions)
     try:
-        with staged_dir(out, args.force) as tmp:
+        with staged_dir(out, args.force, inputs=[args.captions]) as tmp:
             captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap",
                                  disable=args.quiet))
             if not any(captions):

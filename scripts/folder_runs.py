@@ -9,12 +9,99 @@ everything (`finish`); an interruption or a write error says how many outputs we
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
 from onetok.fileio import UserError, check_writable
+
+
+class Item(NamedTuple):
+    src: Path  # input file
+    rel: Path  # its name below the output folder
+
+
+SIDECARS = (".txt", ".json")  # captions and metadata beside images (our layout, img2dataset's): not images
+
+
+def _wanted(path: Path, suffix: str | None) -> bool:
+    """An `suffix` file (when given), else an image by name or content."""
+    from onetok.data.images import looks_like_image
+
+    return path.name.lower().endswith(suffix) if suffix else looks_like_image(path)
+
+
+def _walk(folder: Path, suffix: str | None, ignored: list[Path]) -> list[Path]:
+    def fail(err: OSError) -> None:
+        raise UserError(f"{err.filename}: unreadable folder ({err.strerror})")
+
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise UserError(f"{folder}: unreadable folder")
+    files = []
+    for root, dirs, names in os.walk(folder, onerror=fail):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            path = Path(root) / name
+            if _wanted(path, suffix):
+                files.append(path)
+            elif suffix or not name.lower().endswith(SIDECARS):
+                ignored.append(path)
+    return files
+
+
+def collect(inputs: list[str], suffix: str | None = None, ignored: list[Path] | None = None) -> list[Item]:
+    """Files given directly, and the files below each folder that the command can read: `suffix` files if given,
+    else images by name or content (`onetok.data.images.looks_like_image`); the other files below a folder (but
+    hidden ones and .txt/.json sidecars) are added to `ignored`, for the note at the end."""
+    items, ignored = [], ignored if ignored is not None else []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            items += [Item(f, f.relative_to(path)) for f in _walk(path, suffix, ignored)]
+        elif path.is_file():
+            items.append(Item(path, Path(path.name)))
+        elif path.exists():
+            raise UserError(f"{path}: not a regular file or folder")
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    if not items:
+        what = f"*{suffix} files" if suffix else "image files"
+        raise UserError(f"{' '.join(inputs)}: no {what} found" + (f" (ignored {len(ignored)} other file(s): "
+                                                                   f"{ignored[0]}, ...)" if ignored else ""))
+    return items
+
+
+def unique_targets(items: list[Item], suffix: str) -> list[Path]:
+    """Output names below the output folder, `a.png` -> `a.SUFFIX`; inputs whose names would meet (`a.png` and
+    `a.jpg`) keep their extension (`a.png.SUFFIX`, `a.jpg.SUFFIX`), decided before any work."""
+    plain = [item.rel.with_suffix(suffix) for item in items]
+    count = Counter(p.as_posix().lower() for p in plain)
+    names = [p if count[p.as_posix().lower()] == 1 else item.rel.with_name(item.rel.name + suffix)
+             for item, p in zip(items, plain)]
+    seen: dict[str, Path] = {}
+    for item, name in zip(items, names):
+        key = name.as_posix().lower()
+        if key in seen:
+            raise UserError(f"{item.src}: its output name {name} is also that of {seen[key]}; rename one of them")
+        seen[key] = item.src
+    return names
+
+
+def png_names(base: Path, stem: str, n: int) -> list[Path]:
+    """`stem.png` for a one-image file, `stem_000.png ...` for a batch."""
+    if n == 1:
+        return [base / f"{stem}.png"]
+    digits = max(3, len(str(n - 1)))
+    return [base / f"{stem}_{i:0{digits}d}.png" for i in range(n)]
+
+
+def ignored_note(ignored: list[Path]) -> None:
+    """One line at the end of a folder run: the files below its folders that were not inputs."""
+    if ignored:
+        shown = ", ".join(str(p) for p in ignored[:4]) + (f" and {len(ignored) - 4} more" if len(ignored) > 4 else "")
+        print(f"note: ignored {len(ignored)} file(s) that are not inputs of this command: {shown}", file=sys.stderr)
 
 
 class Skip(NamedTuple):

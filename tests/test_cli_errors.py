@@ -45,7 +45,7 @@ TABLE = [
     ("compress-onto-itself", ["compress", "--tokenizer", "{E}/tok", "--force", "{T}/x.png", "-o", "{T}/x.png"],
      "x.png", (("{E}/images/a.png", "x.png"),)),
     ("compress-onto-input", ["compress", "--tokenizer", "{E}/tok", "--force", "{T}/pic.otok", "-o", "{T}/pic.otok"],
-     "is one of the inputs", (("{E}/images/a.png", "pic.otok"),)),
+     "is the input", (("{E}/images/a.png", "pic.otok"),)),
     ("compress-two-into-otok", ["compress", "--tokenizer", "{E}/tok", "{E}/images/a.png", "{E}/images/b.png", "-o",
                                 "{T}/two.otok"], "two.otok", ()),
     ("compress-batch-into-folder", ["compress", "--tokenizer", "{E}/tok", "--batch", "{E}/images", "-o", "{T}/d"],

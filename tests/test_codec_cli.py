@@ -138,12 +138,14 @@ def test_folder_mode_skips_bad_files(env, tmp_path, capsys):
     assert sizes == {"a.png": (16, 16), "b.png": (40, 20), "c.png": (13, 31)}
 
 
-def test_output_folder_inside_input_is_not_read_back(env, tmp_path, capsys):
+def test_output_folder_inside_input_is_refused(env, tmp_path, capsys):
+    """Issue 24: an output is never inside an input folder (a second run would read its own outputs)."""
     images = shutil.copytree(env / "images", tmp_path / "images")
-    for _ in range(2):
-        code, out, _ = _run(capsys, "compress", "--tokenizer", env / "tok", "--quiet", "--force", images,
-                            "-o", images / "otok")
-        assert code == 0 and "compressed 3 image(s)" in out and "skipped 0" in out
+    before = sorted(p.name for p in images.rglob("*"))
+    code, _, err = _run(capsys, "compress", "--tokenizer", env / "tok", "--quiet", "--force", images,
+                        "-o", images / "otok")
+    assert code == 2 and "inside the input folder" in err
+    assert sorted(p.name for p in images.rglob("*")) == before
 
 
 def test_folder_mode_refuses_before_writing(env, tmp_path, capsys):
