@@ -260,22 +260,42 @@ def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str
 def cmd_caption(args: argparse.Namespace) -> int:
     check_model_dir(args.model)
     check_threads(args)
-    for path in args.images:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
+    from onetok.scripts.folder_runs import collect, ignored_note
+
+    ignored: list[Path] = []
+    files = [str(item.src) for item in collect(args.images, ignored=ignored)]  # folders: their images
     model = _load_model(args.model, args.threads)
-    S, strict, skipped = model.tokenizer.image_size, len(args.images) == 1, []
-    for start in range(0, len(args.images), CAPTION_BATCH):  # read, caption and print a batch at a time
-        paths, images = _caption_inputs(args.images[start : start + CAPTION_BATCH], S, strict, skipped)
+    S, strict, skipped, noted = model.tokenizer.image_size, len(files) == 1 and not ignored, [], False
+    for start in range(0, len(files), CAPTION_BATCH):  # read, caption and print a batch at a time
+        paths, images = _caption_inputs(files[start : start + CAPTION_BATCH], S, strict, skipped)
         if images is None:
             continue
+        noted = noted or _far_outside(model, args.model, paths[0], images[:1])
         for path, caption in zip(paths, model.caption(images, greedy=not args.sample, seed=args.seed)):
             print(f"{path}\t{caption}", flush=True)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if skipped and len(skipped) == len(args.images):
-        raise UserError(f"no image captioned: all {len(skipped)} unreadable")
+    ignored_note(ignored)
+    if skipped and len(skipped) == len(files):
+        raise UserError(f"no image captioned: all {len(skipped)} unreadable; first: {skipped[0]}")
     return 1 if skipped else 0
+
+
+def _far_outside(model, model_dir: str, path: str, image) -> bool:
+    """Note (once per run) that an image lies far outside what the model's tokenizer was trained on, as `compress`
+    does: its caption then says what the model knows, not what the picture shows. True when noted."""
+    from onetok.tokenizers import domain
+
+    ids = model.tokenizer.encode(image.to(model.device)).cpu().numpy()  # (1, L)
+    tiles = (image * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (1, S, S, 3)
+    psnr = domain.full_length_psnr(model.tokenizer, tiles, ids)
+    if psnr >= domain.FAR_PSNR_DB:
+        return False
+    trained_on = domain.read_trained_on(Path(model_dir) / "tokenizer") or "other images"
+    print(f"note: {path}: the model's tokenizer reproduces it at only {psnr:.1f} dB even with all its tokens: it lies "
+          f"far outside what the model was trained on ({trained_on}), so its caption can only name what the model "
+          "knows", file=sys.stderr)
+    return True
 
 
 CAPTION_BATCH = 64
@@ -331,7 +351,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
                        description="Caption images: each is read as displayed (EXIF orientation applied), resized "
                                    "(short side) and centre-cropped to the tokenizer's size.")
     p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...) and/or folders "
+                                                              "of them (searched recursively)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")
     p.add_argument("--seed", type=seed, default=0, help="random seed for --sample (default 0)")
     add_threads_arg(p)

@@ -50,13 +50,15 @@ def cmd_images(args: argparse.Namespace) -> int:
     _check_count("--shard-size", args.shard_size, 1, MAX_IMAGES)
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
-    from onetok.data.convert import convert_images, list_inputs
+    from onetok.data.convert import convert_images, list_inputs, not_images
+    from onetok.scripts.folder_runs import ignored_note
     from onetok.scripts.progress import progress
 
     out = Path(args.out)
-    total = len(list_inputs(src)[0])
+    total, others = len(list_inputs(src)[0]), not_images(src)
     if total == 0:
-        raise UserError(f"{src}: no image files (only .txt/.json sidecars or nothing)")
+        raise UserError(f"{src}: no image files (by name or content)"
+                        + (f"; {len(others)} other file(s), e.g. {others[0]}" if others else ""))
     with staged_dir(out, args.force, inputs=[src]) as tmp:
         with progress(total, "images", unit="file", quiet=args.quiet) as bar:
             summary = convert_images(src, tmp, args.size, args.shard_size, args.val_fraction, args.format,
@@ -67,6 +69,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         for line in summary.skipped_files:
             print(f"skipped {line}", file=sys.stderr)
     print(f"written: {summary.written}, skipped: {summary.skipped} (unreadable) -> {out}")
+    ignored_note(others)
     return 1 if summary.skipped else 0
 
 

@@ -22,8 +22,9 @@ from onetok.scripts.devices import choose_device
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _folder_images(folder: Path, size: int):
-    """uint8 (3, S, S) tensors of the image files under `folder` (sorted; unreadable files skipped)."""
+def _folder_images(folder: Path, size: int, skipped: list[str]):
+    """uint8 (3, S, S) tensors of the image files under `folder` (images by name or content, sorted); an unreadable
+    one is added to `skipped` (one line naming it and why), as `onetok data images` does."""
     import numpy as np
     import torch
 
@@ -33,7 +34,8 @@ def _folder_images(folder: Path, size: int):
     for path in candidates:
         try:
             image = load_image(path, size)
-        except Exception:  # noqa: BLE001 - not an image or a corrupt one: skipped, as `onetok data images` does
+        except ValueError as err:  # ImageReadError: not an image, a corrupt one or a bomb
+            skipped.append(str(err))
             continue
         yield torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
@@ -48,16 +50,17 @@ def _shard_images(spec: str, size: int):
         yield torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
 
-def image_batches(spec: str, size: int, batch_size: int, limit: int | None):
+def image_batches(spec: str, size: int, batch_size: int, limit: int | None, skipped: list[str] | None = None):
     """(B, 3, S, S) float batches in [0, 1] from image shards (directory, glob or brace pattern) or a folder of
-    image files; images are resized (short side) and centre-cropped to S."""
+    image files (its unreadable files are added to `skipped`); images are resized (short side) and centre-cropped
+    to S."""
     import torch
 
     from onetok.data.shards import expand_shards
 
     shards = expand_shards(spec)
     if Path(spec).is_dir() and not shards:
-        images = _folder_images(Path(spec), size)
+        images = _folder_images(Path(spec), size, [] if skipped is None else skipped)
     elif shards and all(Path(p).is_file() for p in shards):
         images = _shard_images(spec, size)
     else:
@@ -228,7 +231,7 @@ def evaluate(tokenizer, batches, device: str = "cpu", fid: FidPlan | None = None
                 fid.meters[k].update(metrics.extract(fid.extractor, rec), real=False)
         n += images.shape[0]
     if n == 0:
-        raise UserError("no images to evaluate")
+        raise UserError("no images to evaluate")  # the caller names the files it skipped
     health = codebook_health(position_counts)
     result = {
         "images": n, "num_latent_tokens": L, "codebook_size": K,
@@ -341,9 +344,10 @@ def _run(args: argparse.Namespace) -> int:
     quality_ks = fid_token_counts(args.fid_tokens, tokenizer.num_latent_tokens)
     plan, reference, notes = _fid_plan(args, quality_ks, device)
     lpips_net, lpips_note = lpips_network(args, device, tokenizer.image_size)
-    start = time.time()
-    batches = image_batches(args.data, tokenizer.image_size, args.batch_size, args.limit)
-    result = evaluate(tokenizer, batches, device, plan, lpips_net, quality_ks)
+    start, skipped = time.time(), []
+    batches = image_batches(args.data, tokenizer.image_size, args.batch_size, args.limit, skipped)
+    result = _evaluate_or_say_why(args.data, skipped,
+                                  lambda: evaluate(tokenizer, batches, device, plan, lpips_net, quality_ks))
     result["image_size"] = tokenizer.image_size
     if plan is not None:
         if reference is not None and reference.n and reference.n != result["images"]:
@@ -360,7 +364,34 @@ def _run(args: argparse.Namespace) -> int:
                     args.force, inputs)
     if args.json:
         atomic_write_json(args.json, result, args.force, inputs)
-    return 0
+    return _skipped_summary(args.data, skipped)
+
+
+def _evaluate_or_say_why(data: str, skipped: list[str], run):
+    """`run` (a zero-argument call) -> its result; "no images" names the data and the files skipped in it."""
+    try:
+        return run()
+    except UserError as err:
+        if skipped and "no images" in str(err):
+            raise UserError(f"{data}: no images to evaluate: all {len(skipped)} image file(s) unreadable; first: "
+                            f"{skipped[0]}") from None
+        raise
+
+
+def _skipped_summary(data: str, skipped: list[str]) -> int:
+    """The files of a folder that were skipped, one line each at the end, and exit code 1 when there are any; the
+    other files (not images by name or content) in one note."""
+    from onetok.data.convert import not_images
+    from onetok.data.shards import expand_shards
+    from onetok.scripts.folder_runs import ignored_note
+
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} unreadable image file(s) skipped in {data}", file=sys.stderr)
+    if Path(data).is_dir() and not expand_shards(data):  # a folder of image files
+        ignored_note(not_images(Path(data)))
+    return 1 if skipped else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -218,7 +218,7 @@ def test_unreadable_subfolder(env, tmp_path, capsys, monkeypatch):
         yield from real_walk(top, **kw)
         onerror(PermissionError(13, "Permission denied", str(env / "images" / "private")))
 
-    monkeypatch.setattr("onetok.scripts.cmd_codec.os.walk", walk)
+    monkeypatch.setattr("onetok.scripts.folder_runs.os.walk", walk)
     code, _, err = _run(capsys, "compress", "--tokenizer", env / "tok", env / "images", "-o", tmp_path / "out")
     assert code == 2
     _one_line_error(err, env / "images" / "private")
