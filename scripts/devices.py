@@ -1,26 +1,23 @@
 """Where a command computes: the torch device (`--device`) and the number of CPU threads (`--threads`).
 
-torch starts one thread per core. On cores that other processes are busy with, that thrashes: on 2 cores shared
-with one other job, a CPU training step ran about 4x faster with 1 thread than with 2 (1.4 vs 6 steps/s). So by
-default a command takes the cores that are not busy: those this process may run on (its CPU affinity) less the
-threads other processes have runnable right now (`/proc/loadavg`, a median of a few reads; the 1-minute load
-average lags, so a pipeline's own previous step would count), at least 1. `--threads N` sets the number; an
-`OMP_NUM_THREADS` in the environment is left to torch. The parsers stay torch-free; torch is imported only when a
-command applies its choice.
+By default a command uses the cores this process may run on (its CPU affinity, `os.sched_getaffinity`: what a
+container, `taskset` or a batch scheduler gives it), as torch itself does; no guess from the machine's load. Where
+onetok runs steps in parallel (several CPU training processes) each gets an equal share of those cores.
+`--threads N` sets the number, and an `OMP_NUM_THREADS` in the environment is left to torch: on cores shared with
+other jobs, 1 thread can be much faster than one per core (README, "CPU threads"). The parsers stay torch-free;
+torch is imported only when a command applies its choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 from onetok.fileio import UserError
 
-THREADS_HELP = ("CPU threads for torch (default: the cores not busy -- this process's cores less other processes' "
-                "runnable threads, at least 1 -- or OMP_NUM_THREADS when set)")
-LOADAVG = "/proc/loadavg"
+THREADS_HELP = ("CPU threads for torch (default: the cores this process may run on, or OMP_NUM_THREADS when set; "
+                "on cores shared with other jobs fewer can be faster)")
 
 
 def choose_device(name: str | None = "auto") -> str:
@@ -34,28 +31,16 @@ def choose_device(name: str | None = "auto") -> str:
     return name
 
 
-def busy_cores(samples: int = 5) -> float:
-    """Threads of other processes that are runnable now: the median over a few reads of /proc/loadavg's running
-    count, less this process; the 1-minute load average where there is no /proc."""
-    try:
-        counts = []
-        for i in range(samples):
-            if i:
-                time.sleep(0.01)
-            with open(LOADAVG) as fh:
-                counts.append(int(fh.read().split()[3].split("/")[0]) - 1)  # "R/T": runnable/total, R counts us
-        return float(statistics.median(counts))
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0]
-        except (AttributeError, OSError):  # no load average on this platform
-            return 0.0
+def own_cores() -> int:
+    """The cores this process may run on (its affinity; the machine's count where there is none), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
-def idle_cores() -> int:
-    """The cores this process may run on (its affinity) that other processes leave free, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, cores - round(busy_cores())))
+def share_of_cores(parts: int) -> int:
+    """Threads for each of `parts` processes or steps run side by side on this process's cores, at least 1."""
+    return max(1, own_cores() // max(1, parts))
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -66,14 +51,17 @@ def check_threads(args: argparse.Namespace) -> None:
     """`--threads`, named as the user typed it (before anything loads)."""
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
+    if args.threads is not None and args.threads > own_cores():
+        print(f"note: --threads {args.threads} is more than the {own_cores()} core(s) this process may run on: "
+              "slower, not faster", file=sys.stderr)
 
 
 def use_threads(threads: int | None) -> int:
     """Set torch's CPU threads: `threads` when given, else torch's own choice under OMP_NUM_THREADS, else
-    `idle_cores()`. Returns the number in use."""
+    `own_cores()`. Returns the number in use."""
     import torch
 
     if threads is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    torch.set_num_threads(threads or idle_cores())
+    torch.set_num_threads(threads or own_cores())
     return torch.get_num_threads()

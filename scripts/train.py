@@ -19,8 +19,8 @@ One YAML per run names its system and data module by class path, e.g.
 own "last" looks only in the new run's version folder. The checkpoint restores the step count, the optimizers and
 the data position (docs/scaling.md).
 
-On the CPU, unless OMP_NUM_THREADS is set, each process takes an equal share of the idle cores as torch threads
-(`onetok.scripts.devices.idle_cores`): torch's default of one thread per core thrashes on cores that are busy.
+On the CPU, unless OMP_NUM_THREADS is set, each process takes an equal share of the cores this process may run on
+(its affinity: `onetok.scripts.devices.share_of_cores`), so several CPU ranks do not each start one thread per core.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from onetok.scripts import train_checks
-from onetok.scripts.devices import idle_cores
+from onetok.scripts.devices import share_of_cores
 
 
 def newest_last_checkpoint(root: str | Path) -> Path | None:
@@ -55,6 +55,7 @@ class OnetokCLI(LightningCLI):
         cpu_threads(self.trainer)
 
     def before_fit(self) -> None:
+        train_checks.check_enough_samples(self.datamodule, self.trainer)
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
@@ -64,14 +65,14 @@ class OnetokCLI(LightningCLI):
 
 
 def cpu_threads(trainer) -> int | None:
-    """A CPU run without OMP_NUM_THREADS: torch threads = the idle cores shared among this machine's processes.
+    """A CPU run without OMP_NUM_THREADS: torch threads = this process's cores shared among the run's processes.
     Returns the number set, or None (left to torch)."""
     import torch
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if os.environ.get("OMP_NUM_THREADS") or not isinstance(trainer.accelerator, CPUAccelerator):
         return None
-    threads = max(1, idle_cores() // max(1, trainer.num_devices))
+    threads = share_of_cores(trainer.num_devices)
     torch.set_num_threads(threads)
     rank_zero_info(f"CPU run: {threads} torch thread(s) per process (set OMP_NUM_THREADS to choose)")
     return threads

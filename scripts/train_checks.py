@@ -123,6 +123,25 @@ def check_config(config) -> None:
                 check_folder(key, value, ("config.json", "model.safetensors"), "not a tokenizer folder")
 
 
+def check_enough_samples(datamodule, trainer) -> None:
+    """Refuse, before Lightning creates `lightning_logs/`, a fit whose ranks get fewer training samples than a batch:
+    training drops the last partial batch, so such a run would train on nothing. Data sets of unknown length (resampled
+    shard streams) are not checked. The data module's `setup` is guarded, so Lightning's own call reuses its work."""
+    batch_size = getattr(datamodule, "batch_size", None)
+    if datamodule is None or not isinstance(batch_size, int):
+        return
+    datamodule.setup("fit")
+    try:
+        samples = len(datamodule.train_dataloader().dataset)
+    except TypeError:  # an iterable without a length
+        return
+    world = max(1, int(getattr(trainer, "world_size", 1) or 1))
+    if samples // world < batch_size:
+        per_rank = f" ({samples // world} per rank on {world} ranks)" if world > 1 else ""
+        raise UserError(f"--data.init_args.batch_size {batch_size}: only {samples} training samples{per_rank}, fewer "
+                        "than one batch (a partial last batch is dropped): lower the batch size or add data")
+
+
 def quiet_progress(config) -> None:
     """No progress bar when stderr is not a terminal, unless the config asks for one."""
     trainer = config.get("trainer") if hasattr(config, "get") else None

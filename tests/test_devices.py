@@ -18,25 +18,12 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("cores", "load", "expected"), [(4, 0.0, 4), (4, 1.4, 3), (4, 2.6, 1), (4, 9.0, 1),
-                                                          (2, 1.3, 1), (1, 0.0, 1)])
-def test_idle_cores_are_the_affinity_less_the_load(monkeypatch, cores, load, expected):
+@pytest.mark.parametrize(("cores", "parts", "expected"), [(4, 1, 4), (4, 2, 2), (4, 3, 1), (4, 8, 1), (1, 1, 1)])
+def test_default_threads_are_the_cores_this_process_may_run_on(monkeypatch, cores, parts, expected):
+    """Issue 26: the affinity, as torch uses it, divided among steps run side by side; never a guess from the load."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    monkeypatch.setattr(devices, "busy_cores", lambda: load)
-    assert devices.idle_cores() == expected
-
-
-def test_busy_cores_counts_other_runnable_threads_now(monkeypatch, tmp_path):
-    """/proc/loadavg's running count less this process; without /proc, the 1-minute load average."""
-    loadavg = tmp_path / "loadavg"
-    loadavg.write_text("1.90 1.20 0.80 3/250 12345\n")  # a lagging 1.9 average, but 3 runnable: us and 2 others
-    monkeypatch.setattr(devices, "LOADAVG", str(loadavg))
-    assert devices.busy_cores(samples=3) == 2.0
-    loadavg.write_text("1.90 1.20 0.80 1/250 12345\n")  # only us: the previous step's load has ended
-    assert devices.busy_cores(samples=1) == 0.0
-    monkeypatch.setattr(devices, "LOADAVG", str(tmp_path / "missing"))
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 0.5))
-    assert devices.busy_cores() == 1.4
+    assert devices.own_cores() == cores and devices.share_of_cores(parts) == expected
+    assert not hasattr(devices, "busy_cores") and "loadavg" not in open(devices.__file__).read()
 
 
 def test_use_threads(monkeypatch, restore_threads):
@@ -45,15 +32,20 @@ def test_use_threads(monkeypatch, restore_threads):
     torch.set_num_threads(2)
     assert devices.use_threads(None) == 2  # an OMP_NUM_THREADS in the environment is torch's to apply
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(devices, "idle_cores", lambda: 1)
+    monkeypatch.setattr(devices, "own_cores", lambda: 1)
     assert devices.use_threads(None) == 1 == torch.get_num_threads()
 
 
-def test_check_threads():
+def test_check_threads(monkeypatch, capsys):
+    monkeypatch.setattr(devices, "own_cores", lambda: 2)
     devices.check_threads(SimpleNamespace(threads=None))
     devices.check_threads(SimpleNamespace(threads=1))
+    assert capsys.readouterr().err == ""
     with pytest.raises(UserError, match="--threads 0"):
         devices.check_threads(SimpleNamespace(threads=0))
+    devices.check_threads(SimpleNamespace(threads=1000))  # issue 24: not silently accepted
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--threads 1000" in err and "2 core(s)" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without CUDA")
@@ -68,9 +60,9 @@ def test_training_threads_on_cpu(monkeypatch, restore_threads):
     from lightning.pytorch.accelerators import CPUAccelerator
 
     trainer = SimpleNamespace(accelerator=CPUAccelerator(), num_devices=2)
-    monkeypatch.setattr("onetok.scripts.train.idle_cores", lambda: 5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(5)), raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cpu_threads(trainer) is None  # the user's choice stands
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert cpu_threads(trainer) == 2 == torch.get_num_threads()  # 5 idle cores shared by 2 processes
+    assert cpu_threads(trainer) == 2 == torch.get_num_threads()  # 5 cores shared by 2 processes
     assert cpu_threads(SimpleNamespace(accelerator=object(), num_devices=1)) is None  # not a CPU run
