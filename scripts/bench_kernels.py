@@ -28,7 +28,9 @@ QUICK_GPU_GRID = {"N": [65536], "K": [4096, 16384], "D": [8, 16, 64]}
 CPU_GRID = {"N": [4096, 16384], "K": [1024, 4096], "D": [16]}
 SJD_FULL = [(1, 16, 32768), (8, 16, 32768), (8, 32, 32768), (32, 16, 32768)]  # (B, W, V)
 SJD_CPU = [(1, 16, 4096), (8, 16, 4096), (8, 16, 32768)]
-METHODS = ["cdist+argmin", "addmm+argmin", "reference", "triton"]  # "reference": onetok's chunked torch path
+# "reference": onetok's chunked torch search; "default": `onetok.kernels.nearest_code` as the quantizer calls it (the
+# torch search or the kernel by size, the prepared codebook cached); "triton": the kernel, always
+METHODS = ["cdist+argmin", "addmm+argmin", "reference", "default", "triton"]
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -146,6 +148,7 @@ def _nearest_code_methods(z, codebook, metric: str, use_triton: bool) -> dict:
         "cdist+argmin": cdist_argmin,
         "addmm+argmin": addmm_argmin,
         "reference": lambda: kernels.nearest_code(z, codebook, metric, backend="torch").indices,
+        "default": lambda: kernels.nearest_code(z, codebook, metric).indices,
     }
     if use_triton:
         methods["triton"] = lambda: kernels.nearest_code(z, codebook, metric, backend="triton").indices
@@ -158,7 +161,7 @@ def _estimated_extra_bytes(method: str, n: int, k: int) -> int:
 
     if method in ("cdist+argmin", "addmm+argmin"):
         return n * k * 4
-    if method == "reference":
+    if method in ("reference", "default"):  # on CPU the default path is the torch search
         return min(n, reference.chunk_rows(k)) * k * 4 + n * 12
     return n * 12
 
@@ -170,6 +173,8 @@ def nearest_code_cases(grid: dict, dtypes: list[str], metrics: list[str]) -> lis
 
 def _bench_case(case: dict, device: str, use_triton: bool, measure, seed: int, peaks: dict) -> dict:
     import torch
+
+    from onetok import kernels
 
     n, k, d = case["N"], case["K"], case["D"]
     row = {**case, "ms": {}, "extra_mib": {}, "gfma_s": {}, "peak_fraction": {}, "errors": {}}
@@ -194,8 +199,10 @@ def _bench_case(case: dict, device: str, use_triton: bool, measure, seed: int, p
         row["peak_fraction"][name] = row["gfma_s"][name] / peak if peak else None
     base = row["ms"].get("cdist+argmin")
     row["speedup_vs_cdist"] = {m: base / t for m, t in row["ms"].items()} if base else {}
-    row["triton_vs_addmm"] = (row["ms"]["addmm+argmin"] / row["ms"]["triton"]
-                              if "triton" in row["ms"] and "addmm+argmin" in row["ms"] else None)
+    for method in ("triton", "default"):
+        row[f"{method}_vs_addmm"] = (row["ms"]["addmm+argmin"] / row["ms"][method]
+                                     if method in row["ms"] and "addmm+argmin" in row["ms"] else None)
+    row["default_path"] = kernels.search_backend("auto", z, k)
     if "triton" in results and "reference" in results:  # same argmin as the reference (near-ties may differ)
         row["triton_agreement"] = (results["triton"] == results["reference"]).float().mean().item()
     return row
@@ -210,7 +217,8 @@ def bench_nearest_code(cases: list[dict], device: str, use_triton: bool, repeats
             rows.append(_bench_case(case, device, use_triton, measure, seed, peaks or {}))
         except Exception as err:
             rows.append({**case, "ms": {}, "extra_mib": {}, "gfma_s": {}, "peak_fraction": {},
-                         "speedup_vs_cdist": {}, "triton_vs_addmm": None, "errors": {"case": _error(err)}})
+                         "speedup_vs_cdist": {}, "triton_vs_addmm": None, "default_vs_addmm": None,
+                         "errors": {"case": _error(err)}})
     return rows
 
 
@@ -276,7 +284,7 @@ def print_tables(report: dict) -> None:
     speed = " ".join(f"{'x ' + _short(m):>11}" for m in methods[1:])
     rate = " ".join(f"{'GFMA/s ' + _short(m):>15} {'%pk':>5}" for m in methods)
     mem = " ".join(f"{'MiB ' + _short(m):>13}" for m in methods)
-    extra = f" {'tri/addmm':>9}" if report["triton"] else ""
+    extra = f" {'def/addmm':>9}" + (f" {'tri/addmm':>9}" if report["triton"] else "")
     print(f"{'N':>7} {'K':>6} {'D':>3} {'dtype':>5} {'metric':>9} {head} {speed}{extra} {rate} {mem}")
     errors = []
     for row in report["nearest_code"]:
@@ -285,12 +293,14 @@ def print_tables(report: dict) -> None:
         rates = " ".join(f"{_cell(row['gfma_s'].get(m), '.1f'):>15} "
                          f"{_cell(_percent(row['peak_fraction'].get(m)), '.0f'):>5}" for m in methods)
         mibs = " ".join(f"{_cell(row['extra_mib'].get(m), '.1f'):>13}" for m in methods)
-        extra = f" {_cell(row['triton_vs_addmm'], '.2f'):>9}" if report["triton"] else ""
+        extra = f" {_cell(row.get('default_vs_addmm'), '.2f'):>9}"
+        extra += f" {_cell(row['triton_vs_addmm'], '.2f'):>9}" if report["triton"] else ""
         print(f"{row['N']:>7} {row['K']:>6} {row['D']:>3} {row['dtype']:>5} {row['metric']:>9} {times} {ratios}"
               f"{extra} {rates} {mibs}")
         errors += [f"  N={row['N']} K={row['K']} D={row['D']} {row['dtype']} {row['metric']} {m}: {e}"
                    for m, e in row["errors"].items()]
     print("\n(x name = cdist+argmin time / that method's time in the same run", end="")
+    print("; def/addmm = addmm+argmin time / the default path's (onetok.kernels.nearest_code) time", end="")
     print("; tri/addmm = addmm+argmin time / triton time" if report["triton"] else "", end="")
     print("; %pk = percent of the measured matmul peak of that dtype; cosine baselines: cdist of normalised rows, "
           "mm+argmax)\n")

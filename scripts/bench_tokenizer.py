@@ -22,9 +22,12 @@ import time
 import types
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from onetok.fileio import UserError
+
+if TYPE_CHECKING:  # imported where used: `onetok --help` stays torch-free
+    import torch
 
 STAGES = {  # stage -> the module whose forward call it times
     "patch embed": "encoder.patch_embed",

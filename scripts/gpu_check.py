@@ -1,20 +1,28 @@
 """The prepared GPU check: one H100/H200, at most 8 minutes, from a plain checkout; one JSON and one markdown file.
 
-    scripts/gpu_check.sh OUT [--dry-run] [--model DIR] [--deadline-s S] [--only a,b]    (make gpu-check OUT=...)
-    python3 scripts/gpu_check.py --out OUT ...                                            (the same, no wheel set-up)
+    scripts/gpu_check.sh OUT [--dry-run] [--model DIR] [--natural-model DIR] [--reference DIR] [--deadline-s S]
+                         [--only a,b]                                               (make gpu-check OUT=...)
+    python3 scripts/gpu_check.py --out OUT ...                                      (the same, no wheel set-up)
 
 Sections, in order of value (each records its numbers, its error, or why it was skipped; the report is rewritten
 after every section, so a run cut short keeps what it measured):
 
     environment      device, driver, versions, which optional packages import
     peaks            device-to-device copy bandwidth; fp32 / TF32 / bf16 square-matmul rates
-    nearest_code     N=65536 K=16384 D=16 (fp32, bf16 x euclidean, cosine) and the TiTok-S-128 quantizer's shapes,
-                     Triton vs cdist+argmin vs addmm+argmin vs the torch reference, with peak extra memory
+    nearest_code     N=65536 K=16384 D=16 (fp32, bf16 x euclidean, cosine) and the TiTok-S-128 quantizer's shapes
+                     (N = 128 ... 32768), the default path (`onetok.kernels.nearest_code`) vs the Triton kernel vs
+                     cdist+argmin vs addmm+argmin vs the torch reference, with peak extra memory
     sjd_verify       the verify kernel vs its torch reference
-    sampling_random  plain vs SJD x batch 1 and 16: random-weight AR `base`, 256-token tokenizer
+    tokenizer_reference  titok-s-128 vs bytedance/1d-tokenizer's TiTok (third_party/1d-tokenizer or --reference):
+                     training steps/s and encode/decode images/s, bf16, interleaved (scripts/gpu_check_side.py)
+    natural_model    the built-in natural-image unified model (--natural-model DIR): training steps/s, sampling
+                     images/s at batch 1, 16, 256, plain vs SJD
+    otok_cuda        a .otok file written on the CPU (portable coder) decoded on CUDA: the same ids?
     tests            the kernel tests, compiled on the device, and every `gpu`-marked test (pytest subprocess)
-    sampling_trained the same on a trained model: --model DIR, else the `shapes` AR model trained here briefly
+    sampling_random  plain vs SJD x batch 1 and 16: random-weight AR `base`, 256-token tokenizer
+    tokenizer_speed  titok-s-128 encode/decode images/s in bf16 and fp32, time per stage
     train_rates      bf16-mixed training steps/s of the TiTok-S-128 tokenizer and the AR `base` configs
+    sampling_trained plain vs SJD on a trained model: --model DIR, else the `shapes` AR model trained here briefly
 
 `--dry-run` runs everything on CPU at toy sizes, skipping what needs CUDA (and saying so). The driver needs no
 `pip install -e`: when `import onetok` does not reach this checkout it builds a temporary `onetok` package of
@@ -29,7 +37,6 @@ import datetime
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -46,7 +53,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 450.0  # the driver's own limit; gpu_check.sh kills it 30 s later
-TARGET = {"N": 65536, "K": 16384, "D": 16}  # issue 17's nearest-code acceptance shape
 OPTIONAL_PACKAGES = ("lightning", "timm", "einops", "yaml", "pytest", "xdist", "webdataset", "vector_quantize_pytorch",
                      "jsonargparse", "constriction", "sentencepiece")
 
@@ -151,7 +157,8 @@ def run_section(section: Section, ctx: Context) -> dict:
         return _skip(f"deadline: needs ~{needs:.0f} s, {ctx.left():.0f} s left")
     start = time.monotonic()
     try:
-        result = {"status": "ok", "result": section.run(ctx)}
+        value = section.run(ctx)
+        result = _skip(value["skip_reason"]) if "skip_reason" in value else {"status": "ok", "result": value}
     except Exception as err:  # a section's failure is a finding, not the end of the check
         result = {"status": "error", "error": f"{type(err).__name__}: {err}",
                   "traceback": traceback.format_exc()[-4000:]}
@@ -234,19 +241,22 @@ def peaks(ctx: Context) -> dict:
 
 
 def nearest_code(ctx: Context) -> dict:
+    """The target shape, and the TiTok-S-128 quantizer's searches on both sides of the default path's size rule
+    (`onetok.kernels.TORCH_SEARCH_MAX_SCORES`): fp32 at N = 128 ... 32768, bf16 at the three issue-27 sizes."""
     from onetok.scripts import bench_kernels
+    from onetok.scripts.gpu_check_report import QUANTIZER_ROWS, TARGET
     from onetok.tokenizers.model import preset
 
     titok = preset("titok-s-128")  # the VQ tokenizer: cosine search, K = 4096 codes of D = 12
     if ctx.dry_run:
         target = {"N": [2048], "K": [512], "D": [TARGET["D"]]}
-        token_rows = [titok.num_latent_tokens, 4 * titok.num_latent_tokens]
+        rows_of = {"fp32": [128, 512], "bf16": [128]}
     else:
         target = {k: [v] for k, v in TARGET.items()}
-        token_rows = [titok.num_latent_tokens * b for b in (1, 32, 256)]  # one image, a training batch, 256 images
+        rows_of = {"fp32": sorted({*QUANTIZER_ROWS, 8192, 16384}), "bf16": list(QUANTIZER_ROWS)}
     cases = bench_kernels.nearest_code_cases(target, ["fp32", "bf16"], ["euclidean", "cosine"])
-    cases += [{"N": n, "K": titok.codebook_size, "D": titok.code_dim, "dtype": "fp32", "metric": "cosine",
-               "label": "titok-s-128 quantizer"} for n in token_rows]
+    cases += [{"N": n, "K": titok.codebook_size, "D": titok.code_dim, "dtype": dtype, "metric": "cosine",
+               "label": "titok-s-128 quantizer"} for dtype, ns in rows_of.items() for n in ns]
     use_triton, status = bench_kernels.triton_status(ctx.device == "cuda")
     rows = bench_kernels.bench_nearest_code(cases, ctx.device, use_triton, repeats=10 if ctx.device == "cuda" else 2,
                                             seed=0, peaks=ctx.shared.get("peaks", {}))
@@ -332,161 +342,25 @@ SECTIONS_KERNELS = [
 ]
 
 
-def _model_section(name: str):
-    """A section of `gpu_check_models` (imported only when it runs: it needs timm/einops/lightning)."""
-    return lambda ctx: getattr(importlib.import_module("onetok.scripts.gpu_check_models"), name)(ctx)
+def _model_section(name: str, module: str = "gpu_check_models"):
+    """A section of `gpu_check_models` or `gpu_check_side` (imported only when it runs: they need
+    timm/einops/lightning)."""
+    return lambda ctx: getattr(importlib.import_module(f"onetok.scripts.{module}"), name)(ctx)
 
 
 SECTIONS = [
     *SECTIONS_KERNELS,
-    Section("sampling_random", _model_section("sampling_random"), 90, 60, requires=("timm", "einops")),
+    Section("tokenizer_reference", _model_section("tokenizer_reference", "gpu_check_side"), 60, 40,
+            requires=("einops",)),
+    Section("natural_model", _model_section("natural_model"), 90, 60, requires=("einops", "lightning")),
+    Section("otok_cuda", _model_section("otok_cuda", "gpu_check_side"), 20, 20, requires=("constriction",)),
     Section("tests", kernel_tests, 60, 20, requires=("pytest",)),
-    Section("sampling_trained", _model_section("sampling_trained"), 120, 60,
-            requires=("timm", "einops", "lightning")),
-    Section("train_rates", _model_section("train_rates"), 45, 40, requires=("timm", "einops", "lightning", "yaml")),
+    Section("sampling_random", _model_section("sampling_random"), 60, 60, requires=("timm", "einops")),
     Section("tokenizer_speed", _model_section("tokenizer_speed"), 30, 10, requires=("einops",)),
+    Section("train_rates", _model_section("train_rates"), 45, 40, requires=("timm", "einops", "lightning", "yaml")),
+    Section("sampling_trained", _model_section("sampling_trained"), 60, 60,
+            requires=("timm", "einops", "lightning")),
 ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Report: JSON and markdown, rewritten after every section
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _row_of(rows: list, **match) -> dict | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
-
-
-def targets(report: dict) -> list[dict]:
-    """Issue 17's GPU acceptance numbers, read off the sections (None = not measured)."""
-    nearest = report["sections"].get("nearest_code", {}).get("result", {}).get("rows", [])
-    row = _row_of(nearest, **TARGET, dtype="fp32", metric="euclidean") or {}
-    speed = row.get("speedup_vs_cdist", {}).get("triton")
-    sampling = report["sections"].get("sampling_random", {}).get("result", {})
-    sjd = [r["plain_over_this"] for r in sampling.get("rows", []) if r["batch"] == 1 and r["mode"] != "plain"]
-    image_tokens = sampling.get("image_tokens")
-    tests = report["sections"].get("tests", {}).get("result", {})
-    runs = [r for r in tests.values() if isinstance(r, dict) and "command" in r]
-
-    def target(what: str, value, goal: float) -> dict:
-        if report["dry_run"]:  # toy sizes on CPU: numbers that mean nothing against a GPU goal
-            value = None
-        return {"what": what, "value": value, "goal": f">= {goal}", "met": None if value is None else value >= goal}
-
-    return [
-        target("nearest code fp32 N=65536 K=16384 D=16: cdist+argmin time / triton time", speed, 5.0),
-        target("nearest code fp32 N=65536 K=16384 D=16: addmm+argmin time / triton time", row.get("triton_vs_addmm"),
-               2.0),
-        {"what": "nearest code fp32 N=65536 K=16384 D=16: triton peak extra MiB (O(N): 12 bytes per row + codes)",
-         "value": None if report["dry_run"] else row.get("extra_mib", {}).get("triton"), "goal": "O(N)", "met": None},
-        target(f"SJD wall clock, batch 1, {image_tokens} image tokens: plain time / best SJD time",
-               max(sjd) if sjd else None, 1.5),
-        {"what": "kernel and gpu-marked tests on the device pass", "value": None, "goal": "all pass",
-         "met": None if report["dry_run"] or not runs else all(r.get("passed") for r in runs)},
-    ]
-
-
-def _fmt(value, spec: str = ".3g") -> str:
-    if value is None:
-        return "-"
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
-def markdown(report: dict) -> str:
-    env = report["sections"].get("environment", {}).get("result", {})
-    lines = [f"# onetok GPU check — {report['started']}", "",
-             f"Device: {env.get('device', {}).get('name', '?')}; torch {env.get('torch', '?')}, triton "
-             f"{env.get('packages', {}).get('triton', '?')}, python {env.get('python', '?')}. "
-             f"{'DRY RUN on CPU (CUDA-only parts skipped). ' if report['dry_run'] else ''}"
-             f"{report.get('elapsed_s', 0):.0f} s of a {report['deadline_s']:.0f} s deadline.", "",
-             "| target | value | goal | met |", "|---|---|---|---|"]
-    lines += [f"| {t['what']} | {_fmt(t['value'])} | {t['goal']} | {_fmt(t['met'])} |" for t in report["targets"]]
-    lines += ["", "| section | status | seconds | note |", "|---|---|---|---|"]
-    for name, sec in report["sections"].items():
-        note = sec.get("reason") or sec.get("error") or ""
-        lines.append(f"| {name} | {sec['status']} | {_fmt(sec.get('seconds'))} | {note[:150]} |")
-    sections = report["sections"]
-    peaks = sections.get("peaks", {}).get("result")
-    if peaks:
-        rates = ", ".join(f"{k} {_fmt(v.get('gfma_s'), '.0f')}" for k, v in peaks["matmul_gfma_s"].items())
-        lines += ["", f"Copy {peaks['copy_gb_s']:.0f} GB/s (read + write); square matmul GFMA/s: {rates}."]
-    for name in ("nearest_code", "sjd_verify"):
-        result = sections.get(name, {}).get("result")
-        if result:
-            lines += ["", f"**{name}** (Triton: {result['triton']})"]
-            lines += _nearest_table(result["rows"]) if name == "nearest_code" else _sjd_table(result["rows"])
-    for name in ("sampling_random", "sampling_trained"):
-        result = sections.get(name, {}).get("result")
-        if result:
-            lines += ["", f"**{name}**: {result.get('model', '')} {result.get('tokenizer', '')} — "
-                          f"{result['image_tokens']} image tokens, {result['dtype']}",
-                      "", "| batch | mode | s / batch | s / image | passes | tokens / SJD pass | plain / this |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {r['batch']} | {r['mode']} | {_fmt(r['seconds'])} | {_fmt(r['seconds_per_image'])} | "
-                      f"{r['forward_passes']} | {_fmt(r['mean_tokens_per_pass'])} | {_fmt(r['plain_over_this'])} |"
-                      for r in result["rows"]]
-    rates = sections.get("train_rates", {}).get("result")
-    if rates:
-        lines += ["", "| training (bf16-mixed) | batch | steps / s |", "|---|---|---|"]
-        lines += [f"| {r['config']} | {r['batch']} | {_fmt(r['steps_per_s'])} |" for r in rates.values()]
-    speed = sections.get("tokenizer_speed", {}).get("result")
-    if speed:
-        lines += ["", "| tokenizer (random weights) | dtype | batch | encode img/s | decode img/s | ms per stage |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['preset']} | {r['dtype']} | {r['batch']} | {_fmt(r['encode_images_per_s'])} | "
-                  f"{_fmt(r['decode_images_per_s'])} | "
-                  f"{', '.join(f'{k} {_fmt(v)}' for k, v in r['stage_ms'].items())} |" for r in speed["rows"]]
-    tests = sections.get("tests", {}).get("result", {})
-    for name, run in tests.items():
-        if isinstance(run, dict) and "skipped" in run:
-            lines += ["", f"Tests, {name}: skipped ({run['skipped']})"]
-        if isinstance(run, dict) and "command" in run:
-            lines += ["", f"Tests, {name} (`{run['command']}`): {'; '.join(run['summary']) or run['returncode']}"
-                          f"{'; failed: ' + ', '.join(run['failed']) if run['failed'] else ''}"]
-    return "\n".join(lines) + "\n"
-
-
-def _nearest_table(rows: list) -> list[str]:
-    if not rows:
-        return []
-    lines = ["", "| N | K | D | dtype | metric | method | ms | GFMA/s | % peak | x cdist | extra MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        for method in ("triton", "addmm+argmin", "cdist+argmin", "reference"):
-            if method in r["ms"] or method in r["errors"]:
-                frac = r["peak_fraction"].get(method)
-                lines.append(
-                    f"| {r['N']} | {r['K']} | {r['D']} | {r['dtype']} | {r['metric']} | {method} | "
-                    f"{_fmt(r['ms'].get(method), '.3f') if method in r['ms'] else r['errors'][method][:60]} | "
-                    f"{_fmt(r['gfma_s'].get(method), '.0f')} | {_fmt(None if frac is None else 100 * frac, '.0f')} | "
-                    f"{_fmt(r['speedup_vs_cdist'].get(method), '.2f')} | {_fmt(r['extra_mib'].get(method), '.1f')} |")
-    return lines
-
-
-def _sjd_table(rows: list) -> list[str]:
-    lines = ["", "| B | W | V | reference ms | triton ms | speed-up | errors |", "|---|---|---|---|---|---|---|"]
-    return lines + [f"| {r['B']} | {r['W']} | {r['V']} | {_fmt(r['ms'].get('reference'), '.3f')} | "
-                    f"{_fmt(r['ms'].get('triton'), '.3f')} | {_fmt(r.get('speedup'), '.2f')} | "
-                    f"{'; '.join(f'{k}: {v}' for k, v in r['errors'].items())[:120]} |" for r in rows]
-
-
-class Reporter:
-    """Holds the report and writes OUT/gpu_check.json + OUT/gpu_check.md atomically (thread-safe: the watchdog
-    writes too)."""
-
-    def __init__(self, out: Path, report: dict, t0: float):
-        self.out, self.report, self.t0, self.lock = out, report, t0, threading.Lock()
-
-    def write(self) -> None:
-        with self.lock:
-            self.report["elapsed_s"] = time.monotonic() - self.t0
-            self.report["targets"] = targets(self.report)
-            data = json.loads(json.dumps(self.report, default=str))  # a snapshot
-            for name, text in (("gpu_check.json", json.dumps(data, indent=1, default=str)),
-                               ("gpu_check.md", markdown(data))):
-                tmp = self.out / f".{name}.tmp"
-                tmp.write_text(text)
-                tmp.replace(self.out / name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -499,6 +373,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--dry-run", action="store_true", help="on CPU at toy sizes, skipping what needs CUDA")
     parser.add_argument("--model", help="a unified model directory for `sampling_trained` (default: train one)")
+    parser.add_argument("--natural-model", help="the unified model folder of `natural_model` (default: the "
+                        "built-in natural-image model, ar_model/pretrained/cifar10)")
+    parser.add_argument("--reference", help="a bytedance/1d-tokenizer checkout for `tokenizer_reference` "
+                        "(default: third_party/1d-tokenizer)")
     parser.add_argument("--deadline-s", type=float, default=DEADLINE_S, help=f"stop by then (default {DEADLINE_S:.0f})")
     parser.add_argument("--only", help="comma-separated sections to run (default all): "
                         + ", ".join(s.name for s in SECTIONS))
@@ -517,15 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="onetok-gpu-check-"))
     report = {"format": "onetok-gpu-check", "version": 1, "started": datetime.datetime.now().isoformat(" ", "seconds"),
               "dry_run": args.dry_run, "deadline_s": args.deadline_s, "argv": sys.argv[1:], "sections": {}}
-    reporter = Reporter(out, report, t0)
     onetok_import = ensure_onetok(REPO, scratch)
     import torch
+
+    from onetok.scripts.gpu_check_report import Reporter, markdown
+
+    reporter = Reporter(out, report, t0)
 
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device (use --dry-run to run on CPU)", file=sys.stderr)
         return 2
     ctx = Context(out=out, scratch=scratch, dry_run=args.dry_run, device="cuda" if not args.dry_run else "cpu",
-                  deadline=t0 + args.deadline_s, model_dir=args.model, shared={"onetok_import": onetok_import})
+                  deadline=t0 + args.deadline_s, model_dir=args.model,
+                  shared={"onetok_import": onetok_import, "natural_model": args.natural_model,
+                          "reference_dir": args.reference})
     current = {"name": None}
 
     def on_deadline() -> None:

@@ -258,3 +258,46 @@ def tokenizer_speed(ctx) -> dict:
 
     name, batch, rounds = ("tiny", 4, 2) if ctx.dry_run else ("titok-s-128", 64, 10)
     return {"rows": [bench_device(name, ctx.device, dtype, batch, rounds) for dtype in ("bf16", "fp32")]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The built-in natural-image unified model
+# ---------------------------------------------------------------------------------------------------------------
+
+NATURAL_MODEL_DIR = REPO / "ar_model" / "pretrained" / "cifar10"  # the built-in natural-image model's folder
+
+
+def ar_train_rate(ctx, model: UnifiedModel, batch: int) -> dict:
+    """bf16-mixed Lightning training steps/s of `model`'s transformer config (fresh weights) on synthetic rows of
+    its own length (L image codes + 16 text tokens), after warm-up batches."""
+    import dataclasses
+
+    from onetok.ar_model.data import Collate
+    from onetok.ar_model.system import ARSystem
+
+    warmup, timed = (1, 2) if ctx.dry_run else (3, 12)
+    system = ARSystem(vocab=model.vocab.to_dict(), model_config=dataclasses.asdict(model.transformer.config),
+                      eval_samples=0)
+    codes = model.tokenizer.num_latent_tokens
+    rows = _synthetic_rows(model.vocab, batch * (warmup + timed), codes, text_bytes=16)
+    loader = DataLoader(rows, batch_size=batch, collate_fn=Collate(model.vocab.pad_id))
+    timer = _batch_timer(ctx, warmup)
+    _fit(ctx, system, loader, _precision(ctx), callbacks=[timer])
+    return {"batch": batch, "tokens_per_row": codes + 16 + 4, "steps_per_s": timer.rate(),
+            "precision": _precision(ctx)}
+
+
+def natural_model(ctx) -> dict:
+    """The built-in natural-image unified model (`--natural-model DIR`, default `NATURAL_MODEL_DIR`): training
+    steps/s of its config, and sampling images/s at batch 1, 16 and 256, plain vs SJD. Skipped without the folder."""
+    folder = Path(ctx.shared.get("natural_model") or NATURAL_MODEL_DIR)
+    if not (folder / "config.json").is_file():
+        return {"skip_reason": f"no unified model folder at {folder} (the built-in natural-image model; "
+                               "--natural-model DIR names another)"}
+    model = UnifiedModel.from_pretrained(folder, map_location=ctx.device)
+    params = sum(p.numel() for p in model.transformer.parameters())
+    sampling = sample_rates(ctx, model, (1, 2) if ctx.dry_run else (1, 16, 256), repeats=1 if ctx.dry_run else 2)
+    for row in sampling["rows"]:
+        row["images_per_s"] = row["batch"] / row["seconds"]
+    train = ar_train_rate(ctx, model, batch=4 if ctx.dry_run else 64) if ctx.left() > 40 else None
+    return {"model": f"{folder} ({params / 1e6:.1f} M parameters)", "train": train, **sampling}

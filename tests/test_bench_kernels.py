@@ -34,7 +34,7 @@ def test_a_failing_method_is_recorded_and_the_rest_still_run(monkeypatch):
     for row in rows:
         assert row["errors"]["addmm+argmin"] == "RuntimeError: no kernel image is available for execution on the device"
         assert row["errors"]["triton"] == "out of memory"
-        assert set(row["ms"]) == {"cdist+argmin", "reference"}
+        assert set(row["ms"]) == {"cdist+argmin", "reference", "default"} and row["default_path"] == "torch"
         for method, ms in row["ms"].items():
             assert row["gfma_s"][method] == pytest.approx(row["N"] * row["K"] * row["D"] / ms / 1e6)
             assert row["peak_fraction"][method] == pytest.approx(row["gfma_s"][method] / 10.0)
@@ -59,12 +59,13 @@ def test_bench_kernels_cli_json(monkeypatch, capsys):
     assert main([*args, "--json", "--metrics", "euclidean,cosine"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["nearest_code"]) == 4 and report["matmul_peak"]["fp32"]["gfma_s"] == 5.0
-    methods = {"cdist+argmin", "addmm+argmin", "reference"} | ({"triton"} if report["triton"] else set())
+    methods = {"cdist+argmin", "addmm+argmin", "reference", "default"} | ({"triton"} if report["triton"] else set())
     assert all(set(row["ms"]) == methods for row in report["nearest_code"])
+    assert all(row["default_vs_addmm"] > 0 for row in report["nearest_code"])
     assert report["sjd_verify"][0]["ms"]["reference"] > 0
     assert main(args) == 0
     table = capsys.readouterr().out
-    assert "GFMA/s cdist" in table and "%pk" in table
+    assert "GFMA/s cdist" in table and "%pk" in table and "def/addmm" in table
     assert ("triton: available" if torch.cuda.is_available() else "triton: unavailable") in table
     assert main(["bench", "kernels", "--dtypes", "fp8"]) == 2  # one-line error
 

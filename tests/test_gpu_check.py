@@ -81,44 +81,92 @@ def test_the_watchdog_writes_the_report_and_stops_at_the_deadline(tmp_path):
     assert "deadline reached during hangs" in run.stdout
 
 
+def tiny_unified_model(folder: Path) -> Path:
+    """A random-weight unified model of the `tiny` presets, saved as a model folder."""
+    from onetok.ar_model.model import ARConfig, Transformer
+    from onetok.ar_model.unified import UnifiedModel
+    from onetok.ar_model.vocab import Vocab
+    from onetok.tokenizers import Tokenizer
+    from onetok.tokenizers.model import PRESETS
+
+    tokenizer = Tokenizer(PRESETS["tiny"])
+    vocab = Vocab(codebook_size=tokenizer.codebook_size)  # bytes: any prompt encodes
+    transformer = Transformer(ARConfig(vocab_size=vocab.size, dim=16, n_layers=1, n_heads=2, max_seq_len=96))
+    UnifiedModel(transformer, vocab, tokenizer).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path, monkeypatch):
     """Every section but `tests` (a pytest inside pytest) on CPU at toy sizes, with the GPU image's missing
-    vector-quantize-pytorch simulated (the shapes tokenizer falls back to our VQ)."""
-    from onetok.scripts import gpu_check_models
+    vector-quantize-pytorch simulated (the shapes tokenizer falls back to our VQ). `tokenizer_reference` runs when
+    a bytedance/1d-tokenizer checkout lies at third_party/1d-tokenizer (git-ignored) and is skipped, saying where
+    it looked, when not."""
+    from onetok.scripts import gpu_check_models, gpu_check_side
     from onetok.tokenizers.model import preset
 
     monkeypatch.setattr(gpu_check_models, "shapes_tokenizer_config",
                         lambda: preset("shapes", quantizer="vq", code_dim=8, codebook_size=512))
     sections = [s.name for s in gpu_check.SECTIONS if s.name != "tests"]
-    assert gpu_check.main(["--out", str(tmp_path), "--dry-run", "--only", ",".join(sections)]) == 0
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    model = tiny_unified_model(tmp_path / "model")
+    out = tmp_path / "out"
+    assert gpu_check.main(["--out", str(out), "--dry-run", "--only", ",".join(sections), "--natural-model",
+                           str(model)]) == 0
+    report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] and list(report["sections"]) == sections
+    reference = report["sections"].pop("tokenizer_reference")
+    if (gpu_check_side.REFERENCE_DIR / "modeling").is_dir():
+        assert reference["status"] == "ok", reference
+        for what in ("train", "encode", "decode"):
+            assert reference["result"][what]["ours_per_s"] > 0 and reference["result"][what]["reference_per_s"] > 0
+    else:
+        assert reference["status"] == "skipped" and str(gpu_check_side.REFERENCE_DIR) in reference["reason"]
     assert all(s["status"] == "ok" for s in report["sections"].values()), report["sections"]
     result = {name: s["result"] for name, s in report["sections"].items()}
     assert result["nearest_code"]["triton"] == result["sjd_verify"]["triton"] == "skipped: needs CUDA (dry run on CPU)"
     rows = result["nearest_code"]["rows"]
     assert {(r["dtype"], r["metric"]) for r in rows} >= {("fp32", "euclidean"), ("bf16", "cosine")}
     assert all(r["ms"] and "triton" not in r["ms"] for r in rows)
-    for name in ("sampling_random", "sampling_trained"):
+    for name in ("sampling_random", "sampling_trained", "natural_model"):
         modes = {(r["batch"], r["mode"]) for r in result[name]["rows"]}
         assert modes == {(b, m) for b in (1, 2) for m in ("plain", "sjd")}
+    assert result["natural_model"]["train"]["steps_per_s"] > 0
+    assert result["otok_cuda"]["same_ids"] and result["otok_cuda"]["same_counts"]
+    assert (out / result["otok_cuda"]["file"]).stat().st_size == result["otok_cuda"]["bytes"]
+    assert {r["default_path"] for r in result["nearest_code"]["rows"]} == {"torch"}  # on the CPU: always torch
     assert result["sampling_trained"]["tokenizer"].startswith("shapes preset, vq")
     assert result["train_rates"]["tokenizer"]["steps_per_s"] > 0 and result["train_rates"]["ar"]["steps_per_s"] > 0
     speed = result["tokenizer_speed"]["rows"]
     assert [r["dtype"] for r in speed] == ["bfloat16", "float32"] and all(r["decode_images_per_s"] > 0 for r in speed)
     assert all(t["value"] is None for t in report["targets"])  # no GPU numbers from a dry run
-    text = (tmp_path / "gpu_check.md").read_text()
-    assert "DRY RUN on CPU" in text and "| sampling_trained | ok |" in text
+    text = (out / "gpu_check.md").read_text()
+    assert "DRY RUN on CPU" in text and "| sampling_trained | ok |" in text and "**otok_cuda**" in text
+    assert "**natural_model**" in text and "default (torch)" in text
 
 
-def test_only_files_that_mark_gpu_tests_are_collected_on_the_device(tmp_path):
-    """Files that mark no test `gpu` (some import packages the GPU image lacks) are not collected there."""
-    from onetok.scripts.gpu_check import KERNEL_TEST_FILES, gpu_marked_files
+def test_natural_model_is_skipped_with_a_note_without_its_folder(tmp_path):
+    from onetok.scripts import gpu_check_models
 
-    (tmp_path / "test_plain.py").write_text("import constriction\n\ndef test_x():\n    pass\n")
-    (tmp_path / "test_marked.py").write_text("import pytest\n\n@pytest.mark.gpu\ndef test_y():\n    pass\n")
-    (tmp_path / KERNEL_TEST_FILES[0]).write_text("import pytest\n\n@pytest.mark.gpu\ndef test_z():\n    pass\n")
-    (tmp_path / "test_module_mark.py").write_text("import pytest\n\npytestmark = [pytest.mark.gpu]\n")
-    assert gpu_marked_files(tmp_path) == [str(tmp_path / "test_marked.py"), str(tmp_path / "test_module_mark.py")]
-    assert gpu_marked_files(Path(__file__).parent) == []  # today only the kernel files mark gpu tests
+    ctx = _ctx(tmp_path)
+    ctx.shared["natural_model"] = str(tmp_path / "absent")
+    result = gpu_check.run_section(gpu_check.Section("natural_model", gpu_check_models.natural_model, 1, 1), ctx)
+    assert result["status"] == "skipped" and str(tmp_path / "absent") in result["reason"]
+    ctx.shared["reference_dir"] = str(tmp_path / "absent")
+    from onetok.scripts import gpu_check_side
+
+    result = gpu_check.run_section(gpu_check.Section("t", gpu_check_side.tokenizer_reference, 1, 1), ctx)
+    assert result["status"] == "skipped" and "1d-tokenizer" in result["reason"]
+
+
+def test_interleaved_rounds_alternate_and_take_the_median_ratio(tmp_path, monkeypatch):
+    from onetok.scripts import gpu_check_side
+
+    calls, now, takes = [], [0.0], {"reference": 3.0, "ours": 1.0}  # seconds each call "takes"
+
+    def call(who):
+        return lambda: calls.append(who) or now.__setitem__(0, now[0] + takes[who])
+
+    monkeypatch.setattr(gpu_check_side.time, "perf_counter", lambda: now[0])
+    result = gpu_check_side.interleaved(_ctx(tmp_path), {"x": (call("reference"), call("ours"))}, rounds=3)
+    assert calls == ["reference", "ours", "ours", "reference", "reference", "ours"]
+    assert result["x"] == {"reference_s": 3.0, "ours_s": 1.0, "ours_over_reference": 3.0}
