@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check: one H100/H200, at most 8 minutes, from a plain checkout (no `pip install -e`, no internet).
 #
-#   scripts/gpu_check.sh OUT [--dry-run] [--model DIR] [--deadline-s S] [--only SECTION,...]
+#   scripts/gpu_check.sh OUT [--dry-run] [--model DIR] [--natural-model DIR] [--reference DIR] [--deadline-s S]
+#                        [--only SECTION,...]
 #   make gpu-check OUT=DIR [DRY=1] [MODEL=DIR]
 #
 # Writes OUT/gpu_check.json, OUT/gpu_check.md, OUT/gpu_check.log and OUT/gpu_check_pytest.log (4 files, one
@@ -10,10 +11,13 @@
 #
 # On the device machine (python3 = Python 3.12, torch 2.11, Triton 3.6; no internet), one call:
 #   make gpu-check OUT=$OUT          (or: bash scripts/gpu_check.sh $OUT)
+# carrying the git-ignored folders the side-by-side sections read: third_party/1d-tokenizer (a checkout of
+# github.com/bytedance/1d-tokenizer, for `tokenizer_reference`; never committed) and .whl (constriction, for
+# `otok_cuda`); the built-in natural-image model (ar_model/pretrained/cifar10) travels with the tree.
 #
 # Missing packages. The GPU image has lightning, timm, einops, pyyaml and pytest, but not webdataset,
-# vector-quantize-pytorch, jsonargparse or constriction. Nothing in the check needs those (sections that would
-# need an absent package skip themselves with the reason in the JSON; the shapes tokenizer falls back from FSQ to
+# vector-quantize-pytorch, jsonargparse or constriction. Only `otok_cuda` needs one of them, constriction (a section
+# that needs an absent package skips itself with the reason in the JSON; the shapes tokenizer falls back from FSQ to
 # our VQ). To bring them anyway, download wheels HERE into .whl/ (git-ignored) and carry `.whl` with the run:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
