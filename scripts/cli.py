@@ -17,6 +17,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 
 from onetok import __version__
 from onetok.fileio import UserError
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     name = " ".join(filter(None, [args.command, getattr(args, "data_command", None), getattr(args, "bench", None)]))
     previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
+    shown = warnings.showwarning
+    warnings.showwarning = lambda message, category, *_args, **_kw: print(
+        f"onetok {name}: warning: {_one_line(message)}", file=sys.stderr)  # one line, not Python's two
     try:
         code = args.func(args)
     except UserError as err:
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onetok {name}: error: {describe(err)}", file=sys.stderr)
         return 2
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
