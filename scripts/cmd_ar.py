@@ -155,6 +155,8 @@ def _check_sample_args(args: argparse.Namespace) -> list[str]:
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
     check_sampling_flags(args)
+    if args.window is not None and not args.sjd:
+        raise UserError(f"--window {args.window}: applies to --sjd only (add --sjd, or leave --window out)")
     check_threads(args)
     prompts = _read_prompts(args)
     if args.n * len(prompts) > MAX_IMAGES:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from onetok.fileio import UserError
+from onetok.fileio import UserError, check_place
 
 DEMO_PROMPTS = [
     "a large red circle in the center on a black background",
@@ -187,6 +187,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.train_images < 1 or args.val_images < 1:
         raise UserError("--train-images and --val-images must be at least 1")
+    check_place(out)  # never the current folder or one above it (--fresh deletes the demo folder)
     if args.fresh and out.exists() and any(out.iterdir()) and not (out / ".done").is_dir():
         raise UserError(f"{out}: not a demo folder (no .done/ inside); --fresh deletes only demo folders")
     if args.fresh and out.exists():

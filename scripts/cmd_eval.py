@@ -372,10 +372,12 @@ def _evaluate_or_say_why(data: str, skipped: list[str], run):
     try:
         return run()
     except UserError as err:
-        if skipped and "no images" in str(err):
+        if "no images" not in str(err):
+            raise
+        if skipped:
             raise UserError(f"{data}: no images to evaluate: all {len(skipped)} image file(s) unreadable; first: "
                             f"{skipped[0]}") from None
-        raise
+        raise UserError(f"{data}: no images to evaluate (no readable image in it)") from None
 
 
 def _skipped_summary(data: str, skipped: list[str]) -> int:

@@ -4,13 +4,16 @@
     onetok-train fit --config configs/ar/base_256.yaml --data.init_args.text sentencepiece \
         --data.init_args.text_vocab models/text_vocab
 
---captions takes a dataset root (its train/ split), a token folder, or a shard spec; only the `txt` members are read.
+--captions takes a dataset root (its train/ split), a token folder, or a shard spec; only the `txt` members are read
+(and with --templates the `json` labels: the vocabulary then also learns every caption the templates make for them,
+e.g. `--templates ar/cifar10`, the AR config that trains with them).
 DIR/text_vocab.model is the one file; the AR checkpoint and the exported unified model carry a copy of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,12 +38,43 @@ def iter_captions(paths: list[str], limit: int | None = None) -> Iterator[str]:
 
     n = 0
     for path in paths:
+        try:
+            for _, files in iter_raw_samples(path):
+                if "txt" in files:
+                    yield files["txt"].decode("utf-8", errors="replace").strip()
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+        except (OSError, tarfile.TarError, EOFError) as err:
+            raise UserError(f"{path}: not a readable tar shard ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:200]})") from None
+
+
+def template_captions(paths: list[str], spec: str) -> list[str]:
+    """Every caption the caption templates of `spec` (a YAML file or a shipped config name) make for the labels in
+    the shards' `json` members."""
+    import json
+
+    from onetok.ar_model.captions import templates_from_yaml
+    from onetok.data.shards import iter_raw_samples
+    from onetok.scripts.train_checks import resolve_config
+
+    path = resolve_config(spec)
+    try:
+        templates = templates_from_yaml(Path(path).read_text(encoding="utf-8"), spec)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--templates {spec}: cannot read ({getattr(err, 'strerror', None) or err})") from None
+    except Exception as err:  # noqa: BLE001 - YAML and template errors alike are the user's file
+        raise UserError(f"--templates {spec}: {' '.join(str(err).split())[:200]}") from None
+    labels = set()
+    for path in paths:
         for _, files in iter_raw_samples(path):
-            if "txt" in files:
-                yield files["txt"].decode("utf-8", errors="replace").strip()
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+            try:
+                label = templates.label(json.loads(files["json"])) if "json" in files else None
+            except ValueError:
+                label = None
+            labels.update([label] if label else [])
+    return list(templates.expand(labels))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         with staged_dir(out, args.force, inputs=[args.captions]) as tmp:
             captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap",
                                  disable=args.quiet))
+            if args.templates:
+                captions += template_captions(paths, args.templates)
             if not any(captions):
                 raise UserError(f"{args.captions}: no captions (txt members) found")
             needed = 257 + len({ch for c in captions for ch in c})  # <unk>, 256 byte pieces, every character
@@ -89,6 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
                    help="sentencepiece model type (default bpe)")
     p.add_argument("--max-captions", type=int, default=None, help="read at most this many captions")
+    p.add_argument("--templates", default=None, metavar="CONFIG",
+                   help="also train on every caption these caption templates make for the shards' labels (a YAML "
+                        "file or shipped config name, e.g. ar/cifar10)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -92,8 +92,11 @@ def check_prompts(model, prompts: list[str], image_tokens: int | None) -> list[s
     room = model.transformer.config.max_seq_len - 2 - k  # <bos>/<boi> markers, then k image tokens
     out = []
     for prompt in prompts:
-        prompt = normalize_prompt(model.vocab, prompt)
+        given, prompt = prompt, normalize_prompt(model.vocab, prompt)
         n = prompt_length(model, prompt)
+        if n == 0:  # it would draw an unconditional image
+            raise UserError(f"prompt {given[:60]!r}: no text this model reads (only punctuation or symbols); to draw "
+                            "without a prompt, use --cfg 0")
         if n > room:
             raise UserError(f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}: {n} text tokens, but this "
                             f"model takes at most {room} (its context of {model.transformer.config.max_seq_len} "
