@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FORMAT, VERSION = "onetok-classifier", 1
+BUILTIN_JUDGE = Path(__file__).resolve().parent / "pretrained" / "judge_cifar10"  # trained by `make cifar-model`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ClassifierConfig:
 class TrainSettings(NamedTuple):
     """The recipe's knobs: SGD with Nesterov momentum, one-cycle (linear up, linear down), label smoothing."""
 
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 128
     lr: float = 0.2
     weight_decay: float = 5e-4
@@ -233,9 +234,10 @@ def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
     return settings.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
-def train_classifier(train: LabelledImages, config: ClassifierConfig, settings: TrainSettings = TrainSettings(),
+def train_classifier(train: LabelledImages, config: ClassifierConfig, settings: TrainSettings | None = None,
                      log: Callable[[str], None] | None = None) -> ImageClassifier:
     """The recipe: `settings.epochs` passes over `train` in shuffled batches (flips + 4 px translations)."""
+    settings = settings or TrainSettings()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     model = ImageClassifier(config).to(memory_format=torch.channels_last)

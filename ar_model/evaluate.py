@@ -1,11 +1,19 @@
-"""Judging the unified model on the shapes data: text -> image attribute accuracy and image -> text exact match.
+"""Judging the unified model on val data, in both directions, with the judge the data call for
+(`onetok.ar_model.judges`; docs/evaluation.md).
 
-Text -> image: each val caption is a prompt; the sampled image is read back by the pixel-level parser
-(`onetok.data.shapes.parse_image`) and must show exactly the prompted size, color, shape, position and background.
-Image -> text: the greedy caption of each val image must equal its true caption. When the val data mark held-out
-(color, shape, position) combinations (`json["holdout"]`), both numbers are also reported on those rows alone.
+- Image -> text, any data: greedy captions of val images against their true captions (exact match, word-overlap
+  F1); with a JSON `label` and a judge classifier, class accuracy (the caption names the class or a synonym, and no
+  other class).
+- Text -> image, shapes data: each val caption is a prompt; the pixel parser must read back exactly the prompted
+  size, color, shape, position and background. Held-out combinations (`json["holdout"]`) are also reported alone.
+- Text -> image, labelled data with a classifier that knows the labels: `per_class` samples per class for each
+  prompt template ("a photo of a {label}", "{label}", ...): class fidelity (the classifier names the prompted
+  class), and in its feature space against the real val images: Fréchet distance, precision/recall, diversity.
+  With `reconstructions`, the same figures for the tokenizer's reconstructions of val (the model's ceiling).
+- Text -> image, other data: one sample per val caption; with a classifier, Fréchet distance and precision/recall
+  of the samples against the val images in its feature space.
 
-Shared by `onetok eval-ar`, the validation hook of `ARSystem` and the demo.
+Shared by `onetok eval-ar`, the training callback (`onetok.ar_model.callbacks`) and the demo.
 """
 
 from __future__ import annotations
@@ -18,20 +26,25 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from onetok.ar_model import judges
 from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generate_text
 from onetok.ar_model.model import Transformer
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab
-from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
 from onetok.timing import Stopwatch
+
+TEMPLATES = ("a photo of a {label}", "{label}")  # the class-prompt protocol of eval-ar
 
 
 class EvalItems(NamedTuple):
-    """Val samples: captions, their codes (N, L) under the model's tokenizer, and held-out flags."""
+    """Val samples: captions, their codes (N, L) under the model's tokenizer, held-out flags, JSON labels (None where
+    absent) and the images (N, 3, S, S) uint8 (None for token folders)."""
 
     captions: list[str]
     codes: torch.Tensor
     holdout: list[bool]
+    labels: list[str | None]
+    images: torch.Tensor | None = None
 
 
 def val_spec(data: str | os.PathLike) -> str:
@@ -42,16 +55,17 @@ def val_spec(data: str | os.PathLike) -> str:
     return str(data)
 
 
-def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, model_dir: str | os.PathLike | None = None,
-                    batch_size: int = 64) -> EvalItems:
-    """The first `n` val samples of `data`: token shards (made by the model's tokenizer, checked when `model_dir` is
-    given) or image shards (encoded with the model's tokenizer)."""
+def load_eval_items(data: str | os.PathLike, n: int | None, model: UnifiedModel,
+                    model_dir: str | os.PathLike | None = None, batch_size: int = 64) -> EvalItems:
+    """The first `n` (None: all) val samples of `data`: token shards (made by the model's tokenizer, checked when
+    `model_dir` is given) or image shards (encoded with the model's tokenizer; the images are kept)."""
     from onetok.ar_model.tokenize import encode_samples, is_token_dir, iter_token_samples, read_meta
     from onetok.data.shards import iter_samples
     from onetok.tokenizers.registry import fingerprint
 
     spec = val_spec(data)
-    if is_token_dir(data):
+    tokens = is_token_dir(data)
+    if tokens:
         expected = read_meta(data)["tokenizer"]["fingerprint"]
         if model_dir is not None and fingerprint(model.tokenizer).hex() != expected:
             raise ValueError("token shards made with another tokenizer than the model's")
@@ -59,33 +73,31 @@ def load_eval_items(data: str | os.PathLike, n: int, model: UnifiedModel, model_
     else:
         samples = iter_samples(spec, model.tokenizer.image_size)
         pairs = encode_samples(model.tokenizer, samples, batch_size)
-    captions, codes, holdout = [], [], []
+    captions, codes, holdout, labels, images = [], [], [], [], []
     for sample, c in pairs:
+        meta = sample.get("json", {})
         captions.append(sample["caption"] or "")
         codes.append(torch.as_tensor(np.asarray(c), dtype=torch.long))
-        holdout.append(bool(sample.get("json", {}).get("holdout", False)))
-        if len(captions) >= n:
+        holdout.append(bool(meta.get("holdout", False)))
+        labels.append(str(meta["label"]) if "label" in meta else None)
+        if not tokens:
+            images.append(np.asarray(sample["image"], dtype=np.uint8))
+        if n is not None and len(captions) >= n:
             break
     if not captions:
         raise ValueError(f"{spec}: no val samples")
-    return EvalItems(captions, torch.stack(codes), holdout)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images else None  # (N, 3, S, S)
+    return EvalItems(captions, torch.stack(codes), holdout, labels, pixels)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Scoring
+# Shapes: attribute scores
 # --------------------------------------------------------------------------------------------------------------------
 
 
 def attribute_scores(prompts: list[str], images: torch.Tensor) -> list[dict[str, bool]]:
     """Per image, which of the prompted attributes the pixel parser reads back: images (B, 3, S, S) in [0, 1]."""
-    arrays = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, 3)
-    scores = []
-    for prompt, array in zip(prompts, arrays):
-        want, got = parse_caption(prompt), parse_image(array)
-        if want is None:
-            raise ValueError(f"not a shapes caption: {prompt!r}")
-        scores.append({k: got is not None and got[k] == want[k] for k in ATTRIBUTE_NAMES})
-    return scores
+    return judges.ShapesJudge().score(prompts, images)
 
 
 def summarize(rows: list[dict[str, bool]]) -> dict:
@@ -106,24 +118,99 @@ def with_holdout(rows: list[dict[str, bool]], holdout: list[bool]) -> dict:
     return report
 
 
-def text_to_image(model: UnifiedModel, prompts: list[str], settings: SamplingSettings = DEFAULT_SETTINGS,
-                  holdout: list[bool] | None = None, batch_size: int = 100, seed: int = 0,
-                  image_tokens: int | None = None, sjd: bool = False,
-                  on_images: Callable[[torch.Tensor], None] | None = None) -> dict:
-    """One image per prompt (batch b uses seed `seed + b`), judged by the pixel parser; `on_images` also gets each
-    batch of samples (B, 3, S, S) in [0, 1] (e.g. for FID)."""
-    rows, passes, seconds = [], 0, 0.0
+# --------------------------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Drawn(NamedTuple):
+    images: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    forward_passes: int
+    seconds: float
+
+
+def draw(model: UnifiedModel, prompts: list[str], settings: SamplingSettings, batch_size: int, seed: int,
+         image_tokens: int | None = None, sjd: bool = False):
+    """One image per prompt, `batch_size` at a time (batch b uses seed `seed + b`): yields (prompts, Drawn)."""
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start : start + batch_size]
         with Stopwatch(model.device) as watch:
             out = model.generate_images(chunk, settings=settings, image_tokens=image_tokens, seed=seed + b, sjd=sjd)
+        yield chunk, Drawn(out.images, out.forward_passes, watch.seconds)
+
+
+def text_to_image(model: UnifiedModel, prompts: list[str], settings: SamplingSettings = DEFAULT_SETTINGS,
+                  holdout: list[bool] | None = None, batch_size: int = 100, seed: int = 0,
+                  image_tokens: int | None = None, sjd: bool = False,
+                  on_images: Callable[[torch.Tensor], None] | None = None) -> dict:
+    """Shapes data: one image per prompt, judged by the pixel parser; `on_images` also gets each batch of samples
+    (B, 3, S, S) in [0, 1] (e.g. for FID)."""
+    rows, passes, seconds = [], 0, 0.0
+    for chunk, out in draw(model, prompts, settings, batch_size, seed, image_tokens, sjd):
         if on_images is not None:
             on_images(out.images)
         rows += attribute_scores(chunk, out.images)
-        passes, seconds = passes + out.forward_passes, seconds + watch.seconds
+        passes, seconds = passes + out.forward_passes, seconds + out.seconds
     report = with_holdout(rows, holdout or [False] * len(prompts))
-    report.update(forward_passes=passes, seconds=round(seconds, 3))
+    report.update(judge=judges.ShapesJudge.name, forward_passes=passes, seconds=round(seconds, 3))
     return report
+
+
+class ClassSamples(NamedTuple):
+    report: dict
+    grid: torch.Tensor  # (C * keep, 3, S, S): the first `keep` samples of every class, class-major
+
+
+def class_text_to_image(model: UnifiedModel, judge: judges.ClassJudge, template: str, per_class: int,
+                        real: judges.Judged | None, real_labels: list[str] | None,
+                        settings: SamplingSettings = DEFAULT_SETTINGS, batch_size: int = 100, seed: int = 0,
+                        image_tokens: int | None = None, sjd: bool = False, keep: int = 8,
+                        on_images: Callable[[torch.Tensor], None] | None = None) -> ClassSamples:
+    """`per_class` samples for `template` filled with every class name: class fidelity by `judge` (overall and per
+    class), and against the real val features (when given) Fréchet distance, precision/recall, diversity."""
+    labels = [label for label in judge.labels for _ in range(per_class)]
+    prompts = [template.format(label=label) for label in labels]
+    predicted, features, kept, passes, seconds = [], [], [], 0, 0.0
+    for _, out in draw(model, prompts, settings, batch_size, seed, image_tokens, sjd):
+        if on_images is not None:
+            on_images(out.images)
+        judged = judge(out.images)
+        predicted.append(judged.predicted)
+        features.append(judged.features)
+        kept.append(out.images.cpu())
+        passes, seconds = passes + out.forward_passes, seconds + out.seconds
+    predicted, features = torch.cat(predicted), torch.cat(features)
+    hits = predicted == torch.tensor([judge.index[label] for label in labels])
+    per = {label: float(hits[i * per_class : (i + 1) * per_class].float().mean()) for i, label in enumerate(judge.labels)}
+    report = {"template": template, "n": len(prompts), "fidelity": float(hits.float().mean()), "per_class": per,
+              "forward_passes": passes, "seconds": round(seconds, 3)}
+    if real is not None:
+        report.update(judges.distribution_report(real.features, real_labels, features, labels))
+    images = torch.cat(kept)
+    grid = images[[i * per_class + j for i in range(len(judge.labels)) for j in range(min(keep, per_class))]]
+    return ClassSamples(report, grid)
+
+
+def reconstruction_report(model: UnifiedModel, judge: judges.ClassJudge, items: EvalItems, real: judges.Judged,
+                          per_class: int, batch_size: int = 250) -> dict:
+    """The tokenizer's reconstructions of the val images: judge accuracy on all of them, and the distribution
+    metrics of `per_class` of them per class (as many as the samples of one template) against the real images."""
+    recon = []
+    with torch.no_grad():
+        for start in range(0, len(items.codes), batch_size):
+            recon.append(model.tokenizer.decode(items.codes[start : start + batch_size].to(model.device)).cpu())
+    judged = judge(torch.cat(recon))
+    truth = torch.tensor([judge.index[label] for label in items.labels])
+    subset = judges.balanced_subset(items.labels, per_class)
+    report = {"n": len(truth), "accuracy": float((judged.predicted == truth).float().mean())}
+    report.update(judges.distribution_report(real.features, items.labels, judged.features[subset],
+                                             [items.labels[i] for i in subset]))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -141,29 +228,100 @@ def caption_codes(transformer: Transformer, vocab: Vocab, codes: torch.Tensor, b
 
 
 def image_to_text(model: UnifiedModel, codes: torch.Tensor, truths: list[str], holdout: list[bool] | None = None,
-                  batch_size: int = 100) -> dict:
-    """Exact-match accuracy of greedy captions (plus per-attribute accuracy of the parsed captions)."""
+                  batch_size: int = 100, labels: list[str | None] | None = None,
+                  vocabulary: judges.CaptionVocabulary | None = None, examples: int = 8) -> dict:
+    """Greedy captions against the truths: exact match and word F1; on shapes data the per-attribute accuracy of the
+    parsed captions (and held-out rows alone); with labels and a vocabulary, class accuracy."""
+    from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption
+
     predicted = caption_codes(model.transformer, model.vocab, codes, batch_size)
-    rows = []
-    for pred, truth in zip(predicted, truths):
-        got, want = parse_caption(pred), parse_caption(truth)
-        row = {"caption": pred.strip() == truth.strip()}
-        if want is not None:
-            row.update({k: got is not None and got[k] == want[k] for k in ATTRIBUTE_NAMES})
-        rows.append(row)
-    report = with_holdout(rows, holdout or [False] * len(truths))
-    report["examples"] = [{"predicted": p, "truth": t} for p, t in list(zip(predicted, truths))[:8]]
+    report = judges.caption_scores(predicted, truths, labels, vocabulary)
+    if judges.is_shapes_data(truths):
+        rows = []
+        for pred, truth in zip(predicted, truths):
+            got, want = parse_caption(pred), parse_caption(truth)
+            rows.append({"caption": pred.strip() == truth.strip(),
+                         **{k: got is not None and got[k] == want[k] for k in ATTRIBUTE_NAMES}})
+        report.update(with_holdout(rows, holdout or [False] * len(truths)))
+    label_of = labels or [None] * len(truths)
+    report["examples"] = [{"predicted": p, "truth": t, **({"label": lab} if lab else {})}
+                          for p, t, lab in list(zip(predicted, truths, label_of))[:examples]]
     return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Both directions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ClassProtocol(NamedTuple):
+    """How labelled data are judged: samples per class, the prompt templates, and whether to also measure the
+    tokenizer's reconstructions."""
+
+    per_class: int = 100
+    templates: tuple[str, ...] = TEMPLATES
+    reconstructions: bool = True
+    keep: int = 8  # samples per class kept for a grid
+
+
+def settings_dict(settings: SamplingSettings, seed: int, image_tokens: int | None) -> dict:
+    return {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+            "cfg": settings.cfg_scale, "seed": seed, "image_tokens": image_tokens}
 
 
 def evaluate(model: UnifiedModel, items: EvalItems, settings: SamplingSettings = DEFAULT_SETTINGS,
              batch_size: int = 100, seed: int = 0, image_tokens: int | None = None,
-             on_images: Callable[[torch.Tensor], None] | None = None) -> dict:
-    """Both directions on the same val items: {"text_to_image": ..., "image_to_text": ..., "settings": ...}."""
-    return {
-        "text_to_image": text_to_image(model, items.captions, settings, items.holdout, batch_size, seed, image_tokens,
-                                       on_images=on_images),
-        "image_to_text": image_to_text(model, items.codes, items.captions, items.holdout, batch_size),
-        "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
-                     "cfg": settings.cfg_scale, "seed": seed, "image_tokens": image_tokens},
-    }
+             on_images: Callable[[torch.Tensor], None] | None = None, judge: judges.ClassJudge | None = None,
+             protocol: ClassProtocol | None = None, sjd: bool = False) -> dict:
+    """Both directions on the same val items, with the judge the data call for: {"text_to_image",
+    "image_to_text", "judge", "settings"} (+ "reconstructions", "grids" for labelled data)."""
+    protocol = protocol or ClassProtocol()
+    shapes = judges.is_shapes_data(items.captions)
+    labelled = not shapes and judge is not None and judge.covers(items.labels) and all(items.labels)
+    vocabulary = judge.vocabulary if labelled else None
+    report = {"image_to_text": image_to_text(model, items.codes, items.captions, items.holdout, batch_size,
+                                             items.labels, vocabulary),
+              "settings": settings_dict(settings, seed, image_tokens)}
+    if shapes:
+        report["judge"] = judges.ShapesJudge.name
+        report["text_to_image"] = text_to_image(model, items.captions, settings, items.holdout, batch_size, seed,
+                                                image_tokens, sjd, on_images)
+        return report
+    real = judge(items.images) if judge is not None and items.images is not None else None
+    if not labelled:
+        report["judge"] = judge.name if judge is not None else None
+        report["text_to_image"] = caption_prompts(model, items, judge, real, settings, batch_size, seed,
+                                                  image_tokens, sjd, on_images)
+        return report
+    truth = torch.tensor([judge.index[label] for label in items.labels])
+    report["judge"] = judge.name
+    report["real"] = {"n": len(truth), "judge_accuracy": float((real.predicted == truth).float().mean())
+                      } if real is not None else None
+    report["text_to_image"], report["grids"] = {}, {}
+    for template in protocol.templates:
+        out = class_text_to_image(model, judge, template, protocol.per_class, real, items.labels if real else None,
+                                  settings, batch_size, seed, image_tokens, sjd, protocol.keep, on_images)
+        report["text_to_image"][template], report["grids"][template] = out.report, out.grid
+    if protocol.reconstructions and real is not None:
+        report["reconstructions"] = reconstruction_report(model, judge, items, real, protocol.per_class)
+    return report
+
+
+def caption_prompts(model: UnifiedModel, items: EvalItems, judge: judges.ClassJudge | None,
+                    real: judges.Judged | None, settings: SamplingSettings, batch_size: int, seed: int,
+                    image_tokens: int | None, sjd: bool, on_images: Callable[[torch.Tensor], None] | None) -> dict:
+    """Unlabelled data: one sample per val caption; with a judge and the val images, Fréchet distance and
+    precision/recall of the samples against those images in the judge's feature space."""
+    features, passes, seconds = [], 0, 0.0
+    for _, out in draw(model, items.captions, settings, batch_size, seed, image_tokens, sjd):
+        if on_images is not None:
+            on_images(out.images)
+        if real is not None:
+            features.append(judge(out.images).features)
+        passes, seconds = passes + out.forward_passes, seconds + out.seconds
+    report = {"n": len(items.captions), "forward_passes": passes, "seconds": round(seconds, 3)}
+    if real is not None:
+        fake = torch.cat(features)
+        report.update(frechet=judges.frechet_distance(real.features, fake),
+                      **judges.precision_recall(real.features, fake), real_images=len(real.features))
+    return report

@@ -189,46 +189,23 @@ class ARSystem(pl.LightningModule):
         self._val_sums += self._loss_sums(batch)
 
     def on_validation_epoch_end(self) -> None:
-        """Token-weighted losses per task over the whole val set (summed over ranks: the same on any rank count);
-        then, on rank 0, captions of val images and (with a tokenizer) images for val captions."""
+        """Token-weighted losses per task over the whole val set (summed over ranks: the same on any rank count).
+        Sampled images and captions are the `SampleLogger` callback's (`configure_callbacks`)."""
         totals = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         metrics = {f"val/{name}": (totals[i, 0] / totals[i, 1]).float()
                    for i, (name, _) in enumerate(TASKS) if totals[i, 1] > 0}
         self.log_dict(metrics, prog_bar=False, sync_dist=True)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        pairs = getattr(datamodule, "val_pairs", None)
-        if self.trainer.sanity_checking or pairs is None or self.hparams.eval_samples < 1 or not self.trainer.is_global_zero:
-            return
-        self._sample_and_caption(pairs)
 
-    def _sample_and_caption(self, pairs) -> None:
-        from onetok.ar_model import evaluate
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """A `SampleLogger` over `eval_samples` val items with a grid of `sample_prompts` (none when `eval_samples`
+        is 0 or the trainer already has one, e.g. from the config's `trainer.callbacks`)."""
+        from onetok.ar_model.callbacks import SampleLogger
 
-        n = min(self.hparams.eval_samples, len(pairs.captions))
-        prompts, codes = pairs.captions[:n], pairs.codes[:n]
-        captions = evaluate.caption_codes(self.transformer, self.vocab, codes)
-        metrics = {"val/caption_exact": sum(c == t for c, t in zip(captions, prompts)) / n}
-        images = None
-        if self.tokenizer_path is not None:
-            images = self.unified_model().generate_images(prompts, seed=0).images  # (n, 3, S, S), the run's settings
-            if evaluate.parse_caption(prompts[0]) is not None:  # the shapes data: judge pixels
-                metrics["val/t2i_exact"] = evaluate.summarize(evaluate.attribute_scores(prompts, images))["exact"]
-        self.log_dict(metrics, rank_zero_only=True)
-        self._log_samples(prompts, images, captions)
-
-    def _log_samples(self, prompts: list[str], images: torch.Tensor | None, captions: list[str]) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
-            return
-        from torchvision.utils import make_grid
-
-        k = min(self.hparams.sample_prompts, len(prompts))
-        if images is not None:
-            grid = make_grid(images[:k].float().cpu(), nrow=k, padding=1)
-            experiment.add_image("val/samples", grid, self.global_step)
-        table = "| # (grid column) | prompt = true caption of val image # | model's caption of val image # |\n|---|---|---|\n"
-        table += "".join(f"| {p} | {i} | {c} |\n" for i, (p, c) in enumerate(zip(prompts[:k], captions[:k])))
-        experiment.add_text("val/samples", table, self.global_step)
+        trainer = getattr(self, "_trainer", None)
+        present = trainer is not None and any(isinstance(c, SampleLogger) for c in trainer.callbacks)
+        if self.hparams.eval_samples < 1 or present:
+            return []
+        return [SampleLogger(self.hparams.eval_samples, self.hparams.sample_prompts)]
 
     def unified_model(self):
         """This transformer with its vocabulary and tokenizer as a `UnifiedModel`."""

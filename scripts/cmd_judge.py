@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", required=True, metavar="ROOT", help="a dataset root with train/ and val/ shards")
     t.add_argument("--out", required=True, metavar="DIR", help="the classifier folder to write")
     t.add_argument("--preset", default="cifar10", help="network size (default cifar10)")
-    t.add_argument("--epochs", type=int, default=2, help="passes over train/ (default 2)")
+    t.add_argument("--epochs", type=int, default=3, help="passes over train/ (default 3)")
     t.add_argument("--batch-size", type=int, default=128, metavar="B", help="default 128")
     t.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate (default 0.2)")
     t.add_argument("--seed", type=int, default=0)
