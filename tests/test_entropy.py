@@ -123,7 +123,7 @@ def test_entropy_coded_images_decode_like_bit_packed_ones(tok, prior, rate):
 
 def test_entropy_layout_and_reader_bounds(tok, prior):
     data = C.Codec(tok, prior).compress([_image(33, 17)], C.RateControl(tokens=5))
-    assert data[5] == 1 and data[33:49] == fingerprint(prior)
+    assert data[5] == 2 and data[33:49] == fingerprint(prior)  # payload 2: the portable integer prior
     width, height, cw, ch, k, words = struct.unpack_from("<HHHHHI", data, 49)
     assert (width, height, cw, ch, k) == (33, 17, 33, 17, 5) and len(data) == 49 + 14 + 4 * words + 4 + 4
     huge = bytearray(data[:-4])

@@ -43,11 +43,38 @@ _K = struct.Struct("<H")
 UNIFORM_COUNT_BYTES = _K.size  # the one k of a uniform-count image
 HEADER_V2_BYTES = _HEADER_V2.size  # 33
 IMAGE_V2_BYTES = _IMAGE_V2.size  # 9
-PAYLOADS = ("packed", "entropy")  # 0: bit-packed ids; 1: range-coded with a learned prior (tokenizers/codec/entropy.py)
+# 0: bit-packed ids; 1: range-coded with the float prior (onetok <= 0.1, read only: its probabilities depend on the
+# machine); 2: range-coded with the integer prior (tokenizers/codec/fixedpoint.py: the same bits on every machine)
+PAYLOADS = ("packed", "float", "entropy")
 _CODED_V2 = struct.Struct("<HHHHHI")  # width, height, coded width, coded height, uniform k (0: per tile), words
 CODED_V2_BYTES = _CODED_V2.size  # 14
 CHECKSUM_BYTES = 4
 COUNT_MODES = ("uniform", "per_tile")  # one k for every tile (u16) | a (k - 1) field of ceil(log2 L) bits per tile
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# FORMAT CONSTANTS of the entropy-coded payloads. Every one of them is part of the bitstream: changing any value
+# makes every stored entropy-coded file undecodable (tests/test_stored_files.py fails). A new coder gets a new
+# payload code instead (docs/format.md).
+# --------------------------------------------------------------------------------------------------------------------
+
+PROB_SCALE = 1 << 16  # payload 1: frequencies floor(PROB_SCALE * p) + 1; payload 2: frequencies sum to PROB_SCALE
+CHUNK = 1024  # tiles per batch in the third pass (the order of the coded ids)
+BUCKETS = 4  # the count context: quartile of the left and of the upper tile's count (or "none")
+COUNT_STEP = 32  # what a coded count adds to its adaptive frequency table (every symbol starts at 1)
+
+# payload 2: the integer prior. A value with F fraction bits is the integer round(real * 2**F).
+RES_FRAC, RES_LIMIT = 12, 1 << 21  # the residual stream, clamped to |x| < RES_LIMIT
+ACT_FRAC, ACT_LIMIT = 14, 1 << 20  # every other activation (what a matrix product reads), clamped to |x| < ACT_LIMIT
+WEIGHT_BITS = 15  # weights: per output channel w * 2**s rounded, s the largest integer with max |w * 2**s| < 2**15
+NORM_GUARD = 4  # LayerNorm: extra fraction bits of the integer standard deviation
+NORM_RECIPROCAL = 26  # LayerNorm divides by multiplying with floor(2**(ACT_FRAC + NORM_GUARD + 26) / sigma) per row
+FREQ_RECIPROCAL = 36  # frequencies: 1 + floor(w * (PROB_SCALE - K) * floor(2**36 / sum w) / 2**36), w the exp weights
+GAIN_FRAC = 14  # LayerNorm gain (weight) fraction bits
+EXP_FRAC, EXP_ONE = 8, 1 << 16  # exp table: EXP[j] = round(EXP_ONE * exp(-j / 2**EXP_FRAC)) while > 0
+GELU_FRAC, GELU_RANGE = 8, 4  # GELU table on [-GELU_RANGE, GELU_RANGE] at steps of 2**-GELU_FRAC (outside: x or 0)
+SCORE_SHIFT = 40  # attention scores -> exp-table steps: multiplier isqrt(2**(2 * SCORE_SHIFT - 2 * (2 * ACT_FRAC -
+#                   EXP_FRAC)) // head_dim), then a rounding shift by SCORE_SHIFT
 
 
 class OtokError(ValueError):
@@ -136,10 +163,14 @@ class TiledFile:
     max_tokens: int  # L, the tokenizer's token count: every tile has 1..L ids
     images: tuple[TiledImage, ...] | tuple[CodedImage, ...]
     prior_fingerprint: bytes | None = None  # the prior of an entropy-coded file (then images are CodedImage)
+    float_coder: bool = False  # entropy-coded by the float prior of onetok <= 0.1 (payload 1, read only)
 
     @property
     def payload(self) -> str:
-        return "packed" if self.prior_fingerprint is None else "entropy"
+        """"packed", "float" (payload 1) or "entropy" (payload 2, the portable integer prior)."""
+        if self.prior_fingerprint is None:
+            return "packed"
+        return "float" if self.float_coder else "entropy"
 
     @property
     def num_images(self) -> int:
@@ -324,6 +355,8 @@ def _check_v2(f: TiledFile) -> None:
         raise OtokError(f"{f.num_images} images, a file holds 1..65535")
     if (f.prior_fingerprint is not None) != all(isinstance(im, CodedImage) for im in f.images):
         raise OtokError("an entropy-coded file holds coded images (and a prior fingerprint), a packed one tiled images")
+    if f.float_coder and f.prior_fingerprint is None:
+        raise OtokError("a float-coder file is entropy-coded: it needs a prior fingerprint")
     if f.prior_fingerprint is not None and len(f.prior_fingerprint) != FINGERPRINT_BYTES:
         raise OtokError(f"prior fingerprint must be {FINGERPRINT_BYTES} bytes")
     for im in f.images:
@@ -445,14 +478,14 @@ def _loads_v2(data: bytes, fingerprint: bytes | None) -> TiledFile:
     if 0 in (tile, max_tokens, n):
         raise OtokError(f"tile size {tile}, token count {max_tokens} and image count {n} must be at least 1")
     cur = _Cursor(data, HEADER_V2_BYTES)
-    if PAYLOADS[payload] == "entropy":
+    if PAYLOADS[payload] != "packed":
         prior_fp = cur.take(FINGERPRINT_BYTES)
         images = tuple(_read_coded_v2(cur, max_tokens) for _ in range(n))
     else:
         prior_fp, images = None, tuple(_read_image_v2(cur, tile, max_tokens, bits) for _ in range(n))
     if cur.left:
         raise OtokError(f"{cur.left} trailing bytes before the CRC")
-    f = TiledFile(fp, codebook_size, tile, max_tokens, images, prior_fp)
+    f = TiledFile(fp, codebook_size, tile, max_tokens, images, prior_fp, PAYLOADS[payload] == "float")
     _check_v2(f)
     return f
 
