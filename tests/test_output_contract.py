@@ -11,7 +11,6 @@ as it was (the inputs' copy and the output place are compared byte for byte).
 """
 
 import argparse
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +47,7 @@ def writing_options() -> set[str]:
 
 class Row(NamedTuple):
     kind: str  # "file" or "folder"
-    argv: Callable[[Path, str], list]  # (workspace W, output) -> argv without --force
+    argv: Callable[[Path, str], list]  # (workspace W, output out) -> argv without --force
     inside: Callable[[Path], Path] | None  # an output that is, is inside, or holds an input (None: no inputs)
     user_file: str = "notes.txt"  # folder rows: the user's file put in the output folder; file rows: the suffix
     force: tuple = ("--force",)
@@ -56,40 +55,40 @@ class Row(NamedTuple):
 
 
 WRITERS = {
-    "data shapes --out": Row("folder", lambda W, O: ["data", "shapes", "--out", O, "--train", 2, "--val", 1, "--size",
+    "data shapes --out": Row("folder", lambda W, out: ["data", "shapes", "--out", out, "--train", 2, "--val", 1, "--size",
                                                      8, "--quiet"], None),
-    "data images --out": Row("folder", lambda W, O: ["data", "images", W / "images", "--out", O, "--size", 8,
+    "data images --out": Row("folder", lambda W, out: ["data", "images", W / "images", "--out", out, "--size", 8,
                                                      "--quiet"], lambda W: W / "images" / "shards"),
-    "export --out": Row("folder", lambda W, O: ["export", W / "garbage.ckpt", "--out", O], lambda W: W),
-    "tokenize --out": Row("folder", lambda W, O: ["tokenize", "--tokenizer", W / "tok", "--data", W / "shapes",
-                                                  "--out", O, "--quiet"], lambda W: W / "shapes" / "tokens"),
-    "sample --out": Row("folder", lambda W, O: ["sample", "--model", W / "model", "--prompt", PROMPT, "--out", O,
+    "export --out": Row("folder", lambda W, out: ["export", W / "garbage.ckpt", "--out", out], lambda W: W),
+    "tokenize --out": Row("folder", lambda W, out: ["tokenize", "--tokenizer", W / "tok", "--data", W / "shapes",
+                                                  "--out", out, "--quiet"], lambda W: W / "shapes" / "tokens"),
+    "sample --out": Row("folder", lambda W, out: ["sample", "--model", W / "model", "--prompt", PROMPT, "--out", out,
                                                 "--quiet"], lambda W: W / "model" / "samples"),
-    "text-vocab train --out": Row("folder", lambda W, O: ["text-vocab", "train", "--captions", W / "shapes", "--size",
-                                                          300, "--out", O, "--quiet"], lambda W: W / "shapes"),
-    "eval-ar --json": Row("file", lambda W, O: ["eval-ar", "--model", W / "model", "--data", W / "shapes" / "val",
-                                                "--n", 2, "--json", O], lambda W: W / "model" / "config.json",
+    "text-vocab train --out": Row("folder", lambda W, out: ["text-vocab", "train", "--captions", W / "shapes", "--size",
+                                                          300, "--out", out, "--quiet"], lambda W: W / "shapes"),
+    "eval-ar --json": Row("file", lambda W, out: ["eval-ar", "--model", W / "model", "--data", W / "shapes" / "val",
+                                                "--n", 2, "--json", out], lambda W: W / "model" / "config.json",
                           ".json"),
-    "eval-ar --fid-stats-out": Row("file", lambda W, O: ["eval-ar", "--model", W / "model", "--data",
+    "eval-ar --fid-stats-out": Row("file", lambda W, out: ["eval-ar", "--model", W / "model", "--data",
                                                          W / "shapes" / "val", "--n", 2, "--fid", "--fid-stats-out",
-                                                         O], lambda W: W / "shapes" / "val" / "stats.npz", ".npz"),
-    "eval-ar --grids": Row("folder", lambda W, O: ["eval-ar", "--model", W / "model", "--data", W / "shapes" / "val",
-                                                   "--n", 2, "--grids", O], lambda W: W / "model" / "grids"),
-    "eval-tokenizer --json": Row("file", lambda W, O: ["eval-tokenizer", "--tokenizer", W / "tok", "--data",
-                                                       W / "shapes" / "val", "--json", O],
+                                                         out], lambda W: W / "shapes" / "val" / "stats.npz", ".npz"),
+    "eval-ar --grids": Row("folder", lambda W, out: ["eval-ar", "--model", W / "model", "--data", W / "shapes" / "val",
+                                                   "--n", 2, "--grids", out], lambda W: W / "model" / "grids"),
+    "eval-tokenizer --json": Row("file", lambda W, out: ["eval-tokenizer", "--tokenizer", W / "tok", "--data",
+                                                       W / "shapes" / "val", "--json", out],
                                  lambda W: W / "shapes" / "val" / "000000.tar", ".json"),
-    "eval-tokenizer --fid-stats-out": Row("file", lambda W, O: ["eval-tokenizer", "--tokenizer", W / "tok", "--data",
-                                                                W / "shapes" / "val", "--fid", "--fid-stats-out", O],
+    "eval-tokenizer --fid-stats-out": Row("file", lambda W, out: ["eval-tokenizer", "--tokenizer", W / "tok", "--data",
+                                                                W / "shapes" / "val", "--fid", "--fid-stats-out", out],
                                           lambda W: W / "tok" / "stats.npz", ".npz"),
-    "compress --out": Row("folder", lambda W, O: ["compress", "--tokenizer", W / "tok", W / "images", "-o", O,
+    "compress --out": Row("folder", lambda W, out: ["compress", "--tokenizer", W / "tok", W / "images", "-o", out,
                                                   "--quiet"], lambda W: W / "images" / "otok", "a.otok"),
-    "decompress --out": Row("file", lambda W, O: ["decompress", "--tokenizer", W / "tok", W / "a.otok", "-o", O],
+    "decompress --out": Row("file", lambda W, out: ["decompress", "--tokenizer", W / "tok", W / "a.otok", "-o", out],
                             lambda W: W / "a.otok", ".png"),
-    "eval-compression --out": Row("folder", lambda W, O: ["eval-compression", "--tokenizer", W / "tok", W / "images",
-                                                          "--out", O, "--quiet"], lambda W: W / "images", "rd.csv"),
-    "judge train --out": Row("folder", lambda W, O: ["judge", "train", "--data", W / "shapes", "--out", O],
+    "eval-compression --out": Row("folder", lambda W, out: ["eval-compression", "--tokenizer", W / "tok", W / "images",
+                                                          "--out", out, "--quiet"], lambda W: W / "images", "rd.csv"),
+    "judge train --out": Row("folder", lambda W, out: ["judge", "train", "--data", W / "shapes", "--out", out],
                              lambda W: W / "shapes"),
-    "demo --out": Row("folder", lambda W, O: ["demo", "--out", O, "--quick"], None, force=("--fresh",),
+    "demo --out": Row("folder", lambda W, out: ["demo", "--out", out, "--quick"], None, force=("--fresh",),
                       foreign_text="not a demo folder"),
 }
 
@@ -205,3 +204,121 @@ def test_force_replaces_onetok_files(workspace, tmp_path, capsys):
         assert main([str(a) for a in argv]) == 0, argv
         assert main([str(a) for a in argv + ["--force"]]) == 0, argv
     capsys.readouterr()
+
+
+# --- folder runs finish (cases 7, 8, 11, 12) -------------------------------------------------------------------------
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fail_on(monkeypatch, name: str) -> None:
+    """Codec.decode fails for the .otok file whose ids are those of `name` (a payload the decoder rejects)."""
+    from onetok.tokenizers.codec import codec as C
+    from onetok.tokenizers.codec import format as otok
+
+    real, bad = C.Codec.decode, otok.loads(Path(name).read_bytes())
+
+    def decode(self, f):
+        if repr(f) == repr(bad):
+            raise otok.OtokError("range decoder: payload does not decode")
+        return real(self, f)
+
+    monkeypatch.setattr(C.Codec, "decode", decode)
+
+
+def test_07_decompress_goes_on_past_an_undecodable_file(workspace, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "otok"
+    src.mkdir()
+    for name, source in (("a.otok", "a.otok"), ("b.otok", "batch.otok"), ("c.otok", "a.otok")):
+        shutil.copy(workspace / source, src / name)
+    (src / "notes.md").write_text("not a .otok\n")
+    _fail_on(monkeypatch, src / "b.otok")
+    code, out, err = _run(capsys, "decompress", "--tokenizer", workspace / "tok", src, "-o", tmp_path / "png",
+                          "--quiet")
+    assert code == 1 and "decompressed 2 file(s)" in out and "skipped 1" in out
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "c.png"]  # the one after it too
+    skipped = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and str(src / "b.otok") in skipped[0] and "cannot decode" in skipped[0]
+    assert "notes.md" in err  # the other file, in one note
+
+
+def test_12_decompress_error_names_the_otok(workspace, tmp_path, capsys, monkeypatch):
+    _fail_on(monkeypatch, workspace / "a.otok")
+    code, _, err = _run(capsys, "decompress", "--tokenizer", workspace / "tok", workspace / "a.otok", "-o",
+                        tmp_path / "a.png")
+    assert code == 2 and f"{workspace / 'a.otok'}: cannot decode" in err and "a.png" not in err.replace("a.otok", "")
+    assert not (tmp_path / "a.png").exists()
+
+
+def _photo_folder(workspace: Path, root: Path) -> Path:
+    """Images (two of them sharing a stem), one without an extension, and what sits beside photos: a README, a
+    table, licence files whose names would map to one output name."""
+    from PIL import Image
+
+    root.mkdir()
+    shutil.copy(workspace / "images" / "a.png", root / "a.png")
+    shutil.copy(workspace / "images" / "b.png", root / "b.png")
+    Image.open(workspace / "images" / "a.png").convert("RGB").save(root / "a.jpg")
+    shutil.copy(workspace / "images" / "b.png", root / "scan")  # a PNG, no extension: read by its signature
+    (root / "README.md").write_text("# photos\n")
+    (root / "MANIFEST.tsv").write_text("file\tsource\n")
+    (root / "LICENSES").mkdir()
+    (root / "LICENSES" / "copyright.mate-backgrounds").write_text("licence\n")
+    (root / "LICENSES" / "copyright.plasma-workspace-wallpapers").write_text("licence\n")
+    return root
+
+
+def test_08_compress_a_photo_folder_with_its_text_files(workspace, tmp_path, capsys):
+    src = _photo_folder(workspace, tmp_path / "photos")
+    code, out, err = _run(capsys, "compress", "--tokenizer", workspace / "tok", src, "-o", tmp_path / "out",
+                          "--quiet", "--tokens", 2)
+    assert code == 0 and "compressed 4 image(s)" in out and "skipped 0" in out, err
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.otok"))
+    assert names == ["a.jpg.otok", "a.png.otok", "b.otok", "scan.otok"]  # a.png and a.jpg both kept
+    notes = [line for line in err.splitlines() if line.startswith("note: ignored")]
+    assert len(notes) == 1 and "ignored 4 file(s)" in notes[0] and "README.md" in notes[0]
+
+
+def test_08_an_unreadable_image_among_good_ones_is_listed_and_exit_1(workspace, tmp_path, capsys):
+    src = _photo_folder(workspace, tmp_path / "photos")
+    (src / "broken.jpg").write_text("not a jpeg\n")
+    code, out, err = _run(capsys, "compress", "--tokenizer", workspace / "tok", src, "-o", tmp_path / "out",
+                          "--quiet", "--tokens", 2)
+    assert code == 1 and "compressed 4 image(s)" in out and "skipped 1" in out
+    assert [line for line in err.splitlines() if line.startswith("skipped")] == [
+        line for line in err.splitlines() if "broken.jpg" in line and line.startswith("skipped")]
+
+
+def test_11_eval_tokenizer_lists_unreadable_files(workspace, tmp_path, capsys):
+    src = _photo_folder(workspace, tmp_path / "photos")
+    (src / "broken.jpg").write_text("not a jpeg\n")
+    code, out, err = _run(capsys, "eval-tokenizer", "--tokenizer", workspace / "tok", "--data", src)
+    assert code == 1 and "broken.jpg" in err and "README.md" in err and "1 unreadable" in err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_text("no\n")
+    (bad / "y.jpg").write_text("no\n")
+    code, _, err = _run(capsys, "eval-tokenizer", "--tokenizer", workspace / "tok", "--data", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "x.png" in err and "all 2" in err
+
+
+def test_data_images_ignores_text_files(workspace, tmp_path, capsys):
+    src = _photo_folder(workspace, tmp_path / "photos")
+    code, out, err = _run(capsys, "data", "images", src, "--out", tmp_path / "shards", "--size", 8, "--quiet")
+    assert code == 0 and "written: 4, skipped: 0" in out and "ignored 4 file(s)" in err
+
+
+def test_caption_takes_a_folder_and_notes_a_far_off_photo(workspace, tmp_path, capsys):
+    src = _photo_folder(workspace, tmp_path / "photos")
+    code, out, err = _run(capsys, "caption", "--model", workspace / "model", src)
+    assert code == 0 and len(out.splitlines()) == 4 and "ignored 4 file(s)" in err
+    assert sum("far outside" in line for line in err.splitlines()) == 1  # random weights: every photo is far off
+
+
+def test_not_a_regular_file_is_said_so(workspace, tmp_path, capsys):
+    code, _, err = _run(capsys, "compress", "--tokenizer", workspace / "tok", "/dev/null", "-o", tmp_path / "x.otok")
+    assert code == 2 and "/dev/null: not a regular file or folder" in err
