@@ -22,7 +22,7 @@ from PIL import Image
 from onetok.data.images import MAX_PIXELS
 from onetok.tokenizers.codec import entropy, tiling
 from onetok.tokenizers.codec import format as otok
-from onetok.tokenizers.codec import rate as rc
+from onetok.tokenizers.codec.rate import allocate_bits, counts_for_psnr, fixed_counts, rate_ladder, sse_ladder
 from onetok.tokenizers.registry import fingerprint
 
 DOWNSCALE = Image.Resampling.LANCZOS
@@ -140,9 +140,9 @@ class Codec:
 
 
 class Analysis:
-    """One image cut into tiles and encoded once (all L ids per tile). The squared error of a tile at a token count
-    (measured only where a rate control asks for it), and (with a prior) the bits of every id, are computed on first
-    use and shared by every rate-control setting asked of it."""
+    """One image cut into tiles and encoded once (all L ids per tile). The squared error of every tile at every
+    token count, and (with a prior) the bits of every id, are computed on first use and shared by every rate-control
+    setting asked of it."""
 
     def __init__(self, owner: Codec, image: Image.Image, scale: float = 1.0):
         self.codec, self.tokenizer, (self.width, self.height) = owner, owner.tokenizer, image.size
@@ -153,8 +153,8 @@ class Analysis:
         self.tiles, self.grid = tiling.tile_image(np.asarray(small.convert("RGB"), dtype=np.uint8),
                                                   self.tokenizer.image_size)
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
-        measure = rc.decoder_measure(self.tokenizer, self.tiles, self.ids, self.grid)
-        self.distortion = rc.Distortion(measure, self.grid.count, self.tokenizer.num_latent_tokens)
+        self.ladder = rate_ladder(self.tokenizer.num_latent_tokens)
+        self._sse: np.ndarray | None = None
         self._bits: np.ndarray | None = None
 
     def packed(self) -> Analysis:
@@ -162,6 +162,13 @@ class Analysis:
         twin = copy.copy(self)
         twin.codec, twin._bits = Codec(self.tokenizer), None
         return twin
+
+    @property
+    def sse(self) -> np.ndarray:
+        """(N, M) squared 8-bit error of each tile decoded from its first k ids, k in the rate ladder."""
+        if self._sse is None:
+            self._sse = sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
+        return self._sse
 
     @property
     def bits(self) -> np.ndarray:
@@ -193,19 +200,19 @@ class Analysis:
             k = L if rate.tokens is None else rate.tokens
             if not 1 <= k <= L:
                 raise ValueError(f"tokens must be in 1..{L} for this tokenizer, got {k}")
-            return rc.fixed_counts(self.grid, k), True
+            return fixed_counts(self.grid, k), True
         if rate.psnr is not None:
-            return rc.counts_for_psnr(self.distortion, self.grid.valid_pixels(), rate.psnr), True
+            return counts_for_psnr(self.sse, self.ladder, self.grid.valid_pixels(), rate.psnr), True
         return self._counts_for_bits(rate.bpp * self.width * self.height)
 
     def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
-        """Greedy allocation of the id bits over measured counts (`rate.refine_allocation`); the budget shrinks by
-        any overshoot of the whole file (overhead and counts included) until the file fits."""
-        cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
+        """Greedy allocation of the id bits; the budget shrinks by any overshoot of the whole file (overhead and
+        counts included) until the file fits."""
+        ladder = np.asarray(self.ladder, dtype=np.int64)
+        cost = np.cumsum(self.bits, axis=1)[:, ladder - 1]  # (N, M): bits of the first k ids, k in the ladder
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
-        self.distortion.need_all(rc.coarse_counts(self.tokenizer.num_latent_tokens))
         for _ in range(8):
-            counts = rc.refine_allocation(self.distortion, cost, budget)
+            counts = ladder[allocate_bits(self.sse, cost, budget)]
             overshoot = self.size_bits(counts) - target
             if overshoot <= 0 or (counts == 1).all():
                 break
