@@ -129,13 +129,13 @@ def _load_judge(path: str | None):
     return ClassJudge(ImageClassifier.from_pretrained(path))
 
 
-def _save_grids(out: str, grids: dict, force: bool, inputs: list) -> None:
+def _save_grids(out: str, grids: dict, per_row: int, force: bool, inputs: list) -> None:
+    """One PNG per template: a row of `per_row` samples per class."""
     from torchvision.utils import save_image
 
     with staged_dir(Path(out), force, inputs) as tmp:
         for i, (template, grid) in enumerate(grids.items()):
-            rows = max(1, len(grid) // 10)
-            save_image(grid.float(), tmp / f"grid_{i}.png", nrow=rows, padding=1)
+            save_image(grid.float(), tmp / f"grid_{i}.png", nrow=per_row, padding=1)
             (tmp / f"grid_{i}.txt").write_text(f"{template}\n")
 
 
@@ -183,7 +183,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
           f"top-p {settings.top_p}, seed {args.seed}{', SJD' if args.sjd else ''}; {report['seconds']}s",
           file=sys.stderr)
     if args.grids and grids:
-        _save_grids(args.grids, grids, args.force, inputs)
+        _save_grids(args.grids, grids, min(protocol.keep, protocol.per_class), args.force, inputs)
     if args.json:
         atomic_write_json(args.json, report, args.force, inputs)
     return 0
