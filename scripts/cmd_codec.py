@@ -192,8 +192,10 @@ class Encoder:
         if not encoded.reached:
             return (f"--bpp {rate.bpp:g} is below the smallest file at this scale (1 token per tile); try --scale < "
                     f"{rate.scale:g}")
-        if rate.bpp is not None and (encoded.counts == L).all():
-            return f"--bpp {rate.bpp:g} is more than the largest file at this scale: every tile has all {L} tokens"
+        got = analysis.size_bits(encoded.counts) / (analysis.width * analysis.height) if rate.bpp else 0.0
+        if rate.bpp is not None and got < rate.bpp / 2:
+            return (f"--bpp {rate.bpp:g} is more than this image can use at this scale: its file has {got:.3g} bits "
+                    "per pixel (more tokens would not lower its error)")
         if rate.psnr is not None and (encoded.counts == L).all():
             return f"--psnr {rate.psnr:g}: every tile needs all {L} tokens (some may stay below {rate.psnr:g} dB)"
         if rate.scale < 1 and max(analysis.coded) < tile:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from onetok.fileio import UserError, check_replaceable_dir
+from onetok.scripts.arg_types import finite_float, seed
 from onetok.scripts.devices import add_threads_arg, check_threads, use_threads
 
 
@@ -123,8 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="cifar10", help="network size (default cifar10)")
     t.add_argument("--epochs", type=int, default=3, help="passes over train/ (default 3)")
     t.add_argument("--batch-size", type=int, default=128, metavar="B", help="default 128")
-    t.add_argument("--lr", type=float, default=0.2, help="peak SGD learning rate (default 0.2)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=finite_float, default=0.2, help="peak SGD learning rate (default 0.2)")
+    t.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     t.add_argument("--limit", type=int, default=None, metavar="N", help="train on the first N images only")
     t.add_argument("--force", action="store_true", help="replace an existing --out")
     t.add_argument("--quiet", action="store_true", help="no progress lines")

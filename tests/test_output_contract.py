@@ -11,6 +11,7 @@ as it was (the inputs' copy and the output place are compared byte for byte).
 """
 
 import argparse
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -322,3 +323,138 @@ def test_caption_takes_a_folder_and_notes_a_far_off_photo(workspace, tmp_path, c
 def test_not_a_regular_file_is_said_so(workspace, tmp_path, capsys):
     code, _, err = _run(capsys, "compress", "--tokenizer", workspace / "tok", "/dev/null", "-o", tmp_path / "x.otok")
     assert code == 2 and "/dev/null: not a regular file or folder" in err
+
+
+# --- numbers are finite (case 9 and the small ones) ------------------------------------------------------------------
+
+
+def _leaf_parsers():
+    def leaves(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from leaves(sub, prefix + (name,))
+                return
+        yield " ".join(prefix), parser
+
+    return list(leaves(build_parser()))
+
+
+def test_every_float_flag_refuses_inf_and_nan_and_every_seed_is_ranged():
+    from onetok.scripts.arg_types import finite_float, positive_floats, seed
+
+    for command, parser in _leaf_parsers():
+        for action in parser._actions:
+            assert action.type is not float, f"onetok {command} {action.option_strings}: plain float takes inf/nan"
+            if action.dest == "seed":
+                assert action.type is seed, f"onetok {command} --seed: not range-checked"
+            if action.type in (finite_float, positive_floats):
+                for bad in ("inf", "-inf", "nan"):
+                    with pytest.raises(argparse.ArgumentTypeError):
+                        action.type(bad)
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--model", "{W}/model", "--prompt", PROMPT, "--out", "{T}/s", "--cfg", "inf"],
+    ["sample", "--model", "{W}/model", "--prompt", PROMPT, "--out", "{T}/s", "--temperature", "inf"],
+    ["eval-ar", "--model", "{W}/model", "--data", "{W}/shapes/val", "--cfg", "inf"],
+    ["bench", "sjd", "--model", "{W}/model", "--temperature", "inf"],
+    ["compress", "--tokenizer", "{W}/tok", "{W}/images/a.png", "-o", "{T}/x.otok", "--psnr", "inf"],
+    ["compress", "--tokenizer", "{W}/tok", "{W}/images/a.png", "-o", "{T}/x.otok", "--bpp", "inf"],
+    ["compress", "--tokenizer", "{W}/tok", "{W}/images/a.png", "-o", "{T}/x.otok", "--scale", "nan"],
+    ["eval-compression", "--tokenizer", "{W}/tok", "{W}/images", "--out", "{T}/rd", "--bpp", "nan"],
+    ["eval-compression", "--tokenizer", "{W}/tok", "{W}/images", "--out", "{T}/rd", "--compare-bpp", "inf"],
+    ["sample", "--model", "{W}/model", "--prompt", PROMPT, "--out", "{T}/s", "--seed", str(2**63)],
+    ["caption", "--model", "{W}/model", "{W}/images/a.png", "--seed", "-1"],
+    ["data", "shapes", "--out", "{T}/d", "--seed", str(2**64)],
+    ["bench", "data", "--sizes", "0"],
+    ["bench", "data", "--sizes", "abc"],
+    ["sample", "--model", "{W}/model", "--prompt", PROMPT, "--out", "{T}/s", "--window", "4"],
+    ["sample", "--model", "{W}/model", "--out", "{T}/s", "--prompt", "!!! ..."],
+    ["sample", "--model", "{W}/model", "--out", "{T}/s", "--prompt", "\U0001f534 \u2b55"],
+], ids=lambda a: " ".join(a[:1] + a[-2:]))
+def test_09_bad_numbers_are_one_line_exit_2(workspace, tmp_path, capsys, argv):
+    args = [a.replace("{W}", str(workspace)).replace("{T}", str(tmp_path)) for a in argv]
+    code, _, err = _run(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err and args[-1].split()[0][:3] in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # nothing written
+
+
+@pytest.mark.parametrize(("flags", "expect"), [(["--bpp", "1e9"], "more than this image can use"),
+                                               (["--psnr", "200"], "needs all"),
+                                               (["--scale", "1e-9"], "less than one")])
+def test_unreachable_targets_get_a_note(workspace, tmp_path, capsys, flags, expect):
+    code, _, err = _run(capsys, "compress", "--tokenizer", workspace / "tok", workspace / "images" / "b.png", "-o",
+                        tmp_path / "x.otok", *flags)
+    assert code == 0 and sum(expect in line and line.startswith("note:") for line in err.splitlines()) == 1, err
+
+
+# --- training refuses what cannot train (case 10) --------------------------------------------------------------------
+
+
+def test_10_fewer_samples_than_a_batch_is_refused_before_lightning_logs(workspace, tmp_path, capfd, monkeypatch):
+    import sys
+
+    from onetok.scripts.train import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--config", "tokenizer/shapes", "--model.init_args.preset", "tiny", "--model.init_args.config",
+            "{}", "--data.init_args.train_shards", str(workspace / "shapes" / "train"), "--data.init_args.image_size",
+            "16", "--data.init_args.val_shards", str(workspace / "shapes" / "val"), "--data.init_args.batch_size",
+            "64", "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["onetok-train", *argv])
+    code = train_main(argv)
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith("onetok-train: error:") and "8 training samples" in lines[-1], out + err
+    assert not list(tmp_path.rglob("lightning_logs"))
+
+
+# --- errors name the file, warnings are one line, files get the user's umask ---------------------------------------
+
+
+def test_a_corrupt_shard_is_one_warning_line_and_one_error_line(workspace, capsys):
+    code, _, err = _run(capsys, "eval-tokenizer", "--tokenizer", workspace / "tok", "--data",
+                        workspace / "corrupt_shards")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 2 and "warning:" in lines[0] and "000000.tar" in lines[0], err
+    assert "corrupt_shards" in lines[1]
+    code, _, err = _run(capsys, "text-vocab", "train", "--captions", workspace / "corrupt_shards", "--size", 300,
+                        "--out", workspace / "v", "--quiet")
+    assert code == 2 and "000000.tar: not a readable tar shard" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_users_umask(env, tmp_path, umask):
+    """safetensors writes 0600 and a staging folder starts 0700; a finished output has the user's umask."""
+    from onetok.ar_model.unified import UnifiedModel
+
+    old = os.umask(umask)
+    try:
+        UnifiedModel.from_pretrained(env / "model").save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes["m/model.safetensors"] == modes["m/config.json"] == 0o666 & ~umask
+    assert modes["m"] == modes["m/tokenizer"] == 0o777 & ~umask
+
+
+def test_a_failed_replacement_leaves_the_old_output_and_nothing_else(tmp_path, monkeypatch):
+    from onetok import fileio
+
+    out = tmp_path / "out"
+    with fileio.staged_dir(out) as tmp:
+        (tmp / "a.txt").write_text("old\n")
+    real, calls = os.replace, []
+
+    def replace(a, b):
+        calls.append(b)
+        if len(calls) == 3:  # manifest, old out aside, then the new one onto out: fails
+            raise OSError(28, "No space left on device", str(b))
+        real(a, b)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(OSError), fileio.staged_dir(out, force=True) as tmp:
+        (tmp / "a.txt").write_text("new\n")
+    assert (out / "a.txt").read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
