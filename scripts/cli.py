@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "onetok.scripts.cmd_data",        # data shapes | data images
     "onetok.scripts.cmd_export",      # export
     "onetok.scripts.cmd_codec",       # compress | decompress | eval-compression
+    "onetok.scripts.cmd_recode",      # recode
     "onetok.scripts.cmd_ar",          # tokenize | sample | caption
     "onetok.scripts.cmd_eval_ar",     # eval-ar
     "onetok.scripts.cmd_text_vocab",  # text-vocab train

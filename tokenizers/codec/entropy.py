@@ -27,7 +27,16 @@ import numpy as np
 import torch
 
 from onetok.tokenizers.codec.fixedpoint import IntegerPrior
-from onetok.tokenizers.codec.format import BUCKETS, CHUNK, COUNT_STEP, PROB_SCALE, OtokError, ids_checksum
+from onetok.tokenizers.codec.format import (
+    BUCKETS,
+    CHUNK,
+    COUNT_STEP,
+    PROB_SCALE,
+    CodedImage,
+    OtokError,
+    TiledImage,
+    ids_checksum,
+)
 from onetok.tokenizers.codec.prior import WAVEFRONT_MASK, TilePrior, neighbour_ids
 
 Decide = Callable[[np.ndarray, int, np.ndarray], np.ndarray]  # (tiles (n,), position, frequencies (n, K)) -> ids
@@ -245,3 +254,15 @@ def count_bits(counts: np.ndarray, rows: int, cols: int, L: int) -> float:
 
     count_pass(rows, cols, L, cost)
     return total
+
+
+def code_image(prior: TilePrior, image: TiledImage, tile_size: int) -> CodedImage:
+    """The ids of one decoded image, range-coded with the portable coder (payload 2): what `onetok recode` writes."""
+    rows, cols = image.grid(tile_size)
+    counts = np.asarray(image.counts, dtype=np.int64)
+    padded = np.zeros((len(counts), int(counts.max())), dtype=np.int64)  # (N, max k), ids left-aligned
+    padded[np.arange(padded.shape[1])[None, :] < counts[:, None]] = image.ids
+    uniform = bool((counts == counts[0]).all())
+    words = encode(prior, rows, cols, counts, padded, uniform)
+    return CodedImage(image.width, image.height, image.coded_width, image.coded_height,
+                      int(counts[0]) if uniform else 0, words, ids_checksum(counts, image.ids))
