@@ -1,5 +1,5 @@
 """`onetok demo` (what `make demo` runs): the whole pipeline end to end on the built-in shapes data, then the
-built-in photo codec on a real photograph.
+built-in photo codec on a real photograph and the built-in natural-image model (CIFAR-10 classes, no training).
 
 Each step is one `onetok` / `onetok-train` command run as a subprocess (so its own progress bar shows) and writes
 a marker `OUT/.done/<step>` when it succeeds: a re-run skips finished steps, a killed training run resumes from its
@@ -32,6 +32,8 @@ DEMO_PROMPTS = [
 
 
 PHOTO_LADDER = (0.03, 0.05, 0.1, 0.2)  # bits per pixel of the real-photo rate ladder
+NATURAL_PER_CLASS = 8  # samples per class in the natural-images grid
+NATURAL_CAPTIONS = 2  # val images per class captioned (20 for CIFAR-10)
 
 
 class Demo:
@@ -162,6 +164,27 @@ class Demo:
         self.run("eval-compression", str(folder / "in"), "--out", str(folder / "rd"), "--compare-bpp", "0.1",
                  "--quiet")
 
+    def natural(self) -> None:
+        """The built-in natural-image model (no training): NATURAL_PER_CLASS samples of every class, and captions
+        of NATURAL_CAPTIONS val images per class when the CIFAR-10 val shards are on this machine."""
+        from onetok.ar_model.classifier import CIFAR10_LABELS
+        from onetok.scripts.demo_report import NATURAL_MODEL, NATURAL_VAL, write_natural_val
+
+        folder = self.out / "natural"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        if not (NATURAL_MODEL / "config.json").is_file():
+            (folder / "missing.txt").write_text(f"no built-in natural-image model at {NATURAL_MODEL}\n")
+            return
+        prompts = folder / "prompts.txt"
+        prompts.write_text("".join(f"a photo of a {label}\n" for label in CIFAR10_LABELS))
+        self.run("sample", "--model", str(NATURAL_MODEL), "--prompts-file", str(prompts), "-n",
+                 str(2 if self.quick else NATURAL_PER_CLASS), "--seed", "0", "--out", str(folder / "samples"))
+        val = write_natural_val(NATURAL_VAL, folder / "val", NATURAL_CAPTIONS)
+        if val:
+            self.run("caption", "--model", str(NATURAL_MODEL), *map(str, val), stdout=folder / "captions.tsv")
+
     def report(self) -> None:
         from onetok.scripts.demo_report import write_report
 
@@ -179,6 +202,7 @@ class Demo:
         self.step("bench_sjd", self.bench_sjd)
         self.step("compression", self.compression)
         self.step("photo", self.photo)
+        self.step("natural", self.natural)
         self.step("report", self.report)
         print(f"[demo] finished in {time.time() - start:.0f}s: {self.out / 'report.md'}", flush=True)
 

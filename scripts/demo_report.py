@@ -14,6 +14,8 @@ from onetok.data.shards import iter_samples
 from onetok.tokenizers.metrics import token_counts
 
 SCALE = 4  # 32 px images are shown 4x larger (nearest neighbour)
+NATURAL_MODEL = Path(__file__).resolve().parents[1] / "ar_model" / "pretrained" / "cifar10"  # the built-in model
+NATURAL_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "val"  # beside the checkout
 
 
 def _load_json(path: Path) -> dict:
@@ -53,8 +55,14 @@ def reconstruction_grid(tok_dir: Path, data: Path, out: Path, n: int = 8) -> lis
     return counts
 
 
-def t2i_figure(samples_dir: Path, out: Path) -> list[dict]:
-    """One row per prompt with its samples, the prompt beside it; returns the samples.jsonl records."""
+def shapes_mark(image: np.ndarray, prompt: str) -> bool:
+    """The pixel parser reads exactly the prompted attributes."""
+    return parse_image(image) == parse_caption(prompt)
+
+
+def t2i_figure(samples_dir: Path, out: Path, mark=shapes_mark) -> list[dict]:
+    """One row per prompt with its samples, the prompt beside it, each marked ✓/✗ by `mark(image, prompt)`;
+    returns the samples.jsonl records."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,9 +79,10 @@ def t2i_figure(samples_dir: Path, out: Path) -> list[dict]:
             ax.axis("off")
             if j < len(rows):
                 img = np.asarray(Image.open(samples_dir / rows[j]["file"]).convert("RGB"))
-                ok = parse_image(img) == parse_caption(prompt)
+                ok = mark(img, prompt)
                 ax.imshow(img, interpolation="nearest")
-                ax.set_title("✓" if ok else "✗", fontsize=8, color="green" if ok else "red")
+                if ok is not None:
+                    ax.set_title("✓" if ok else "✗", fontsize=8, color="green" if ok else "red")
         axes[i][-1].text(1.1, 0.5, prompt, transform=axes[i][-1].transAxes, va="center", fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.5, wspace=0.05, hspace=0.35)
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -93,6 +102,57 @@ def caption_examples(model_dir: Path, data: Path, out_dir: Path, n: int = 8) -> 
         tile.save(out_dir / f"{i:02d}.png")
         rows.append({"file": f"captions/{i:02d}.png", "truth": truth, "predicted": pred, "exact": pred == truth})
     return rows
+
+
+def write_natural_val(spec: Path, out_dir: Path, per_class: int) -> list[Path]:
+    """The first `per_class` val images of every label as PNGs (+ labels.json); none when `spec` is absent."""
+    if not spec.is_dir():
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, int] = {}
+    labels = {}
+    for sample in iter_samples(spec):
+        label = sample["json"].get("label")
+        if label is None or seen.get(label, 0) >= per_class:
+            continue
+        seen[label] = seen.get(label, 0) + 1
+        name = f"{label}_{seen[label]}.png"
+        sample["image"].save(out_dir / name)
+        labels[name] = label
+    (out_dir / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+    return [out_dir / name for name in labels]
+
+
+def natural_section(folder: Path) -> dict:
+    """The natural-images pictures and numbers: the class grid (✓ = the built-in judge names the prompted class)
+    and the val captions marked right or wrong (the class word or a synonym, and no other class)."""
+    from onetok.ar_model.classifier import BUILTIN_JUDGE, CIFAR10_LABELS, CIFAR10_SYNONYMS, ImageClassifier, is_classifier_dir
+    from onetok.ar_model.judges import CaptionVocabulary
+
+    if not (folder / "samples" / "samples.jsonl").is_file():
+        return {}
+    mark = lambda image, prompt: None  # noqa: E731 - no judge installed: no marks
+    if is_classifier_dir(BUILTIN_JUDGE):
+        judge = ImageClassifier.from_pretrained(BUILTIN_JUDGE)
+
+        def mark(image: np.ndarray, prompt: str) -> bool:
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # (1, 3, S, S)
+            with torch.no_grad():
+                return judge.labels[int(judge(x).argmax())] == prompt.rsplit(" ", 1)[-1]
+    records = t2i_figure(folder / "samples", folder / "grid.png", mark)
+    vocabulary = CaptionVocabulary(CIFAR10_LABELS, CIFAR10_SYNONYMS)
+    labels = _load_json(folder / "val" / "labels.json")
+    rows = []
+    if (folder / "captions.tsv").is_file():
+        for line in (folder / "captions.tsv").read_text().splitlines():
+            path, _, caption = line.partition("\t")
+            name = Path(path).name
+            _to_pil(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None] / 255)[0].save(
+                folder / "val" / f"x4_{name}")
+            rows.append({"file": f"natural/val/x4_{name}", "label": labels.get(name), "caption": caption,
+                         "right": vocabulary.correct(caption, labels.get(name, ""))})
+    return {"samples": len(records), "captions": rows,
+            "caption_accuracy": sum(r["right"] for r in rows) / len(rows) if rows else None}
 
 
 def photo_ladder(folder: Path) -> list[dict]:
@@ -136,6 +196,7 @@ def write_report(out: Path) -> dict:
         "photo": {"ladder": photo_ladder(out / "photo"), "bd_rate_percent": photo_rd.get("bd_rate_percent", {})},
         "demo_samples": {"plain_forward_passes": [r.get("forward_passes") for r in plain],
                          "sjd_forward_passes": [r.get("forward_passes") for r in sjd]},
+        "natural_images": natural_section(out / "natural"),
         "step_seconds": timings,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -161,6 +222,24 @@ def _photo_markdown(photo: dict) -> list[str]:
                     "![equal bytes](photo/rd/equal_bytes.png)", "", "![rate-distortion](photo/rd/rd.png)", ""]
 
 
+def _natural_markdown(nat: dict) -> list[str]:
+    """The built-in natural-image model: its class grid and val captions marked right or wrong."""
+    if not nat:
+        return []
+    lines = ["## Natural images (the built-in CIFAR-10 model, no training)", "",
+             "`onetok sample` with no `--model`, prompt \"a photo of a {class}\", 8 samples per class (✓ = the built-in "
+             "judge classifier names the prompted class; docs/evaluation.md):", "", "![natural images](natural/grid.png)", ""]
+    if nat["captions"]:
+        lines += [f"`onetok caption` on {len(nat['captions'])} CIFAR-10 val images (✓ = the caption names the class or "
+                  f"a synonym, and no other class): {100 * nat['caption_accuracy']:.0f}% right.", "",
+                  "| image | class | caption | right |", "|---|---|---|---|"]
+        lines += [f"| ![]({r['file']}) | {r['label']} | {r['caption']} | {'✓' if r['right'] else '✗'} |"
+                  for r in nat["captions"]]
+    else:
+        lines.append("(No captions: the CIFAR-10 val shards were not found beside the checkout.)")
+    return lines + [""]
+
+
 def _markdown(m: dict, counts: list[int], captions: list[dict]) -> str:
     tok, t2i, i2t, sjd = m["tokenizer"], m["text_to_image"], m["image_to_text"], m["sjd"]
     lines = ["# onetok demo report", "", "## Tokenizer", "",
@@ -178,6 +257,7 @@ def _markdown(m: dict, counts: list[int], captions: list[dict]) -> str:
               "## Compression", "", f"Mean `.otok` size per image: {_fmt(m['compression']['bytes_per_image'], 1)} bytes "
               "(header and CRC included).", "", "![rate-distortion](rd/rd.png)", ""]
     lines += _photo_markdown(m["photo"])
+    lines += _natural_markdown(m["natural_images"])
     lines += ["## Step times (s)", "",
               "```json", json.dumps(m["step_seconds"], indent=1), "```", ""]
     return "\n".join(lines)
