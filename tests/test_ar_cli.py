@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
 
 def test_tokenize_layout_and_refusal(setup, capsys):
     root = setup
-    assert sorted(p.name for p in (root / "tokens").iterdir()) == ["meta.json", "train", "val"]
+    assert sorted(p.name for p in (root / "tokens").iterdir()) == [".onetok-output", "meta.json", "train", "val"]
     assert read_meta(root / "tokens")["counts"] == {"train": 24, "val": 10}
     def tokenize(data, out):
         return main(["tokenize", "--tokenizer", str(root / "tok"), "--data", str(data), "--out", str(out), "--quiet"])
@@ -59,7 +59,7 @@ def test_sample_outputs(setup, tmp_path):
     assert main(["sample", "--model", str(root / "model"), "--prompts-file", str(prompts), "-n", "3",
                  "--seed", "5", "--cfg", "2", "--top-k", "10", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == [f"{i:03d}.png" for i in range(6)] + ["grid.png", "samples.jsonl"]
+    assert names == [".onetok-output"] + [f"{i:03d}.png" for i in range(6)] + ["grid.png", "samples.jsonl"]
     assert Image.open(out / "000.png").size == (16, 16)  # the tokenizer's native size
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [line["file"] for line in lines] == [f"{i:03d}.png" for i in range(6)]
