@@ -14,7 +14,9 @@ checkpoint left it (`ResumableLoader`). Validation rows (every val image once pe
 without padding, so per-task sums over ranks equal the one-process numbers.
 
 A fraction `t2i_ratio` of training rows is text -> image; `cond_dropout` of those replace the caption by `<null>`.
-The task and dropout of a row are drawn from (seed, epoch, sample), so they do not depend on ranks or workers.
+The task and dropout of a row are drawn from (seed, epoch, sample), so they do not depend on ranks or workers. With
+`captions` (caption templates, `onetok.ar_model.captions`) a labelled sample's text -> image rows read a caption
+drawn from the templates, its image -> text rows the canonical one (validation: the canonical one for both).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from onetok.ar_model.captions import CaptionTemplates
 from onetok.ar_model.sequence import T2I, Collate, Row, SequenceBuilder, TextEncoder, i2t_example, t2i_example
 from onetok.ar_model.tokenize import (
     encode_samples,
@@ -81,11 +84,30 @@ def row_rng(seed: int, epoch: int, where: object) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{where}")
 
 
+class RowText:
+    """A sample's caption -> the text ids of its training row: (text -> image ids, image -> text ids or None = the
+    same), through caption templates when there are any."""
+
+    def __init__(self, text: TextEncoder, templates: CaptionTemplates | None = None):
+        self.text, self.templates = text, templates
+
+    def __call__(self, caption: str, meta: dict, rng: random.Random) -> tuple[list[int], list[int] | None]:
+        if self.templates is None:
+            return self.text(caption), None
+        return self.text(self.templates.draw(meta, caption, rng)), self.text(self.templates.canonical(meta, caption))
+
+    def row(self, builder: SequenceBuilder, caption: str, meta: dict, codes, rng: random.Random,
+            num_codes: int | None = None):
+        t2i, i2t = self(caption, meta, rng)
+        return builder(t2i, codes, rng, num_codes=num_codes, i2t_text_ids=i2t)
+
+
 class TrainSequences(Dataset):
     """Map-style training rows; keys are (epoch, index) from `RankSampler(with_epoch=True)` (or a plain index)."""
 
-    def __init__(self, pairs: TokenPairs, text: TextEncoder, builder: SequenceBuilder, seed: int = 0):
-        self.pairs, self.text, self.builder, self.seed = pairs, text, builder, seed
+    def __init__(self, pairs: TokenPairs, text: TextEncoder, builder: SequenceBuilder, seed: int = 0,
+                 templates: CaptionTemplates | None = None):
+        self.pairs, self.text, self.builder, self.seed = pairs, RowText(text, templates), builder, seed
 
     def __len__(self) -> int:
         return len(self.pairs.codes)
@@ -93,22 +115,27 @@ class TrainSequences(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> Row:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         rng = row_rng(self.seed, epoch, i)
-        example = self.builder(self.text(self.pairs.captions[i]), self.pairs.codes[i].tolist(), rng)
+        example = self.text.row(self.builder, self.pairs.captions[i], self.pairs.attributes[i],
+                                self.pairs.codes[i].tolist(), rng)
         return Row(example, self.pairs.keys[i])
 
 
 class ValSequences(Dataset):
-    """Validation rows: every image twice, once per task, no condition dropout (losses per task stay comparable)."""
+    """Validation rows: every image twice, once per task, no condition dropout (losses per task stay comparable);
+    with caption templates both read the canonical caption."""
 
-    def __init__(self, pairs: TokenPairs, text: TextEncoder):
-        self.pairs, self.text, self.vocab = pairs, text, text.vocab
+    def __init__(self, pairs: TokenPairs, text: TextEncoder, templates: CaptionTemplates | None = None):
+        self.pairs, self.text, self.vocab, self.templates = pairs, text, text.vocab, templates
 
     def __len__(self) -> int:
         return 2 * len(self.pairs.codes)
 
     def __getitem__(self, i: int) -> Row:
         j, task = divmod(i, 2)
-        text, codes = self.text(self.pairs.captions[j]), self.pairs.codes[j].tolist()
+        caption = self.pairs.captions[j]
+        if self.templates is not None:
+            caption = self.templates.canonical(self.pairs.attributes[j], caption)
+        text, codes = self.text(caption), self.pairs.codes[j].tolist()
         example = t2i_example(self.vocab, text, codes) if task == T2I else i2t_example(self.vocab, text, codes)
         return Row(example, self.pairs.keys[j])
 
@@ -152,10 +179,10 @@ class StreamedSequences(IterableDataset):
 
     def __init__(self, urls: list[str], counts: list[int], text: TextEncoder, builder: SequenceBuilder,
                  codes: bool, image_size: int, num_codes: int, batch_size: int, shuffle_buffer: int = 1000,
-                 seed: int = 0, rank: int = 0, world: int = 1):
+                 seed: int = 0, rank: int = 0, world: int = 1, templates: CaptionTemplates | None = None):
         if len(urls) != len(counts):
             raise ValueError("one sample count per shard")
-        self.urls, self.counts, self.text, self.builder = urls, counts, text, builder
+        self.urls, self.counts, self.text, self.builder = urls, counts, RowText(text, templates), builder
         self.codes, self.image_size, self.num_codes = codes, image_size, num_codes
         self.batch_size, self.shuffle_buffer, self.seed, self.rank, self.world = (
             batch_size, shuffle_buffer, seed, rank, world)
@@ -193,10 +220,11 @@ class StreamedSequences(IterableDataset):
         try:
             if self.codes:
                 sample = token_sample(key, files)
-                return Row(self.builder(self.text(sample["caption"]), sample["codes"].tolist(), rng), key)
+                return Row(self.text.row(self.builder, sample["caption"], sample["json"], sample["codes"].tolist(),
+                                         rng), key)
             sample = sample_from_files(key, files, self.image_size)
             image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
-            example = self.builder(self.text(sample["caption"] or ""), None, rng, num_codes=self.num_codes)
+            example = self.text.row(self.builder, sample["caption"] or "", sample["json"], None, rng, self.num_codes)
             return Row(example, key, image)  # image (3, S, S)
         except Exception as err:  # noqa: BLE001 - a bad sample is replaced, never fatal
             self.skips(key, err)
@@ -236,6 +264,8 @@ class ARDataModule(pl.LightningDataModule):
     by fingerprint; `tokenizer` then picks a directory (it must match), else the recorded path or the registry is
     searched (`onetok.tokenizers.registry`). `text`: "words" (the captions' word list; short sequences), "bytes"
     (UTF-8, any text) or "sentencepiece" (a subword vocabulary from `onetok text-vocab train`, at `text_vocab`).
+    `captions`: caption templates (`onetok.ar_model.captions.CaptionTemplates` as a mapping), or None for the
+    shards' captions as they are.
     """
 
     def __init__(
@@ -245,6 +275,7 @@ class ARDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         text: str = "words",
         text_vocab: str | None = None,
+        captions: dict | None = None,
         batch_size: int = 64,
         val_batch_size: int | None = None,
         t2i_ratio: float = 0.5,
@@ -269,6 +300,7 @@ class ARDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.data = tokens if tokens is not None else images
         self.tokens, self.text, self.text_vocab = tokens is not None, text, text_vocab
+        self.templates = CaptionTemplates.from_dict(captions) if captions else None
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.t2i_ratio, self.cond_dropout = t2i_ratio, cond_dropout
         self.val_samples, self.max_text_tokens, self.in_memory = val_samples, max_text_tokens, in_memory
@@ -335,6 +367,8 @@ class ARDataModule(pl.LightningDataModule):
         else:
             codebook = self._tokenizer_config()["codebook_size"]
             words = self._scan_words() if self.text == "words" else []
+        if self.templates is not None and self.text == "words":  # the templates' words too, for the named labels
+            words = sorted(set(words) | {w for c in self.templates.expand(self.templates.names) for w in c.split()})
         return Vocab(codebook, text_vocab_from_spec(self.text, words, self.text_vocab))
 
     def _tokenizer_config(self) -> dict:
@@ -397,7 +431,7 @@ class ARDataModule(pl.LightningDataModule):
 
     def train_dataset(self) -> TrainSequences | StreamedSequences:
         if self.train_pairs is not None:
-            return TrainSequences(self.train_pairs, self.text_encoder(), self._builder(), self.seed)
+            return TrainSequences(self.train_pairs, self.text_encoder(), self._builder(), self.seed, self.templates)
         rank, world = self._world()
         urls = expand_shards(self.split_spec("train") or [])
         if not urls:
@@ -408,7 +442,8 @@ class ARDataModule(pl.LightningDataModule):
             config = self._tokenizer_config()
             counts, image_size, num_codes = count_shard_samples(urls), config["image_size"], config["num_latent_tokens"]
         stream = StreamedSequences(urls, counts, self.text_encoder(), self._builder(), self.tokens, image_size,
-                                   num_codes, self.batch_size, self.shuffle_buffer, self.seed, rank, world)
+                                   num_codes, self.batch_size, self.shuffle_buffer, self.seed, rank, world,
+                                   self.templates)
         stream.workers = self.num_workers
         return stream
 
@@ -430,7 +465,7 @@ class ARDataModule(pl.LightningDataModule):
         if self.val_pairs is None:
             return []
         rank, world = self._world()
-        dataset = ValSequences(self.val_pairs, self.text_encoder())
+        dataset = ValSequences(self.val_pairs, self.text_encoder(), self.templates)
         return DataLoader(dataset, batch_size=self.val_batch_size, sampler=EvalSampler(len(dataset), world, rank),
                           collate_fn=Collate(self.vocab.pad_id), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

@@ -91,10 +91,11 @@ class SequenceBuilder:
         self.vocab, self.t2i_ratio, self.cond_dropout = vocab, t2i_ratio, cond_dropout
 
     def __call__(self, text_ids: list[int], codes: Sequence[int] | None, rng: random.Random,
-                 num_codes: int | None = None) -> Example:
+                 num_codes: int | None = None, i2t_text_ids: list[int] | None = None) -> Example:
+        """A row of `text_ids` and `codes`; image -> text rows read `i2t_text_ids` instead when given."""
         if rng.random() < self.t2i_ratio:
             return t2i_example(self.vocab, text_ids, codes, null=rng.random() < self.cond_dropout, num_codes=num_codes)
-        return i2t_example(self.vocab, text_ids, codes, num_codes=num_codes)
+        return i2t_example(self.vocab, text_ids if i2t_text_ids is None else i2t_text_ids, codes, num_codes=num_codes)
 
 
 class TextEncoder:

@@ -8,6 +8,9 @@
     OUT/train/000000.tar   per sample: KEY.codes.npy (L,) int16/int32, KEY.txt (caption), KEY.json (attributes)
     OUT/val/000000.tar
 
+With `flip` the training split also holds every image mirrored left-right (sample `KEY_flip` right after `KEY`,
+same caption and attributes): augmentation for a model that trains on fixed ids.
+
 The fingerprint, not the path, names the tokenizer: a token folder (and a model trained on it) moves to another
 machine and finds its tokenizer there by fingerprint (`onetok.tokenizers.registry`).
 """
@@ -61,6 +64,15 @@ def images_to_tensor(images: list) -> torch.Tensor:
     """PIL RGB images -> float (B, 3, S, S) in [0, 1]."""
     arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (B, S, S, 3)
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def with_flips(samples: Iterator[dict]) -> Iterator[dict]:
+    """Each sample, then its left-right mirror image as `KEY_flip`."""
+    from PIL import Image
+
+    for sample in samples:
+        yield sample
+        yield {**sample, "key": f"{sample['key']}_flip", "image": sample["image"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)}
 
 
 def encode_samples(tokenizer, samples: Iterator[dict], batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
@@ -138,10 +150,11 @@ def _shard_counts(total: int, shard_size: int) -> list[int]:
 
 def tokenize_dataset(
     tokenizer_dir: str | os.PathLike, data: str, out: str | os.PathLike, batch_size: int = 256,
-    shard_size: int = 5000, progress: Callable[[int], None] | None = None, device: str = "cpu",
+    shard_size: int = 5000, progress: Callable[[int], None] | None = None, device: str = "cpu", flip: bool = False,
 ) -> TokenizeSummary:
     """Encode the image shards of `data` (a dataset root with train/ and val/, or one shard spec) into token shards
-    in `out` (which must not exist yet: callers build into a temporary folder and rename it)."""
+    in `out` (which must not exist yet: callers build into a temporary folder and rename it); with `flip` the
+    training split gets the mirrored images too."""
     from onetok.data.shards import SkipCounter
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers.registry import fingerprint
@@ -152,6 +165,8 @@ def tokenize_dataset(
     skips = SkipCounter()
     for split, spec in image_splits(data).items():
         samples = iter_samples(spec, size=tokenizer.image_size, skips=skips)
+        if flip and split == "train":
+            samples = with_flips(samples)
         with ShardWriter(out / split, shard_size) as writer:
             for sample, codes in encode_samples(tokenizer, samples, batch_size):
                 caption = sample["caption"] or ""
@@ -174,6 +189,7 @@ def tokenize_dataset(
         "codebook_size": tokenizer.codebook_size,
         "image_size": tokenizer.image_size,
         "counts": counts,
+        "flipped": ["train"] if flip and "train" in counts else [],
         "shard_counts": {split: _shard_counts(n, shard_size) for split, n in counts.items()},
         "words": sorted(words) if len(words) <= MAX_WORDS else None,
     }

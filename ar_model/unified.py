@@ -5,7 +5,8 @@
                             "sampling": the recommended SamplingSettings (absent: generate.DEFAULT_SETTINGS)}
     DIR/model.safetensors  transformer weights
     DIR/tokenizer/         a Tokenizer directory (config.json + model.safetensors)
-    DIR/text_vocab.model   a sentencepiece text vocabulary, when the vocabulary has one (config.json names the file)
+    DIR/text_vocab.model   a sentencepiece text vocabulary, when the vocabulary has one (config.json names the file),
+    DIR/text_vocab.words   and the words of its training captions (to name a prompt's unseen words)
 
 `generate_images` draws images from text prompts (plain KV-cache sampling or speculative Jacobi decoding) and
 `caption` describes images; the directory alone is enough for both.

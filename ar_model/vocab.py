@@ -11,7 +11,9 @@ Sequences (built by `onetok.ar_model.sequence`, for training and sampling):
 The text vocabulary is pluggable: `ByteText` (any string, one id per UTF-8 byte), `WordText` (a fixed word
 list, e.g. every word of the training captions; short sequences, but unknown words are an error) or
 `SentencePieceText` (a BPE or unigram subword vocabulary trained on the captions with sentencepiece, byte fallback
-for anything unseen: short sequences and any string; `onetok text-vocab train`).
+for anything unseen: short sequences and any string; `onetok text-vocab train`). A sentencepiece vocabulary also
+keeps the words of the captions it was trained on (`known_words`), so a prompt's words never seen in training can be
+named (`Vocab.unknown_words`) although they still encode.
 """
 
 from __future__ import annotations
@@ -20,14 +22,22 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<null>")
 TEXT_KINDS = ("words", "bytes", "sentencepiece")
-SPM_FILE = "text_vocab.model"  # the one file of a sentencepiece text vocabulary
+SPM_FILE = "text_vocab.model"  # the file of a sentencepiece text vocabulary
+WORDS_FILE = "text_vocab.words"  # beside it: the training captions' words, one a line (optional)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # a word: letters/digits, inner apostrophes ("don't")
+
+
+def caption_words(text: str) -> list[str]:
+    """The words of `text` as `known_words` keeps them: lower case, without punctuation."""
+    return _WORD.findall(text.lower())
 
 # --------------------------------------------------------------------------------------------------------------------
 # Text vocabularies: local ids 0..size-1, offset into the shared id space by `Vocab`.
@@ -89,21 +99,35 @@ class SentencePieceText:
 
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, known_words: Iterable[str] | None = None):
         import sentencepiece as spm
 
         self.proto = bytes(model_proto)
         self.processor = spm.SentencePieceProcessor(model_proto=self.proto)
         self.size = self.processor.get_piece_size()
+        self.known_words = sorted(set(known_words)) if known_words is not None else None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SentencePieceText:
-        """From a model file, or a folder holding `text_vocab.model`."""
+        """From a model file, or a folder holding `text_vocab.model`; `text_vocab.words` beside it, when there."""
         path = Path(path)
-        return cls((path / SPM_FILE if path.is_dir() else path).read_bytes())
+        model = path / SPM_FILE if path.is_dir() else path
+        words_file = model.with_name(WORDS_FILE)
+        words = words_file.read_text(encoding="utf-8").split() if words_file.is_file() else None
+        return cls(model.read_bytes(), words)
 
     def save(self, path: str | os.PathLike) -> None:
+        """The model file at `path`, and its known words beside it (`text_vocab.words`) when it has them."""
         Path(path).write_bytes(self.proto)
+        if self.known_words is not None:
+            Path(path).with_name(WORDS_FILE).write_text("".join(w + "\n" for w in self.known_words), encoding="utf-8")
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` not in the training captions, in order (none when the words were not recorded)."""
+        if self.known_words is None:
+            return []
+        known = set(self.known_words)
+        return list(dict.fromkeys(w for w in caption_words(text) if w not in known))
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
@@ -115,33 +139,33 @@ class SentencePieceText:
         return hashlib.sha256(self.proto).hexdigest()
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "sha256": self.sha256(), "model": base64.b64encode(self.proto).decode("ascii")}
+        d = {"kind": self.kind, "sha256": self.sha256(), "model": base64.b64encode(self.proto).decode("ascii")}
+        if self.known_words is not None:
+            d["known_words"] = self.known_words
+        return d
 
     def __getstate__(self) -> dict:  # loader workers get the proto, not the C++ processor
-        return {"proto": self.proto}
+        return {"proto": self.proto, "known_words": self.known_words}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["proto"])
+        self.__init__(state["proto"], state.get("known_words"))
 
 
 def train_sentencepiece(captions: Iterable[str], size: int, model_type: str = "bpe") -> SentencePieceText:
     """Train a subword vocabulary of `size` pieces on `captions` (offline; byte fallback, identity normalisation so
-    decode(encode(text)) gives the text back)."""
+    decode(encode(text)) gives the text back); it keeps the captions' words as its `known_words`."""
     import sentencepiece as spm
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be bpe or unigram, not {model_type!r}")
+    captions = [c for c in captions if c]
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_non_empty(captions), model_writer=proto, vocab_size=size, model_type=model_type,
+        sentence_iterator=iter(captions), model_writer=proto, vocab_size=size, model_type=model_type,
         byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
         remove_extra_whitespaces=False, split_digits=True, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
         hard_vocab_limit=False, minloglevel=2, num_threads=1)
-    return SentencePieceText(proto.getvalue())
-
-
-def _non_empty(captions: Iterable[str]) -> Iterator[str]:
-    yield from (c for c in captions if c)
+    return SentencePieceText(proto.getvalue(), {w for c in captions for w in caption_words(c)})
 
 
 def text_vocab_from_dict(d: dict) -> ByteText | WordText | SentencePieceText:
@@ -150,7 +174,7 @@ def text_vocab_from_dict(d: dict) -> ByteText | WordText | SentencePieceText:
     if d["kind"] == "words":
         return WordText(d["words"])
     if d["kind"] == "sentencepiece":
-        return SentencePieceText(base64.b64decode(d["model"]))
+        return SentencePieceText(base64.b64decode(d["model"]), d.get("known_words"))
     raise ValueError(f"unknown text vocabulary kind {d['kind']!r}")
 
 
@@ -194,6 +218,12 @@ class Vocab:
 
     def encode_text(self, text: str) -> list[int]:
         return [self.text_offset + i for i in self.text.encode(text)]
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` the text vocabulary never saw in training (sentencepiece vocabularies that recorded their
+        training words; others: none). They still encode (byte fallback), but the model knows nothing about them."""
+        unknown = getattr(self.text, "unknown_words", None)
+        return unknown(text) if unknown is not None else []
 
     def decode_text(self, ids: Iterable[int]) -> str:
         """Text ids to a string: stops at <eos> or <eoi>, skips other specials and image ids."""

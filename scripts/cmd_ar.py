@@ -38,6 +38,17 @@ from onetok.scripts.sampling_args import (
 # --------------------------------------------------------------------------------------------------------------------
 
 MAX_IMAGES = 100_000  # images per `sample` run (-n x prompts): a sane bound; split larger runs
+BUILTIN_MODEL = Path(__file__).resolve().parents[1] / "ar_model" / "pretrained" / "cifar10"  # `--model` left out
+
+
+def model_arg(path: str | None) -> str:
+    """--model DIR, or the built-in natural-image model (ar_model/pretrained/cifar10) when it is left out."""
+    if path is not None:
+        return path
+    if not (BUILTIN_MODEL / "config.json").is_file():
+        raise UserError("no built-in model in this install (ar_model/pretrained/cifar10; `make cifar-model` "
+                        "makes it): give --model DIR")
+    return str(BUILTIN_MODEL)
 
 
 def check_model_dir(path: str) -> Path:
@@ -105,7 +116,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         total = _expected_count(args.data) if len(splits) == 2 else None
         with progress(total, "tokenize", quiet=args.quiet) as bar:
             summary = tokenize_dataset(args.tokenizer, args.data, tmp, args.batch_size, args.shard_size, bar.update,
-                                       device=choose_device(args.device))
+                                       device=choose_device(args.device), flip=args.flip)
         if sum(summary.counts.values()) == 0:
             raise UserError(f"{args.data}: no readable images")
     meta = summary.meta
@@ -151,6 +162,7 @@ def _save_png(image, path: Path) -> None:
 
 def _check_sample_args(args: argparse.Namespace) -> list[str]:
     """Every flag and path of `sample` that needs no model; the prompts."""
+    args.model = model_arg(args.model)
     for flag, value in (("-n", args.n), ("--batch-size", args.batch_size), ("--window", args.window)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
@@ -198,6 +210,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
     prompts = check_prompts(model, prompts, args.image_tokens)
+    for prompt in prompts:  # they still draw (subword pieces), but the model never saw these words
+        unknown = model.vocab.unknown_words(prompt)
+        if unknown:
+            print(f"warning: prompt {prompt!r}: {', '.join(unknown)}: not seen in training, drawing anyway",
+                  file=sys.stderr)
     out = Path(args.out)
     grid, written, passes, seconds = [], 0, 0, 0.0  # the grid keeps the first GRID_IMAGES images only
     inputs = [args.model, args.prompts_file]
@@ -260,6 +277,7 @@ def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    args.model = model_arg(args.model)
     check_model_dir(args.model)
     check_threads(args)
     from onetok.scripts.folder_runs import collect, ignored_note
@@ -319,6 +337,8 @@ def _register_tokenize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="images encoded per forward pass "
                                                                             "(default 256)")
     p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per output shard (default 5000)")
+    p.add_argument("--flip", action="store_true", help="the train split also gets every image mirrored left-right "
+                                                       "(KEY_flip): augmentation for the AR model")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (never the input data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -329,8 +349,8 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from text prompts with a unified model",
                        description="Draw -n images per prompt, in batches of --batch-size, into a new folder OUT: "
                                    "000.png ..., grid.png (the first 64) and samples.jsonl (prompt, seed, settings).")
-    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory (onetok export of an AR "
-                                                                 "checkpoint)")
+    p.add_argument("--model", default=None, metavar="DIR", help="a unified model directory (onetok export of an AR "
+                                                                "checkpoint; default: the built-in CIFAR-10 model)")
     p.add_argument("--prompt", metavar="TEXT", help="the text prompt (case and punctuation are ignored for word "
                                                     "vocabularies)")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (each gets -n images)")
@@ -352,7 +372,8 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="describe images with a unified model (prints IMAGE<TAB>caption)",
                        description="Caption images: each is read as displayed (EXIF orientation applied), resized "
                                    "(short side) and centre-cropped to the tokenizer's size.")
-    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="a unified model directory (default: the built-in CIFAR-10 model)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...) and/or folders "
                                                               "of them (searched recursively)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")

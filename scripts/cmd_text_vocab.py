@@ -7,7 +7,8 @@
 --captions takes a dataset root (its train/ split), a token folder, or a shard spec; only the `txt` members are read
 (and with --templates the `json` labels: the vocabulary then also learns every caption the templates make for them,
 e.g. `--templates ar/cifar10`, the AR config that trains with them).
-DIR/text_vocab.model is the one file; the AR checkpoint and the exported unified model carry a copy of it.
+DIR/text_vocab.model is the vocabulary, DIR/text_vocab.words the words of its captions (a prompt's other words are
+named in a warning); the AR checkpoint and the exported unified model carry a copy of both.
 """
 
 from __future__ import annotations

@@ -10,7 +10,14 @@ import torch
 
 from onetok.ar_model.tokenize import tokenize_dataset
 from onetok.ar_model.unified import UnifiedModel
-from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab, text_vocab_from_dict, train_sentencepiece
+from onetok.ar_model.vocab import (
+    SPM_FILE,
+    WORDS_FILE,
+    SentencePieceText,
+    Vocab,
+    text_vocab_from_dict,
+    train_sentencepiece,
+)
 from onetok.data.shapes import write_shapes_dataset
 from onetok.scripts.cli import main as onetok
 from onetok.tokenizers import Tokenizer, preset
@@ -53,8 +60,9 @@ def test_cli_trains_one_model_file(shapes, capsys):
                    "--quiet"]) == 0
     summary = capsys.readouterr().out
     assert "vocabulary of 300 pieces from 200 captions" in summary and "tokens per caption vs" in summary
-    assert [p.name for p in out.iterdir()] == [SPM_FILE]
+    assert sorted(p.name for p in out.iterdir() if p.name[0] != ".") == [SPM_FILE, WORDS_FILE]  # model, words
     assert SentencePieceText.load(out).size == 300
+    assert SentencePieceText.load(out).known_words == sorted({w for c in captions(shapes) for w in c.lower().split()})
     assert onetok(["text-vocab", "train", "--captions", str(shapes / "shapes"), "--size", "300", "--out", str(out),
                    "--quiet"]) == 2  # exists, no --force
     assert onetok(["text-vocab", "train", "--captions", str(shapes / "shapes"), "--size", "50", "--out",
