@@ -148,7 +148,7 @@ def test_unified_save_load_round_trip_generate_and_caption(tmp_path):
 
     model = tiny_unified(WordText(["a", "red", "circle"]))
     out = model.save_pretrained(tmp_path / "model")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == [".onetok-output", "config.json", "model.safetensors", "tokenizer"]
     with pytest.raises(UserError, match="already exists"):
         model.save_pretrained(out)
     model.save_pretrained(out, force=True)
