@@ -50,9 +50,11 @@ def shapes_captions(n: int, seed: int = 0) -> list[str]:
     return [caption_of(sample_attributes(rng, combos)) for _ in range(n)]
 
 
-def sample_rates(ctx, model: UnifiedModel, batches: tuple[int, ...], repeats: int) -> dict:
-    """Plain vs SJD per batch size: best-of-`repeats` wall clock, passes, tokens per SJD pass."""
-    prompts = shapes_captions(max(batches))
+def sample_rates(ctx, model: UnifiedModel, batches: tuple[int, ...], repeats: int,
+                 captions: list[str] | None = None) -> dict:
+    """Plain vs SJD per batch size: best-of-`repeats` wall clock, passes, tokens per SJD pass. Prompts: `captions`
+    cycled (default: shapes captions)."""
+    prompts = [captions[i % len(captions)] for i in range(max(batches))] if captions else shapes_captions(max(batches))
     if model.vocab.text.kind == "words":  # a model with its own word list: prompts of its first words
         try:
             model.vocab.encode_text(prompts[0])
@@ -265,6 +267,8 @@ def tokenizer_speed(ctx) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 NATURAL_MODEL_DIR = REPO / "ar_model" / "pretrained" / "cifar10"  # the built-in natural-image model's folder
+NATURAL_PROMPTS = [f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c}" for c in  # its image -> text captions
+                   ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
 
 
 def ar_train_rate(ctx, model: UnifiedModel, batch: int) -> dict:
@@ -296,7 +300,8 @@ def natural_model(ctx) -> dict:
                                "--natural-model DIR names another)"}
     model = UnifiedModel.from_pretrained(folder, map_location=ctx.device)
     params = sum(p.numel() for p in model.transformer.parameters())
-    sampling = sample_rates(ctx, model, (1, 2) if ctx.dry_run else (1, 16, 256), repeats=1 if ctx.dry_run else 2)
+    sampling = sample_rates(ctx, model, (1, 2) if ctx.dry_run else (1, 16, 256), repeats=1 if ctx.dry_run else 2,
+                            captions=NATURAL_PROMPTS)
     for row in sampling["rows"]:
         row["images_per_s"] = row["batch"] / row["seconds"]
     train = ar_train_rate(ctx, model, batch=4 if ctx.dry_run else 64) if ctx.left() > 40 else None
