@@ -114,7 +114,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("judge", help="train or check the classifier that judges natural-image models")
+    p = sub.add_parser("judge", help="train or check the classifier that judges natural-image models",
+                       description="Train (judge train) or check (judge eval) the classifier that judges "
+                                   "natural-image models by the classes of what they draw.")
     judge_sub = p.add_subparsers(dest="judge_command", required=True, metavar="ACTION")
     t = judge_sub.add_parser("train", help="train the judge classifier on labelled shards (DATA/train, DATA/val)",
                              description="Train the judge classifier on DATA/train (shards whose JSON has a label) "

@@ -156,6 +156,13 @@ TABLE = [
     ("bench-startup-runs", ["bench", "startup", "--runs", "0"], "--runs", ()),
     ("bench-data-ranks", ["bench", "data", "--ranks", "0"], "--ranks", ()),
     ("demo-train-images", ["demo", "--out", "{T}/demo", "--train-images", "0"], "--train-images", ()),
+    # --- recode, judge -------------------------------------------------------------------------------------------
+    ("recode-missing", ["recode", "{E}/nope.otok", "-o", "{T}/x.otok"], "nope.otok", ()),
+    ("recode-onto-input", ["recode", "--force", "{T}/a.otok", "-o", "{T}/a.otok"], "an output is never an input",
+     (("{E}/a.otok", "a.otok"),)),
+    ("judge-train-no-data", ["judge", "train", "--data", "{E}/empty", "--out", "{T}/j"], "empty", ()),
+    ("judge-train-lr-inf", ["judge", "train", "--data", "{E}/shapes", "--out", "{T}/j", "--lr", "inf"], "--lr", ()),
+    ("judge-eval-missing", ["judge", "eval", "--judge", "{E}/nope", "--data", "{E}/shapes/val"], "nope", ()),
 ]
 
 

@@ -53,6 +53,7 @@ class Row(NamedTuple):
     user_file: str = "notes.txt"  # folder rows: the user's file put in the output folder; file rows: the suffix
     force: tuple = ("--force",)
     foreign_text: str = "onetok did not write"
+    cwd_text: str = "current folder"  # or the row's own refusal of a folder as its output file
 
 
 WRITERS = {
@@ -87,6 +88,8 @@ WRITERS = {
                             lambda W: W / "a.otok", ".png"),
     "eval-compression --out": Row("folder", lambda W, out: ["eval-compression", "--tokenizer", W / "tok", W / "images",
                                                           "--out", out, "--quiet"], lambda W: W / "images", "rd.csv"),
+    "recode --out": Row("file", lambda W, out: ["recode", "--tokenizer", W / "tok", W / "a.otok", "-o", out],
+                        lambda W: W / "a.otok", ".otok", cwd_text="name the output *.otok"),
     "judge train --out": Row("folder", lambda W, out: ["judge", "train", "--data", W / "shapes", "--out", out],
                              lambda W: W / "shapes"),
     "demo --out": Row("folder", lambda W, out: ["demo", "--out", out, "--quick"], None, force=("--fresh",),
@@ -150,7 +153,7 @@ def test_never_the_current_folder_or_above(name, where, workspace, tmp_path, cap
     monkeypatch.chdir(here)
     out = {".": ".", "..": "..", "cwd": str(here)}[where]
     row = WRITERS[name]
-    _refused(capsys, row.argv(workspace, out) + list(row.force), "current folder", workspace, here)
+    _refused(capsys, row.argv(workspace, out) + list(row.force), row.cwd_text, workspace, here)
 
 
 # --- the cases of the issue, named by their number ------------------------------------------------------------------
