@@ -80,7 +80,12 @@ class ARSystem(pl.LightningModule):
         eval_samples: int = 64,
         sample_cfg: float = DEFAULT_SETTINGS.cfg_scale,
         sample_temperature: float = DEFAULT_SETTINGS.temperature,
+        i2t_weight: float = 1.0,
     ):
+        """`i2t_weight` weighs each image -> text loss token against a text -> image one (a caption has a few tokens,
+        an image many: > 1 keeps captioning from being drowned out)."""
+        if i2t_weight <= 0:
+            raise ValueError(f"i2t_weight must be > 0, got {i2t_weight}")
         super().__init__()
         self.save_hyperparameters()
         self.transformer: Transformer | None = None
@@ -173,7 +178,8 @@ class ARSystem(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         per_token, counted = self._token_losses(batch)
         B = batch["ids"].shape[0]
-        loss = per_token.sum() / counted.sum().clamp(min=1)
+        weights = torch.where(batch["task"] == I2T, self.hparams.get("i2t_weight", 1.0), 1.0)[:, None] * counted  # (B, T)
+        loss = (per_token * weights).sum() / weights.sum().clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         for name, task in TASKS[1:]:
             rows = batch["task"] == task

@@ -172,3 +172,10 @@ def test_datamodule_with_templates_and_word_text(cifar, tmp_path):
     assert {"picture", "A", "horse."} <= set(dm.vocab.text.words)  # template words and variants are in the list
     batch = next(iter(dm.train_dataloader()))
     assert batch["ids"].shape[0] == 4
+
+
+def test_i2t_weight_must_be_positive():
+    from onetok.ar_model.system import ARSystem
+
+    with pytest.raises(ValueError, match="i2t_weight"):
+        ARSystem(preset="tiny", i2t_weight=0.0)
