@@ -88,7 +88,7 @@ def _gfid_report(args: argparse.Namespace, model, extractor, meter, reference: s
 
 def _check_args(args: argparse.Namespace) -> list:
     """Every flag checked before torch loads; returns the command's inputs (never overwritten)."""
-    from onetok.scripts.cmd_ar import check_model_dir
+    from onetok.scripts.cmd_ar import check_model_dir, model_arg
     from onetok.scripts.cmd_eval import check_fid_args
 
     for flag in ("n", "batch_size", "per_class"):
@@ -105,6 +105,7 @@ def _check_args(args: argparse.Namespace) -> list:
     check_threads(args)
     if not Path(args.data).exists() and not any(c in args.data for c in "*?[{"):
         raise UserError(f"{args.data}: no such file or folder")
+    args.model = model_arg(args.model)
     check_model_dir(args.model)
     if args.judge is not None and not Path(args.judge).is_dir():
         raise UserError(f"--judge {args.judge}: no such classifier folder")
@@ -240,7 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(pixel parser), labelled data (a classifier: class accuracy of captions, class "
                                    "fidelity, Fréchet distance, precision/recall and diversity of samples), or any "
                                    "captions (exact match, word F1); optionally gFID.")
-    p.add_argument("--model", required=True, metavar="DIR", help="a unified model directory")
+    p.add_argument("--model", metavar="DIR", help="a unified model directory (default: the built-in natural-image "
+                                                 "model)")
     p.add_argument("--data", required=True, metavar="DATA", help="val image shards, a dataset root, or a token folder")
     p.add_argument("--n", type=int, default=300, metavar="N", help="val images to caption (and, on unlabelled data, "
                                                                  "val captions to draw) (default 300)")
