@@ -4,7 +4,7 @@ precision; the float coder of onetok 0.1 (payload 1) does not.
 A subprocess encodes a small photo with the built-in codec under torch's best CPU capability; subprocesses decode it
 under ATEN_CPU_CAPABILITY=default and =avx2 (set before torch loads), each with 1 and 2 threads and float32 matmul
 precision 'highest' and 'medium'. The same ids are also range-coded by the old float coder (payload 1, rebuilt
-here from `entropy.FloatModel`, the reading half kept in the library) and decoded the same way: its frequencies
+by `entropy.encode(float_coder=True)`, which only tests and benchmarks use) and decoded the same way: its frequencies
 depend on the vector kernels, so some configuration fails to decode it (xfail, strict). Decoded pixels come from the
 float decoder network and may differ by rounding: they must stay within PIXEL_TOLERANCE (docs/benchmarks.md).
 Run as a script, this file is the worker: `python tests/test_portable_coder.py encode|decode OUT_DIR`.
@@ -31,27 +31,6 @@ CAPABILITIES = ("default", "avx2")
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _float_encode(prior, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Payload 1 as onetok 0.1 wrote it: the float32 prior's frequencies on one thread (per-tile counts coded)."""
-    import constriction
-
-    from onetok.tokenizers.codec import entropy
-
-    coder = constriction.stream.queue.RangeEncoder()
-    family = constriction.stream.model.Categorical(perfect=False)
-
-    def put(freqs, symbols):
-        coder.encode(symbols.astype(np.int32), family, freqs)
-        return symbols
-
-    model = entropy.FloatModel(prior)
-    with entropy.deterministic():
-        entropy.count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
-        first = entropy.first_pass(model, rows, cols, lambda tiles, i, f: put(f, ids[tiles, 0]))
-        entropy.later_pass(model, first, counts, lambda tiles, i, f: put(f, ids[tiles, i]))
-    return coder.get_compressed().astype(np.uint32)
-
-
 def _codec():
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers.codec.codec import Codec
@@ -66,6 +45,7 @@ def encode(out: Path) -> None:
     from PIL import Image
 
     from onetok.data.images import sample_photo
+    from onetok.tokenizers.codec import entropy
     from onetok.tokenizers.codec import format as otok
     from onetok.tokenizers.codec.codec import RateControl
 
@@ -77,7 +57,7 @@ def encode(out: Path) -> None:
     rows, cols = tiled.grid(codec.tokenizer.image_size)
     padded = np.zeros((len(tiled.counts), 32), dtype=np.int64)
     padded[np.arange(32)[None, :] < tiled.counts[:, None]] = tiled.ids
-    words = _float_encode(codec.prior, rows, cols, tiled.counts, padded)
+    words = entropy.encode(codec.prior, rows, cols, tiled.counts, padded, False, float_coder=True)
     coded = otok.CodedImage(tiled.width, tiled.height, tiled.coded_width, tiled.coded_height, 0, words,
                             otok.ids_checksum(tiled.counts, tiled.ids))
     legacy = otok.TiledFile(codec.fingerprint, 512, 32, 32, (coded,), codec.prior_fingerprint, float_coder=True)

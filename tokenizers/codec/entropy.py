@@ -178,13 +178,14 @@ def _model(prior: TilePrior, float_coder: bool) -> tuple[Model, contextlib.Abstr
     return portable(prior), torch.inference_mode()
 
 
-def encode(prior: TilePrior, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray,
-           uniform: bool) -> np.ndarray:
+def encode(prior: TilePrior, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray, uniform: bool,
+           float_coder: bool = False) -> np.ndarray:
     """Counts (N,) and ids (N, >= max k, left-aligned) -> the range coder's words (uint32), payload 2 (the integer
-    prior). With `uniform` the counts are not coded (the file stores the one k)."""
+    prior). With `uniform` the counts are not coded (the file stores the one k). `float_coder` writes onetok 0.1's
+    payload 1 instead, for tests and benchmarks of the old coder only: `Codec` never writes it."""
     coder = constriction.stream.queue.RangeEncoder()
     family = constriction.stream.model.Categorical(perfect=False)
-    model, context = _model(prior, False)
+    model, context = _model(prior, float_coder)
 
     def put(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         coder.encode(symbols.astype(np.int32), family, freqs)
