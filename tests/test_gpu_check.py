@@ -68,7 +68,8 @@ def test_a_section_never_raises(tmp_path):
 def test_the_watchdog_writes_the_report_and_stops_at_the_deadline(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from onetok.scripts import gpu_check as g
+        import torch  # imported before the clock starts: on a loaded machine it can take longer than the deadline
+        from onetok.scripts import gpu_check as g, gpu_check_report
         g.SECTIONS[:] = [g.Section("quick", lambda ctx: {{"done": True}}, 0, 0),
                          g.Section("hangs", lambda ctx: time.sleep(60), 0, 0)]
         sys.exit(g.main(["--out", {str(tmp_path)!r}, "--dry-run", "--deadline-s", "10"]))
