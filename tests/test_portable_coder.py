@@ -13,6 +13,7 @@ Run as a script, this file is the worker: `python tests/test_portable_coder.py e
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,103 @@ def decode(out: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # The tests
 # --------------------------------------------------------------------------------------------------------------------
+
+
+TABLE_DIGEST = "ecc387e2bc4ae795df60347665a14d51c93d8c68ce46dbba5fc32f23fcdf3c8c"  # part of the format
+
+
+def test_tables_are_the_format_s():
+    from onetok.tokenizers.codec import fixedpoint as fx
+
+    assert fx.table_digest() == TABLE_DIGEST
+    exp, gelu = fx.exp_table(), fx.gelu_table()
+    assert exp[0] == 65536 and exp[256] == round(65536 / 2.718281828459045) and exp[-1] == 0 and exp[-2] >= 1
+    assert gelu[1024] == 0 and gelu[1024 + 256] == round(16384 * 0.8413447460685429)  # gelu(1) = Phi(1)
+
+
+def test_integer_primitives_are_exact():
+    import torch
+
+    from onetok.tokenizers.codec import fixedpoint as fx
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 1 << 62, 2000, dtype=np.int64)
+    roots = fx.isqrt(torch.from_numpy(x)).numpy()
+    assert all(int(r) == math.isqrt(int(v)) for r, v in zip(roots, x))
+    num = rng.integers(-(1 << 52), 1 << 52, 2000, dtype=np.int64)
+    den = rng.integers(1, 1 << 26, 2000, dtype=np.int64)
+    got = fx.floor_div(torch.from_numpy(num).double(), torch.from_numpy(den).double()).long().numpy()
+    assert all(int(g) == int(n) // int(d) for g, n, d in zip(got, num, den))
+
+
+def _tiny_prior(scale: float = 1.0):
+    import torch
+
+    from onetok.tokenizers.codec.prior import PRESETS, TilePrior
+
+    torch.manual_seed(0)
+    prior = TilePrior(PRESETS["tiny"]).eval()  # K = 64, L = 8
+    with torch.no_grad():
+        prior.head.weight.mul_(20 * scale)  # peaked, as a trained prior is
+    return prior
+
+
+def test_integer_frequencies_are_batch_and_thread_independent_and_track_the_float_prior():
+    import torch
+
+    from onetok.tokenizers.codec import fixedpoint as fx
+
+    prior = _tiny_prior()
+    integer = fx.IntegerPrior(prior)
+    g = torch.Generator().manual_seed(1)
+    context, ids = torch.randint(0, 65, (40, 8), generator=g), torch.randint(0, 64, (40, 8), generator=g)
+    runs = []
+    for threads, rows in ((1, slice(None)), (2, slice(None)), (1, slice(3, 4))):
+        torch.set_num_threads(threads)
+        freqs, cache = integer.prefill(context[rows])
+        steps = [freqs] + [integer.step(ids[rows, i], cache)[0] for i in range(7)]
+        runs.append(torch.stack(steps, 1))  # (B, L, K)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0][3:4], runs[2])
+    freqs = runs[0]
+    assert freqs.dtype == torch.int64 and freqs.min() >= 1 and (freqs.sum(-1) == 65536).all()
+    with torch.no_grad():
+        p = torch.softmax(prior(prior.sequence(context, ids)).double(), -1)  # (B, L, K)
+    q = freqs.double() / 65536
+    kl = (p * (p / q).log()).sum(-1).mean() / math.log(2)
+    assert kl < 0.01  # bits per id lost to the integer arithmetic
+
+
+def test_a_prior_that_does_not_fit_the_formats_is_refused():
+    import torch
+
+    from onetok.tokenizers.codec import fixedpoint as fx
+
+    prior = _tiny_prior()
+    with torch.no_grad():
+        prior.blocks[0].mlp[0].weight[0, 0] = 1e6  # |w| * 2**s < 2**15 leaves no fraction bits for the output
+    with pytest.raises(ValueError, match="integer prior"):
+        fx.IntegerPrior(prior)
+
+
+def test_recode_rewrites_a_float_coder_file_with_the_same_ids(tmp_path):
+    from onetok.scripts.cli import main as onetok
+    from onetok.tokenizers.codec import format as otok
+
+    encode(tmp_path)  # float.otok: payload 1, written here, so it decodes here
+    old = tmp_path / "float.otok"
+    assert onetok(["recode", str(old), "-o", str(tmp_path / "new.otok")]) == 0
+    codec = _codec()
+    a, b = otok.loads(old.read_bytes()), otok.loads((tmp_path / "new.otok").read_bytes())
+    assert (a.payload, b.payload) == ("float", "entropy")
+    assert codec.ids(a, a.images[0]).ids.tolist() == codec.ids(b, b.images[0]).ids.tolist()
+    assert np.array_equal(np.asarray(codec.decode(a)[0]), np.asarray(codec.decode(b)[0]))
+    assert onetok(["recode", str(old), "-o", str(tmp_path / "new.otok")]) == 2  # exists: needs --force
+    assert onetok(["recode", str(old), "-o", str(tmp_path / "new.otok"), "--force"]) == 0
+    assert onetok(["recode", str(old), "-o", str(old), "--force"]) == 2  # never its input
+    assert old.read_bytes() == otok.dumps(a)
+    broken = tmp_path / "broken.otok"
+    broken.write_bytes(old.read_bytes()[:-9] + bytes(9))
+    assert onetok(["recode", str(broken), "-o", str(tmp_path / "x.otok")]) == 2 and not (tmp_path / "x.otok").exists()
 
 
 def _run(mode: str, out: Path, capability: str | None) -> None:
