@@ -525,6 +525,7 @@ def test_default_path_runs_torch_below_the_size_and_the_kernel_above(monkeypatch
 
     g = torch.Generator().manual_seed(11)
     z, codebook = torch.randn(50, 12, generator=g), torch.randn(64, 12, generator=g)
+    z_dev, codebook_dev = dev(z, codebook)  # CUDA when there is one: the kernel runs compiled there
     launched = []
     monkeypatch.setattr(tk_codebook, "DEFAULT_LAUNCH", {**tk_codebook.DEFAULT_LAUNCH, "BLOCK_N": 16, "BLOCK_K": 16})
     original = tk_codebook.nearest_code
@@ -536,7 +537,7 @@ def test_default_path_runs_torch_below_the_size_and_the_kernel_above(monkeypatch
         assert not launched and torch.equal(small.indices, want.indices)
         assert torch.equal(small.distances, want.distances)
         monkeypatch.setattr(kernels, "TORCH_SEARCH_MAX_SCORES", 50 * 64 - 1)
-        big = kernels.nearest_code(z, codebook, metric)  # the kernel
+        big = cpu(kernels.nearest_code(z_dev, codebook_dev, metric))  # the kernel
         assert launched.pop() and torch.equal(big.indices, want.indices)
         torch.testing.assert_close(big.distances, want.distances, rtol=1e-4, atol=1e-4)
 
