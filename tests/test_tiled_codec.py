@@ -152,20 +152,52 @@ def test_tile_untile_roundtrip(w, h):
     np.testing.assert_array_equal(tiles[0, : min(h, 16), : min(w, 16)], array[:16, :16])
 
 
-def test_rate_ladder():
-    assert rate.rate_ladder(32) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]
-    assert rate.rate_ladder(8) == list(range(1, 9)) and rate.rate_ladder(1) == [1]
-    assert rate.rate_ladder(13)[-1] == 13
+def _table(sse: np.ndarray) -> tuple[rate.Distortion, list]:
+    """A Distortion over a known (N, L) table; `calls` records the (tiles, counts) of every measurement."""
+    calls = []
+
+    def measure(tiles, counts):
+        calls.append((tiles.copy(), counts.copy()))
+        return sse[tiles, counts - 1]
+
+    return rate.Distortion(measure, *sse.shape), calls
+
+
+def test_distortion_measures_each_pair_once():
+    sse = np.arange(12.0).reshape(3, 4)
+    dist, calls = _table(sse)
+    dist.need(np.array([0, 2, 2, 0]), np.array([1, 4, 4, 1]))  # duplicates measured once
+    dist.need(np.array([0, 1]), np.array([1, 2]))  # (0, 1) is known: only (1, 2)
+    dist.need(np.array([2]), np.array([4]))  # nothing new: no call
+    assert [(list(t), list(c)) for t, c in calls] == [([0, 2], [1, 4]), ([1], [2])]
+    assert dist.measured == 3
+    want = np.full((3, 4), np.nan)
+    want[[0, 2, 1], [0, 3, 1]] = sse[[0, 2, 1], [0, 3, 1]]
+    np.testing.assert_array_equal(dist.sse, want)
+    dist.need_all([1, 3])
+    assert dist.measured == 3 + 5 and not np.isnan(dist.sse[:, [0, 2]]).any()  # (0, 1) was known
+
+
+def test_coarse_counts():
+    assert rate.coarse_counts(1) == [1]
+    for L in (2, 8, 13, 32, 64):
+        c = rate.coarse_counts(L)
+        assert c[0] == 1 and c[-1] == L and c == sorted(set(c)) and len(c) <= 2 + math.log2(L)
 
 
 def test_lower_hull_and_greedy_allocation():
     cost = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
     sse = np.array([[100.0, 90, 20, 19], [50, 10, 9, 8]])  # tile 0: point 1 lies above the hull
-    assert rate._lower_hull(cost[0], sse[0]) == [0, 2, 3]
+    hull, size = rate.lower_hulls(cost, sse)
+    assert list(hull[0, :size[0]]) == [0, 2, 3] and list(hull[1, :size[1]]) == [0, 1, 3]  # 2 is on the segment
     assert list(rate.allocate_bits(sse, cost, 2.0)) == [0, 0]  # nothing beyond the minimum fits
     assert list(rate.allocate_bits(sse, cost, 3.0)) == [0, 1]  # 40 per bit beats 40 per bit over 2 bits
     assert list(rate.allocate_bits(sse, cost, 5.0)) == [2, 1]
     assert list(rate.allocate_bits(sse, cost, 100.0)) == [3, 3]
+    sse[1, 1] = np.nan  # not measured: not a candidate
+    hull, size = rate.lower_hulls(cost, sse)
+    assert list(hull[1, :size[1]]) == [0, 2, 3]
+    assert list(rate.allocate_bits(sse, cost, 3.0)) == [0, 0] and list(rate.allocate_bits(sse, cost, 4.0)) == [2, 0]
 
 
 def test_allocation_is_optimal_at_lagrangian_rates():
@@ -185,11 +217,48 @@ def test_allocation_is_optimal_at_lagrangian_rates():
         assert sse[np.arange(3), choice].sum() == pytest.approx(best)
 
 
+def test_refined_allocation_measures_less_and_finds_the_optimum_on_convex_curves():
+    """On convex error curves, at a Lagrangian rate, the refinement ends within 1% of the error of the allocation
+    over every count (0.1% at most over 180 seeded cases), measuring a fraction of the counts; on any curves it
+    keeps the budget and ends on measured counts."""
+    rng = np.random.default_rng(1)
+    N, L = 40, 32
+    cost = rng.uniform(3, 9, (N, 1)) * np.arange(1, L + 1)  # (N, L): a constant price per id in each tile
+    sse = 1e4 * rng.uniform(0.2, 1, (N, 1)) * np.exp(-rng.uniform(0.02, 0.3, (N, 1)) * np.arange(L))  # convex
+    for lam in (3.0, 30.0, 300.0):
+        budget = cost[np.arange(N), np.argmin(sse + lam * cost, axis=1)].sum()
+        dist, _ = _table(sse)
+        dist.need_all(rate.coarse_counts(L))
+        counts = rate.refine_allocation(dist, cost, budget, rounds=L)
+        exhaustive = rate.allocate_bits(sse, cost, budget) + 1
+        error = lambda k: sse[np.arange(N), k - 1].sum()  # noqa: E731
+        assert cost[np.arange(N), counts - 1].sum() <= budget and error(counts) <= 1.01 * error(exhaustive)
+        assert dist.measured < N * L / 2
+    noisy = sse * rng.uniform(0.8, 1.2, (N, L))
+    dist, _ = _table(noisy)
+    dist.need_all(rate.coarse_counts(L))
+    budget = cost[:, L // 2].sum()
+    counts = rate.refine_allocation(dist, cost, budget)
+    assert cost[np.arange(N), counts - 1].sum() <= budget and not np.isnan(dist.sse[np.arange(N), counts - 1]).any()
+
+
 def test_psnr_target_picks_the_smallest_count():
-    sse = np.array([[300.0, 30.0, 3.0], [3.0, 2.0, 1.0], [900.0, 800.0, 700.0]])
-    valid = np.array([1, 1, 1])  # one pixel, 3 channels: mse = sse / 3
-    counts = rate.counts_for_psnr(sse, [1, 2, 4], valid, 10 * np.log10(255**2 / 10.0))
-    assert list(counts) == [2, 1, 4]  # the last never reaches the target: largest count
+    """Bisection per tile gives the smallest count reaching the target when errors fall with k, with about log2 L
+    counts measured per tile."""
+    rng = np.random.default_rng(2)
+    N, L = 200, 32
+    sse = np.sort(rng.uniform(0, 3000, (N, L)), axis=1)[:, ::-1].copy()  # (N, L) falling
+    valid = np.ones(N, dtype=np.int64)  # one pixel, 3 channels: mse = sse / 3
+    target = 10 * np.log10(255**2 / 500.0)  # reached where sse <= 1500
+    dist, _ = _table(sse)
+    counts = rate.counts_for_psnr(dist, valid, target)
+    reached = sse <= 1500 * (1 + 1e-12)
+    want = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, L)
+    np.testing.assert_array_equal(counts, want)
+    assert dist.measured <= N * (2 + math.ceil(math.log2(L)))
+    dist, _ = _table(np.array([[300.0, 30.0, 3.0], [3.0, 2.0, 1.0], [900.0, 800.0, 700.0]]))
+    counts = rate.counts_for_psnr(dist, np.array([1, 1, 1]), 10 * np.log10(255**2 / 10.0))
+    assert list(counts) == [2, 1, 3]  # the last never reaches the target: L
 
 
 @pytest.mark.parametrize("w,h", [(1, 1), (31, 17), (40, 33)])
@@ -245,8 +314,9 @@ def test_bpp_target_counts_every_byte_and_adapts(packed):
     analysis = packed.analyse(image)
     counts, _ = analysis.counts(C.RateControl(bpp=3.0))
     fixed = int(counts.mean().round())
-    sse = analysis.sse
-    assert sse[np.arange(len(counts)), counts - 1].sum() <= sse[:, fixed - 1].sum()  # beats the same mean k
+    dist = analysis.distortion
+    dist.need_all([fixed])
+    assert dist.sse[np.arange(len(counts)), counts - 1].sum() <= dist.sse[:, fixed - 1].sum()  # beats the same mean k
 
 
 def test_bpp_below_the_minimum_is_reported(packed):
