@@ -22,7 +22,7 @@ from PIL import Image
 from onetok.data.images import MAX_PIXELS
 from onetok.tokenizers.codec import entropy, tiling
 from onetok.tokenizers.codec import format as otok
-from onetok.tokenizers.codec.rate import allocate_bits, counts_for_psnr, fixed_counts, rate_ladder, sse_ladder
+from onetok.tokenizers.codec import rate as rc
 from onetok.tokenizers.registry import fingerprint
 
 DOWNSCALE = Image.Resampling.LANCZOS
@@ -140,9 +140,9 @@ class Codec:
 
 
 class Analysis:
-    """One image cut into tiles and encoded once (all L ids per tile). The squared error of every tile at every
-    token count, and (with a prior) the bits of every id, are computed on first use and shared by every rate-control
-    setting asked of it."""
+    """One image cut into tiles and encoded once (all L ids per tile). The squared error of a tile at a token count
+    (measured only where a rate control asks for it), and (with a prior) the bits of every id, are computed on first
+    use and shared by every rate-control setting asked of it."""
 
     def __init__(self, owner: Codec, image: Image.Image, scale: float = 1.0):
         self.codec, self.tokenizer, (self.width, self.height) = owner, owner.tokenizer, image.size
@@ -153,8 +153,8 @@ class Analysis:
         self.tiles, self.grid = tiling.tile_image(np.asarray(small.convert("RGB"), dtype=np.uint8),
                                                   self.tokenizer.image_size)
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
-        self.ladder = rate_ladder(self.tokenizer.num_latent_tokens)
-        self._sse: np.ndarray | None = None
+        measure = rc.decoder_measure(self.tokenizer, self.tiles, self.ids, self.grid)
+        self.distortion = rc.Distortion(measure, self.grid.count, self.tokenizer.num_latent_tokens)
         self._bits: np.ndarray | None = None
 
     def packed(self) -> Analysis:
@@ -162,13 +162,6 @@ class Analysis:
         twin = copy.copy(self)
         twin.codec, twin._bits = Codec(self.tokenizer), None
         return twin
-
-    @property
-    def sse(self) -> np.ndarray:
-        """(N, M) squared 8-bit error of each tile decoded from its first k ids, k in the rate ladder."""
-        if self._sse is None:
-            self._sse = sse_ladder(self.tokenizer, self.tiles, self.ids, self.ladder, self.grid)
-        return self._sse
 
     @property
     def bits(self) -> np.ndarray:
@@ -200,24 +193,32 @@ class Analysis:
             k = L if rate.tokens is None else rate.tokens
             if not 1 <= k <= L:
                 raise ValueError(f"tokens must be in 1..{L} for this tokenizer, got {k}")
-            return fixed_counts(self.grid, k), True
+            return rc.fixed_counts(self.grid, k), True
         if rate.psnr is not None:
-            return counts_for_psnr(self.sse, self.ladder, self.grid.valid_pixels(), rate.psnr), True
+            return rc.counts_for_psnr(self.distortion, self.grid.valid_pixels(), rate.psnr), True
         return self._counts_for_bits(rate.bpp * self.width * self.height)
 
     def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
-        """Greedy allocation of the id bits; the budget shrinks by any overshoot of the whole file (overhead and
-        counts included) until the file fits."""
-        ladder = np.asarray(self.ladder, dtype=np.int64)
-        cost = np.cumsum(self.bits, axis=1)[:, ladder - 1]  # (N, M): bits of the first k ids, k in the ladder
+        """Greedy allocation of the id bits: fitted to the file size on the coarse counts, refined around each tile's
+        choice (`rate.refine_allocation`), fitted again on all measured counts."""
+        cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
+        self.distortion.need_all(rc.coarse_counts(self.tokenizer.num_latent_tokens))
+        _, budget = self._fit(cost, budget, target)
+        rc.refine_allocation(self.distortion, cost, budget)
+        counts, _ = self._fit(cost, budget, target)
+        return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
+
+    def _fit(self, cost: np.ndarray, budget: float, target: float) -> tuple[np.ndarray, float]:
+        """(counts, id budget) allocated over the measured counts; the budget shrinks by any overshoot of the whole
+        file (overhead and counts included) until the file fits."""
         for _ in range(8):
-            counts = ladder[allocate_bits(self.sse, cost, budget)]
+            counts = rc.allocate_bits(self.distortion.sse, cost, budget) + 1
             overshoot = self.size_bits(counts) - target
             if overshoot <= 0 or (counts == 1).all():
                 break
             budget -= overshoot + 8
-        return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
+        return counts, budget
 
     def encode(self, rate: RateControl) -> Encoded:
         counts, reached = self.counts(rate)
