@@ -5,14 +5,14 @@ count k_t in 1..L is available from that one pass, and the rate control only cho
 
 - `fixed_counts`: the same k for every tile;
 - `counts_for_psnr`: per tile the smallest k whose reconstruction reaches a PSNR (over the tile's own pixels);
-- `counts_for_bits`: a bit budget spread over the tiles greedily by distortion drop per bit (`allocate_bits`), on
+- `refine_allocation`: a bit budget spread over the tiles greedily by distortion drop per bit (`allocate_bits`), on
   each tile's lower convex hull of (bits, squared error) points -- a flat sky stops at 1-2 tokens while foliage
   takes many.
 
 What costs time is the distortion: the squared error of a tile at k tokens is one decoder pass over the tile.
 `Distortion` measures (tile, count) pairs only when asked, in batches that mix tiles and counts, and never twice.
 The adaptive modes ask for few of the L counts of each tile: `counts_for_psnr` bisects each tile's count, and
-`counts_for_bits` starts from a few counts per tile and measures more only around each tile's current choice,
+`refine_allocation` starts from a few counts per tile (`coarse_counts`) and measures more only around each tile's current choice,
 re-allocating after each round (`refine_allocation`). Every count the allocation ends on was measured exactly,
 and so was every count it compared it with.
 
@@ -187,7 +187,6 @@ def refine_allocation(dist: Distortion, cost: np.ndarray, budget: float, rounds:
     measuring, for every tile, the counts halfway between its choice and its nearest measured counts below and above
     (a bisection towards the point where the tile's error curve meets the budget's slope), then re-allocating.
     cost: (N, L) bits of the first k ids. The coarse counts must be measured already."""
-    N = len(cost)
     for _ in range(rounds):
         choice = allocate_bits(dist.sse, cost, budget)
         wanted = _between(~np.isnan(dist.sse), choice)  # (N, 2)
