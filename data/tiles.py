@@ -185,7 +185,7 @@ class TileDataModule(lightning.LightningDataModule):
                 raise FileNotFoundError(f"no readable images in {self.train}")
             self._train_set = PhotoTiles(photos, self.tile_size, self.epoch_samples, self.min_scale,
                                          self.max_scale, self.random_flip, self.seed)
-        elif stage in (None, "fit") and not _shards_exist(self.train):
+        elif stage in (None, "fit") and self._train_set is None and not _shards_exist(self.train):  # set up twice
             raise FileNotFoundError(f"no images or shards in {self.train!r}")
         if self.val and self._val_set is None:
             tiles = [t for i, photo in enumerate(load_photos(self.val))

@@ -17,6 +17,7 @@ Every command reports bad input as a `UserError` (one line, exit code 2) and wri
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -59,12 +60,18 @@ def file_ids(paths: Iterable[str | os.PathLike]) -> frozenset[FileId]:
     return frozenset(ids)
 
 
-def _fixed_part(spec: str) -> Path:
-    """The folder a glob or brace pattern reads below (`/data/{000..009}.tar` -> `/data`), else the path itself."""
+def _expand(spec: str) -> list[Path]:
+    """The paths a spec names: itself, or the files a glob or brace pattern (`/data/{000..009}.tar`) matches."""
     if not any(c in spec for c in GLOB_CHARS):
-        return Path(spec)
-    head = spec[: min(spec.index(c) for c in GLOB_CHARS if c in spec)]
-    return Path(head).parent if not head.endswith(os.sep) else Path(head)
+        return [Path(spec)]
+    specs = [spec]
+    if "{" in spec:
+        try:
+            import braceexpand
+        except ImportError:  # the package reading such shards is missing too
+            return []
+        specs = list(braceexpand.braceexpand(spec))
+    return [Path(p) for s in specs for p in (glob.glob(s) if any(c in s for c in "*?[") else [s])]
 
 
 class Inputs:
@@ -72,7 +79,7 @@ class Inputs:
 
     def __init__(self, specs: Iterable[str | os.PathLike | None] = (), ids: Collection[FileId] = ()):
         self.given = [str(s) for s in specs if s is not None and str(s) != ""]
-        self.paths = [(g, _fixed_part(g).resolve()) for g in self.given]
+        self.paths = [(g if Path(g) == p else str(p), p.resolve()) for g in self.given for p in _expand(g)]
         self.ids = frozenset(ids) | file_ids(Path(g) for g in self.given)
 
     def clash(self, out: str | os.PathLike) -> str | None:
