@@ -243,8 +243,8 @@ def test_refined_allocation_measures_less_and_finds_the_optimum_on_convex_curves
 
 
 def test_psnr_target_picks_the_smallest_count():
-    """Bisection per tile gives the smallest count reaching the target when errors fall with k, with about log2 L
-    counts measured per tile."""
+    """The coarse scan and bisection give the smallest count reaching the target when errors fall with k, with at
+    most (coarse counts + log2 L) counts measured per tile."""
     rng = np.random.default_rng(2)
     N, L = 200, 32
     sse = np.sort(rng.uniform(0, 3000, (N, L)), axis=1)[:, ::-1].copy()  # (N, L) falling
@@ -255,7 +255,7 @@ def test_psnr_target_picks_the_smallest_count():
     reached = sse <= 1500 * (1 + 1e-12)
     want = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, L)
     np.testing.assert_array_equal(counts, want)
-    assert dist.measured <= N * (2 + math.ceil(math.log2(L)))
+    assert dist.measured <= N * (len(rate.coarse_counts(L)) + math.ceil(math.log2(L)))
     dist, _ = _table(np.array([[300.0, 30.0, 3.0], [3.0, 2.0, 1.0], [900.0, 800.0, 700.0]]))
     counts = rate.counts_for_psnr(dist, np.array([1, 1, 1]), 10 * np.log10(255**2 / 10.0))
     assert list(counts) == [2, 1, 3]  # the last never reaches the target: L
