@@ -418,6 +418,7 @@ def test_18_no_litlogger_tip(env, tmp_path, capfd):
                                "--model.init_args.config", "{}", "--data.init_args.train_shards",
                                str(env / "shapes" / "train"), "--data.init_args.image_size", "16",
                                "--data.init_args.val_shards", str(env / "shapes" / "val"), "--trainer.max_steps", "1",
+                               "--data.init_args.batch_size", "4",  # 8 samples: a batch of 64 would train on nothing
                                "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run")])
     assert code == 0 and "pypi.org/project/litlogger" not in text and "Seed set to" not in text
 
