@@ -227,7 +227,7 @@ def _natural_markdown(nat: dict) -> list[str]:
     if not nat:
         return []
     lines = ["## Natural images (the built-in CIFAR-10 model, no training)", "",
-             "`onetok sample` with no `--model`, prompt \"a photo of a {class}\", 8 samples per class (✓ = the built-in "
+             "`onetok sample` with the built-in model, prompt \"a photo of a {class}\", 8 samples per class (✓ = the built-in "
              "judge classifier names the prompted class; docs/evaluation.md):", "", "![natural images](natural/grid.png)", ""]
     if nat["captions"]:
         lines += [f"`onetok caption` on {len(nat['captions'])} CIFAR-10 val images (✓ = the caption names the class or "
