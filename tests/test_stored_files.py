@@ -35,7 +35,7 @@ MADE = {
     "packed_bpp_100x61": ([(250, 120, 350, 181)], {"bpp": 0.8}, False, None),
     "packed_k8_37x23": ([(300, 150, 337, 173)], {"tokens": 8}, False, None),
     "batch_2_images": ([(100, 60, 171, 93), (400, 300, 448, 332)], {"bpp": 0.7}, True, None),
-    "chunk_1089_tiles": ([(0, 0, 600, 400)], {"tokens": 2}, True, (1056, 1056)),  # 33 x 33 tiles > CHUNK
+    "chunk_1089_tiles": ([(0, 0, 600, 400)], {"tokens": 3}, True, (1056, 1056)),  # 33 x 33 tiles > CHUNK, k > 2
 }
 
 
