@@ -94,15 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", default="../shared/data/photos/val", help="folder of photos for the savings")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--part", choices=("all", "savings", "speed"), default="all", help="what to measure")
     args = parser.parse_args(argv)
     from onetok.scripts.bench_codec import load_image
     from onetok.scripts.cmd_codec import load_codec
 
     codec = load_codec(None)
     photos = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    print(f"saving over bit-packed ids, mean per photo, {len(photos)} photos of {args.photos}:")
-    for (name, k), value in sorted(savings(codec, photos).items()):
-        print(f"  {name:8s} coder, --tokens {k:2d}: {value:.1%}")
+    if args.part != "speed":
+        print(f"saving over bit-packed ids, mean per photo, {len(photos)} photos of {args.photos}:")
+        for (name, k), value in sorted(savings(codec, photos).items()):
+            print(f"  {name:8s} coder, --tokens {k:2d}: {value:.1%}")
+    if args.part == "savings":
+        return
     print(f"speed on the 768x512 bench photo (median / min of {args.repeats} s):")
     rows = speed(codec, load_image(None, (768, 512)), args.repeats)
     base = {"encode": rows[0][1], "decode": rows[1][1]}  # the float coder's medians, this run
