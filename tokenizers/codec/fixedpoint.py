@@ -5,14 +5,15 @@ network -- embeddings, 2 x (LayerNorm, causal attention, LayerNorm, MLP), LayerN
 integer frequencies that sum to exactly `PROB_SCALE`, each >= 1: what the range coder of payload 2 sees
 (docs/format.md, "the exactness argument").
 
-- Every value is an int64 fixed-point number (`RES_FRAC` fraction bits on the residual stream, `ACT_FRAC` elsewhere),
-  clamped to a stated range; weights are rounded per output channel to a power-of-two scale (|w| <= 2**WEIGHT_BITS).
+- Every value is an integer fixed-point number (`RES_FRAC` fraction bits on the residual stream, `ACT_FRAC`
+  elsewhere), clamped to a stated range, held in float64 (exact below 2**53, and fast) or int64; weights are rounded
+  per output channel to a power-of-two scale (|w| <= 2**WEIGHT_BITS).
 - Matrix products run as float64 GEMMs on integer-valued operands. Every product and partial sum is an integer
   below 2**53 (`check_exact`, asserted when the prior is built), which float64 represents exactly, so the result is
   the exact integer whatever the summation order, blocking, vector width, FMA use or thread count -- on any CPU and
   on CUDA alike.
-- Everything else is int64 arithmetic: sums (exact in any order), products, floor divisions with rounding, an exact
-  integer square root (LayerNorm), and table look-ups for exp (both softmaxes) and GELU. The tables are computed with
+- Everything else is integer arithmetic: sums (exact in any order), products, floor divisions with rounding, an
+  exact integer square root (LayerNorm), and table look-ups for exp (both softmaxes) and GELU. The tables are computed with
   Python's `decimal` module, whose every operation is specified to the digit (correctly rounded), so they are the
   same on every machine and Python version; `table_digest` pins them (tests).
 """
