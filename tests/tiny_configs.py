@@ -70,7 +70,8 @@ def tiny_overrides(config: Path, data: TinyData, gan: bool = False) -> list[str]
     if system == "ARSystem":
         return ["--model.init_args.preset=tiny", "--model.init_args.model_overrides={}",
                 "--model.init_args.eval_samples=2", f"--data.init_args.tokens={data.tokens}",
-                "--data.init_args.text=words", "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=8",
+                "--data.init_args.text=words", "--data.init_args.text_vocab=null", "--data.init_args.batch_size=8",
+                "--data.init_args.val_batch_size=8",
                 "--data.init_args.num_workers=0", "--data.init_args.shuffle_buffer=10",
                 f"--model.init_args.tokenizer_dir={data.tokenizer}"]
     raise AssertionError(f"{config}: no tiny overrides for {system} + {datamodule}")
