@@ -28,17 +28,8 @@ OUTPUT_DESTS = {"out", "output", "json", "grids", "report"}  # plus every dest e
 
 def writing_options() -> set[str]:
     """'COMMAND OPTION' for every option of every leaf command that names something the command writes."""
-
-    def leaves(parser, prefix=()):
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    yield from leaves(sub, prefix + (name,))
-                return
-        yield " ".join(prefix), parser
-
     found = set()
-    for command, parser in leaves(build_parser()):
+    for command, parser in _leaf_parsers():
         for action in parser._actions:
             if (type(action) is argparse._StoreAction and action.option_strings
                     and (action.dest in OUTPUT_DESTS or action.dest.endswith("_out"))):
