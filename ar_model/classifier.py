@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from onetok.data.pixels import chw_uint8, to_float
 
 FORMAT, VERSION = "onetok-classifier", 1
 BUILTIN_JUDGE = Path(__file__).resolve().parent / "pretrained" / "judge_cifar10"  # trained by `make cifar-model`
@@ -63,6 +64,7 @@ class TrainSettings(NamedTuple):
     label_smoothing: float = 0.1
     warmup_fraction: float = 0.2
     seed: int = 0
+    soften_prob: float = 0.5  # share of each batch shown low-passed (`soften`): a judge of drawn images tolerates blur
 
 
 def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -181,7 +183,7 @@ def load_labelled(spec: str, size: int, labels: tuple[str, ...] | None = None, l
     for sample in iter_samples(spec, size=size):
         if "label" not in sample["json"]:
             continue
-        arrays.append(np.asarray(sample["image"], dtype=np.uint8))
+        arrays.append(chw_uint8(sample["image"]))
         metas.append(sample["json"])
         if limit is not None and len(arrays) >= limit:
             break
@@ -192,7 +194,7 @@ def load_labelled(spec: str, size: int, labels: tuple[str, ...] | None = None, l
     unknown = sorted({str(m["label"]) for m in metas} - set(index))
     if unknown:
         raise ValueError(f"{spec}: labels the classifier does not know: {', '.join(unknown[:5])}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, S, S, 3) -> (N, 3, S, S)
+    images = torch.stack(arrays)  # (N, 3, S, S) uint8
     targets = torch.tensor([index[str(m["label"])] for m in metas], dtype=torch.long)
     return LabelledImages(images, targets, labels)
 
@@ -210,6 +212,26 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
     return cropped.gather(3, cols)  # (B, 3, S, S), float 0..255
 
 
+SOFTEN_SIZES = (12, 16, 20, 24)  # the side lengths `soften` passes an image through
+
+
+def soften(images: torch.Tensor, generator: torch.Generator, prob: float) -> torch.Tensor:
+    """A random `prob` share of float (B, 3, S, S) images, each shrunk (antialiased) to a random side in
+    SOFTEN_SIZES and enlarged back: the low-pass look of decoded or generated pictures, so the judge names the class
+    of a soft image and not only of a sharp one."""
+    B, _, S, _ = images.shape
+    chosen = torch.rand(B, generator=generator) < prob
+    sizes = torch.randint(0, len(SOFTEN_SIZES), (B,), generator=generator)
+    out = images.clone()
+    for k, side in enumerate(SOFTEN_SIZES):
+        index = (chosen & (sizes == k)).nonzero().flatten()
+        if side >= S or not len(index):
+            continue
+        small = F.interpolate(images[index], size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        out[index] = F.interpolate(small, size=(S, S), mode="bilinear", align_corners=False)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Recipe
 # --------------------------------------------------------------------------------------------------------------------
@@ -222,7 +244,7 @@ def accuracy(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor
     correct = 0
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        batch = batch.float() / 255 if batch.dtype == torch.uint8 else batch
+        batch = to_float(batch)
         correct += int((model(batch).argmax(1) == targets[start : start + batch_size]).sum())
     return correct / len(images)
 
@@ -236,7 +258,7 @@ def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
 
 def train_classifier(train: LabelledImages, config: ClassifierConfig, settings: TrainSettings | None = None,
                      log: Callable[[str], None] | None = None) -> ImageClassifier:
-    """The recipe: `settings.epochs` passes over `train` in shuffled batches (flips + 4 px translations)."""
+    """The recipe: `settings.epochs` passes over `train` in shuffled batches (flips, 4 px translations, softening)."""
     settings = settings or TrainSettings()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -252,7 +274,7 @@ def train_classifier(train: LabelledImages, config: ClassifierConfig, settings: 
         order = torch.randperm(len(train.images), generator=generator)
         for b in range(per_epoch):
             index = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            images = augment(train.images[index], generator) / 255
+            images = soften(augment(train.images[index], generator), generator, settings.soften_prob) / 255
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total, settings)
             loss = F.cross_entropy(model(images), train.targets[index], label_smoothing=settings.label_smoothing)

@@ -147,3 +147,19 @@ def test_sample_logger_scores_shapes_samples(tmp_path):
                              num_sanity_val_steps=0, callbacks=extra)
         trainer.fit(system, datamodule=dm)
         assert [c.samples for c in trainer.callbacks if isinstance(c, SampleLogger)] == [s.samples for s in extra]
+
+
+def test_soften_low_passes_the_chosen_share_only():
+    """prob 0 leaves every image as it was; prob 1 shrinks and enlarges every one (less high-frequency energy)."""
+    from onetok.ar_model.classifier import soften
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 32, 32, generator=gen) * 255  # white noise: all high frequencies
+    assert torch.equal(soften(images, gen, 0.0), images)
+    soft = soften(images, gen, 1.0)
+
+    def detail(x):  # mean absolute difference of horizontal neighbours, per image
+        return (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+    assert soft.shape == images.shape
+    assert bool((detail(soft) < 0.5 * detail(images)).all())
