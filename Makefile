@@ -70,6 +70,7 @@ CIFAR_DATA ?= ../shared/data/cifar10
 CIFAR_RUNS ?= runs/cifar10_model
 CIFAR_OUT ?= ar_model/pretrained/cifar10
 CIFAR_JUDGE ?= ar_model/pretrained/judge_cifar10
+CIFAR_JUDGE_EPOCHS ?= 4
 
 cifar-model: $(STAMP)
 	rm -rf $(CIFAR_RUNS)
@@ -86,8 +87,9 @@ cifar-model: $(STAMP)
 		--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only
 	$(ONETOK) export $(CIFAR_RUNS)/ar/lightning_logs/version_0/checkpoints/last.ckpt --out $(CIFAR_RUNS)/model \
 		--tokenizer $(CIFAR_RUNS)/tokenizer_only
-	$(ONETOK) judge train --data $(CIFAR_DATA) --out $(CIFAR_RUNS)/judge
+	$(ONETOK) judge train --data $(CIFAR_DATA) --out $(CIFAR_RUNS)/judge --epochs $(CIFAR_JUDGE_EPOCHS)
 	cp $(CIFAR_OUT)/README.md $(CIFAR_RUNS)/model/ 2>/dev/null || true
+	cp $(CIFAR_JUDGE)/README.md $(CIFAR_RUNS)/judge/ 2>/dev/null || true
 	rm -rf $(CIFAR_OUT) && cp -r $(CIFAR_RUNS)/model $(CIFAR_OUT)
 	rm -rf $(CIFAR_JUDGE) && cp -r $(CIFAR_RUNS)/judge $(CIFAR_JUDGE)
 	$(ONETOK) eval-ar --model $(CIFAR_OUT) --data $(CIFAR_DATA)/val --n 5000 --judge $(CIFAR_JUDGE)
