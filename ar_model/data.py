@@ -43,6 +43,7 @@ from onetok.ar_model.tokenize import (
     token_sample,
 )
 from onetok.ar_model.vocab import TEXT_KINDS, Vocab, text_vocab_from_spec
+from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_skip
 from onetok.data.shards import SkipCounter, expand_shards, iter_raw_samples, iter_samples, sample_from_files
 
@@ -223,7 +224,7 @@ class StreamedSequences(IterableDataset):
                 return Row(self.text.row(self.builder, sample["caption"], sample["json"], sample["codes"].tolist(),
                                          rng), key)
             sample = sample_from_files(key, files, self.image_size)
-            image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
+            image = chw_uint8(sample["image"])
             example = self.text.row(self.builder, sample["caption"] or "", sample["json"], None, rng, self.num_codes)
             return Row(example, key, image)  # image (3, S, S)
         except Exception as err:  # noqa: BLE001 - a bad sample is replaced, never fatal

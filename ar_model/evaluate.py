@@ -31,6 +31,7 @@ from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generat
 from onetok.ar_model.model import Transformer
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab
+from onetok.data.pixels import chw_uint8
 from onetok.timing import Stopwatch
 
 TEMPLATES = ("a photo of a {label}", "{label}")  # the class-prompt protocol of eval-ar
@@ -81,12 +82,12 @@ def load_eval_items(data: str | os.PathLike, n: int | None, model: UnifiedModel,
         holdout.append(bool(meta.get("holdout", False)))
         labels.append(str(meta["label"]) if "label" in meta else None)
         if not tokens:
-            images.append(np.asarray(sample["image"], dtype=np.uint8))
+            images.append(chw_uint8(sample["image"]))
         if n is not None and len(captions) >= n:
             break
     if not captions:
         raise ValueError(f"{spec}: no val samples")
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous() if images else None  # (N, 3, S, S)
+    pixels = torch.stack(images) if images else None  # (N, 3, S, S) uint8
     return EvalItems(captions, torch.stack(codes), holdout, labels, pixels)
 
 

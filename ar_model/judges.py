@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from onetok.ar_model.classifier import ImageClassifier
+from onetok.data.pixels import as_saved, to_hwc
 from onetok.data.shapes import ATTRIBUTE_NAMES, parse_caption, parse_image
 
 PR_NEIGHBOURS = 3  # k of the k-NN radii (Kynkäänniemi et al. 2019 use k = 3)
@@ -120,7 +121,7 @@ class ShapesJudge:
 
     def score(self, prompts: list[str], images: torch.Tensor) -> list[dict[str, bool]]:
         """Per image, attribute -> read back correctly; images (B, 3, S, S) in [0, 1]."""
-        arrays = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, 3)
+        arrays = to_hwc(images)  # (B, S, S, 3) uint8
         scores = []
         for prompt, array in zip(prompts, arrays):
             want, got = parse_caption(prompt), parse_image(array)
@@ -154,7 +155,7 @@ class ClassJudge:
         predicted, features = [], []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device)
-            batch = batch.float() / 255 if batch.dtype == torch.uint8 else (batch.float().clamp(0, 1) * 255).round() / 255
+            batch = as_saved(batch)
             f = self.classifier.features(batch)
             predicted.append(self.classifier.head(f).argmax(1).cpu())
             features.append(f.cpu())

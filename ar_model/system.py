@@ -29,6 +29,7 @@ from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings
 from onetok.ar_model.model import ARConfig, Transformer, config_from_preset
 from onetok.ar_model.sequence import I2T, IGNORE, T2I, fill_image_codes
 from onetok.ar_model.vocab import Vocab
+from onetok.data.pixels import to_float
 from onetok.distributed import check_strategy
 from onetok.optim import adamw_warmup_cosine
 
@@ -154,7 +155,7 @@ class ARSystem(pl.LightningModule):
         """Rows streamed from image shards: encode their images here, on the training device, and fill in the codes."""
         if "image" in batch:
             with torch.no_grad():
-                codes = self.tokenizer().encode(batch.pop("image").float().div_(255.0))  # (B, L)
+                codes = self.tokenizer().encode(to_float(batch.pop("image")))  # (B, L)
             fill_image_codes(batch, codes, self.vocab)
         return batch
 

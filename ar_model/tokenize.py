@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
+from onetok.data.pixels import from_hwc
 from onetok.data.shards import ShardWriter, expand_shards, iter_raw_samples, iter_samples
 
 META_FORMAT, META_VERSION = "onetok-tokens", 2
@@ -60,12 +60,6 @@ def _batches(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def images_to_tensor(images: list) -> torch.Tensor:
-    """PIL RGB images -> float (B, 3, S, S) in [0, 1]."""
-    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (B, S, S, 3)
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def with_flips(samples: Iterator[dict]) -> Iterator[dict]:
     """Each sample, then its left-right mirror image as `KEY_flip`."""
     from PIL import Image
@@ -80,7 +74,7 @@ def encode_samples(tokenizer, samples: Iterator[dict], batch_size: int) -> Itera
     device."""
     device = next(tokenizer.parameters()).device
     for batch in _batches(samples, batch_size):
-        codes = tokenizer.encode(images_to_tensor([s["image"] for s in batch]).to(device)).cpu().numpy()  # (B, L)
+        codes = tokenizer.encode(from_hwc([s["image"] for s in batch], device)).cpu().numpy()  # (B, L)
         yield from zip(batch, codes)
 
 

@@ -17,19 +17,19 @@ import random
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from onetok.data.pixels import chw_uint8, to_float, to_pil
 from onetok.data.sampling import RankSampler, ResumableLoader
 from onetok.data.shards import SkipCounter, expand_shards, iter_samples, resize_center_crop, sample_from_files
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
     """uint8 (3, S, S) images -> {"image": float (B, 3, S, S) in [0, 1], "caption": [...], "key": [...]}"""
-    images = torch.stack([s["image"] for s in samples]).float().div_(255.0)  # (B, 3, S, S)
+    images = to_float(torch.stack([s["image"] for s in samples]))  # (B, 3, S, S)
     return {
         "image": images,
         "caption": [s["caption"] or "" for s in samples],
@@ -54,7 +54,7 @@ class ImageTransform:
             image = resize_center_crop(image, self.size)
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # (3, S, S)
+        return chw_uint8(image)  # (3, S, S)
 
 
 class _DecodeSample:
@@ -103,7 +103,7 @@ class InMemoryImages(Dataset):
         epoch, i = key if isinstance(key, tuple) else (None, key)
         image = self.images[i]
         if self.transform.random_flip or self.transform.random_crop:
-            pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+            pil = to_pil(image[None])[0]
             image = self.transform(pil, random.Random(f"{self.seed}:{epoch}:{i}") if epoch is not None else None)
         return {"image": image, "caption": self.captions[i], "key": self.keys[i]}
 

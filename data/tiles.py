@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.datamodule import ShardErrorHandler, collate
 from onetok.data.images import ImageReadError, load_image
+from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.data.shards import IMAGE_EXTENSIONS, expand_shards, sample_from_files
 
@@ -63,7 +64,7 @@ def random_tile(array: np.ndarray, size: int, rng: np.random.Generator, min_scal
         crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.LANCZOS))
     if flip and rng.random() < 0.5:
         crop = crop[:, ::-1]
-    return torch.from_numpy(np.array(crop)).permute(2, 0, 1)  # (3, size, size), a writable copy
+    return chw_uint8(crop)  # (3, size, size), a copy of its own
 
 
 def grid_tiles(array: np.ndarray, size: int, count: int, seed: int) -> list[torch.Tensor]:

@@ -123,7 +123,7 @@ def test_token_shards_round_trip(tiny):
     assert meta["tokenizer"]["fingerprint"] == fingerprint_dir(root / "tok")
     tokenizer.save_pretrained(root / "tok_copy")  # a re-saved copy has the same fingerprint
     assert fingerprint_dir(root / "tok_copy") == fingerprint_dir(root / "tok")
-    from onetok.ar_model.tokenize import images_to_tensor
+    from onetok.data.pixels import from_hwc
     from onetok.data.shards import iter_samples
 
     raw = list(iter_samples(root / "shapes" / "val", size=tokenizer.image_size))
@@ -131,7 +131,7 @@ def test_token_shards_round_trip(tiny):
     assert [t["key"] for t in tokens] == [r["key"] for r in raw]
     assert [t["caption"] for t in tokens] == [r["caption"] for r in raw]
     assert [t["json"] for t in tokens] == [r["json"] for r in raw]
-    codes = tokenizer.encode(images_to_tensor([r["image"] for r in raw]))
+    codes = tokenizer.encode(from_hwc([r["image"] for r in raw]))
     assert torch.equal(torch.as_tensor(np.stack([t["codes"] for t in tokens])), codes)
     words = set(meta["words"])
     assert all(set(r["caption"].split()) <= words for r in raw)
