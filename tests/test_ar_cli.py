@@ -1,6 +1,5 @@
 """`onetok tokenize`, `sample`, `caption` and `eval-ar` on a tiny dataset with a tiny random model."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -159,12 +158,9 @@ def test_sampling_help_names_the_default_settings(capsys):
 
 def test_no_sjd_chains_option():
     """Multi-chain SJD was removed (it lost to one chain in wall clock in every measured case: docs/sjd.md)."""
-    from onetok.scripts import bench_sjd
     from onetok.scripts.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    bench_sjd.add_arguments(parser)
-    for parse, args in ((parser.parse_args, ["--model", "m", "--chains", "2"]),
+    for parse, args in ((build_parser().parse_args, ["bench", "sjd", "--model", "m", "--chains", "2"]),
                         (build_parser().parse_args, ["sample", "--model", "m", "--out", "o", "--chains", "2"])):
         with pytest.raises(SystemExit):
             parse(args)

@@ -91,7 +91,7 @@ def test_every_preset_runs_a_forward_pass(name):
 
 def test_unchecked_cache_never_waits_and_clamps_positions_past_max_seq_len():
     """Unchecked: no host sync in a cached step; slots past max_seq_len (discarded drafts) get the last position."""
-    from onetok.scripts.bench_sjd import count_host_syncs
+    from onetok.bench.sjd_speed import count_host_syncs
 
     model = tiny(max_seq_len=6)
     ids = torch.randint(0, 50, (2, 8))

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from onetok.scripts import bench_kernels
+from onetok.bench import defaults
+from onetok.bench import kernel_speed as bench_kernels
 from onetok.scripts.cli import main
 
 TINY = {"N": [64, 96], "K": [48], "D": [12]}
@@ -50,10 +51,10 @@ def test_a_case_that_cannot_be_set_up_is_recorded():
 
 
 def test_bench_kernels_cli_json(monkeypatch, capsys):
-    for grid in ("CPU_GRID", "QUICK_GPU_GRID", "FULL_GRID"):  # tiny on any device
-        monkeypatch.setattr(bench_kernels, grid, TINY)
-    for cases in ("SJD_CPU", "SJD_FULL"):
-        monkeypatch.setattr(bench_kernels, cases, [(2, 3, 50)])
+    for grid in ("KERNEL_CPU_GRID", "KERNEL_QUICK_GPU_GRID", "KERNEL_FULL_GRID"):  # tiny on any device
+        monkeypatch.setattr(defaults, grid, TINY)
+    for cases in ("SJD_VERIFY_CPU", "SJD_VERIFY_FULL"):
+        monkeypatch.setattr(defaults, cases, [(2, 3, 50)])
     monkeypatch.setattr(bench_kernels, "measure_peaks", lambda device, dtypes: {"fp32": {"gfma_s": 5.0, "size": 8}})
     args = ["bench", "kernels", "--repeats", "1", "--dtypes", "fp32"]
     assert main([*args, "--json", "--metrics", "euclidean,cosine"]) == 0

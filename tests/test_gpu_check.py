@@ -1,5 +1,6 @@
-"""The prepared GPU check (`scripts/gpu_check.py`): runs from a plain checkout, records every section's outcome
-instead of failing, stops at its deadline, and runs end to end on CPU in dry-run mode."""
+"""The prepared GPU check (`onetok.bench.gpu_check`, run by scripts/gpu_check.sh): installs the checkout and runs
+from that install, records every section's outcome instead of failing, stops at its deadline, and runs end to end
+on CPU in dry-run mode."""
 
 import json
 import os
@@ -10,42 +11,45 @@ from pathlib import Path
 
 import pytest
 
-from onetok.scripts import gpu_check
+from onetok.bench import gpu_check
+from onetok.scripts.gpu_check import main
 
 REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
-def test_package_dirs_follow_pyproject():
-    tomllib = pytest.importorskip("tomllib")
-    want = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    assert gpu_check.package_dirs(REPO / "pyproject.toml") == want
-    assert want["onetok.kernels"] == "kernels"
+@pytest.mark.slow
+def test_the_script_runs_the_check_from_an_install_of_the_checkout(tmp_path):
+    """gpu_check.sh installs a copy of the checkout (no index, no build isolation) and the check imports onetok from
+    that install, not from the checkout's folders; nothing is left in the checkout."""
+    before = {p.name for p in REPO.iterdir()}
+    run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), "--dry-run", "--only", "environment"],
+                         capture_output=True, text=True, timeout=400, check=False,
+                         env={**os.environ, "PYTHON": sys.executable})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    env = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["sections"]["environment"]["result"]
+    installed = Path(env["onetok"])
+    assert installed.name == "onetok" and installed.parent.name == "site" and not installed.is_relative_to(REPO)
+    assert {p.name for p in REPO.iterdir()} == before and not installed.exists()  # the temporary install is gone
+    assert (tmp_path / "out" / "gpu_check.log").read_text().count("environment: ok") == 1
 
 
-def test_symlink_package_imports_without_an_install(tmp_path):
-    """No editable install (its import finder removed), a working directory without onetok: the symlink package
-    on PYTHONPATH alone serves every sub-package."""
-    root = gpu_check.build_package_dir(REPO, tmp_path / "path")
-    code = textwrap.dedent("""
-        import sys
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-        import importlib.util
-        import onetok.kernels, onetok.scripts.bench_kernels, onetok.ar_model.vocab
-        assert all(importlib.util.find_spec(f"onetok.{name}") for name in ("tokenizers", "data", "ar_model.sjd"))
-        print(onetok.__file__, onetok.kernels.__file__)
-    """)
-    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(root)}, check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
-    package, kernels = run.stdout.split()
-    assert package.startswith(str(root)) and kernels == str(root / "onetok" / "kernels" / "__init__.py")
+def test_a_failed_install_is_one_clear_error(tmp_path):
+    broken = tmp_path / "python3"
+    broken.write_text("#!/bin/sh\necho 'No module named pip' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "PYTHON": str(broken)})
+    assert run.returncode == 2
+    assert f"gpu_check.sh: could not install the checkout with {broken}" in run.stderr
+    assert "No module named pip" in run.stderr and not (tmp_path / "out" / "gpu_check.json").exists()
 
 
 def _ctx(tmp_path, left=100.0, dry_run=True):
     import time
 
     return gpu_check.Context(out=tmp_path, scratch=tmp_path, dry_run=dry_run, device="cpu",
-                             deadline=time.monotonic() + left)
+                             deadline=time.monotonic() + left, checkout=REPO)
 
 
 def test_a_section_never_raises(tmp_path):
@@ -69,10 +73,11 @@ def test_the_watchdog_writes_the_report_and_stops_at_the_deadline(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         import torch  # imported before the clock starts: on a loaded machine it can take longer than the deadline
-        from onetok.scripts import gpu_check as g, gpu_check_report
+        from onetok.bench import gpu_check as g, gpu_report
+        from onetok.scripts.gpu_check import main
         g.SECTIONS[:] = [g.Section("quick", lambda ctx: {{"done": True}}, 0, 0),
                          g.Section("hangs", lambda ctx: time.sleep(60), 0, 0)]
-        sys.exit(g.main(["--out", {str(tmp_path)!r}, "--dry-run", "--deadline-s", "10"]))
+        sys.exit(main(["--out", {str(tmp_path)!r}, "--dry-run", "--deadline-s", "10", "--checkout", {str(REPO)!r}]))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 3, run.stdout[-2000:] + run.stderr[-2000:]
@@ -103,25 +108,25 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     vector-quantize-pytorch simulated (the shapes tokenizer falls back to our VQ). `tokenizer_reference` runs when
     a bytedance/1d-tokenizer checkout lies at third_party/1d-tokenizer (git-ignored) and is skipped, saying where
     it looked, when not."""
-    from onetok.scripts import gpu_check_models, gpu_check_side
+    from onetok.bench import gpu_models, gpu_side
     from onetok.tokenizers.model import preset
 
-    monkeypatch.setattr(gpu_check_models, "shapes_tokenizer_config",
+    monkeypatch.setattr(gpu_models, "shapes_tokenizer_config",
                         lambda: preset("shapes", quantizer="vq", code_dim=8, codebook_size=512))
     sections = [s.name for s in gpu_check.SECTIONS if s.name != "tests"]
     model = tiny_unified_model(tmp_path / "model")
     out = tmp_path / "out"
-    assert gpu_check.main(["--out", str(out), "--dry-run", "--only", ",".join(sections), "--natural-model",
-                           str(model)]) == 0
+    assert main(["--out", str(out), "--dry-run", "--only", ",".join(sections), "--natural-model", str(model),
+                 "--checkout", str(REPO)]) == 0
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] and list(report["sections"]) == sections
     reference = report["sections"].pop("tokenizer_reference")
-    if (gpu_check_side.REFERENCE_DIR / "modeling").is_dir():
+    if (REPO / gpu_side.REFERENCE_DIR / "modeling").is_dir():
         assert reference["status"] == "ok", reference
         for what in ("train", "encode", "decode"):
             assert reference["result"][what]["ours_per_s"] > 0 and reference["result"][what]["reference_per_s"] > 0
     else:
-        assert reference["status"] == "skipped" and str(gpu_check_side.REFERENCE_DIR) in reference["reason"]
+        assert reference["status"] == "skipped" and str(REPO / gpu_side.REFERENCE_DIR) in reference["reason"]
     assert all(s["status"] == "ok" for s in report["sections"].values()), report["sections"]
     result = {name: s["result"] for name, s in report["sections"].items()}
     assert result["nearest_code"]["triton"] == result["sjd_verify"]["triton"] == "skipped: needs CUDA (dry run on CPU)"
@@ -146,28 +151,34 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
 
 
 def test_natural_model_is_skipped_with_a_note_without_its_folder(tmp_path):
-    from onetok.scripts import gpu_check_models
+    from onetok.bench import gpu_models, gpu_side
 
     ctx = _ctx(tmp_path)
     ctx.shared["natural_model"] = str(tmp_path / "absent")
-    result = gpu_check.run_section(gpu_check.Section("natural_model", gpu_check_models.natural_model, 1, 1), ctx)
+    result = gpu_check.run_section(gpu_check.Section("natural_model", gpu_models.natural_model, 1, 1), ctx)
     assert result["status"] == "skipped" and str(tmp_path / "absent") in result["reason"]
     ctx.shared["reference_dir"] = str(tmp_path / "absent")
-    from onetok.scripts import gpu_check_side
-
-    result = gpu_check.run_section(gpu_check.Section("t", gpu_check_side.tokenizer_reference, 1, 1), ctx)
+    result = gpu_check.run_section(gpu_check.Section("t", gpu_side.tokenizer_reference, 1, 1), ctx)
     assert result["status"] == "skipped" and "1d-tokenizer" in result["reason"]
 
 
-def test_interleaved_rounds_alternate_and_take_the_median_ratio(tmp_path, monkeypatch):
-    from onetok.scripts import gpu_check_side
+def test_interleaved_pairs_alternate_and_take_the_median_ratio(tmp_path, monkeypatch):
+    from onetok import timing
+    from onetok.bench import gpu_side
 
     calls, now, takes = [], [0.0], {"reference": 3.0, "ours": 1.0}  # seconds each call "takes"
 
     def call(who):
         return lambda: calls.append(who) or now.__setitem__(0, now[0] + takes[who])
 
-    monkeypatch.setattr(gpu_check_side.time, "perf_counter", lambda: now[0])
-    result = gpu_check_side.interleaved(_ctx(tmp_path), {"x": (call("reference"), call("ours"))}, rounds=3)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    result = gpu_side.interleaved_pairs(_ctx(tmp_path), {"x": (call("reference"), call("ours"))}, rounds=3)
     assert calls == ["reference", "ours", "ours", "reference", "reference", "ours"]
     assert result["x"] == {"reference_s": 3.0, "ours_s": 1.0, "ours_over_reference": 3.0}
+
+
+def test_unknown_sections_and_a_missing_device_are_one_line_errors(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--dry-run", "--only", "environment,nope", "--checkout", str(REPO)]) == 2
+    assert capsys.readouterr().err.strip() == "gpu_check: --only: unknown section(s) nope"
+    assert main(["--out", str(tmp_path), "--checkout", str(tmp_path)]) == 2
+    assert "not an onetok checkout" in capsys.readouterr().err

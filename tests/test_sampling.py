@@ -93,7 +93,7 @@ def test_streamed_token_folder_memory_does_not_grow_with_its_size(tmp_path):
     hardly moves when the token set grows 5x, while held in memory it grows with every sample."""
     import tracemalloc
 
-    from onetok.scripts.bench_data import write_token_folder
+    from onetok.bench.data_memory import write_token_folder
 
     def peak(samples: int, in_memory: bool) -> int:
         folder = tmp_path / f"tokens_{samples}"

@@ -13,7 +13,6 @@ and per-row KV rollback all take part. The same statistic for an always-accept r
 from p instead of the residual exceeds the bound.
 """
 
-import argparse
 import itertools
 import json
 import math
@@ -26,8 +25,8 @@ from onetok.ar_model.generate import SamplingSettings, generate_image_tokens, gu
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import Vocab, WordText
+from onetok.bench.sjd_speed import count_host_syncs
 from onetok.kernels import reference
-from onetok.scripts.bench_sjd import count_host_syncs
 
 K, NUM_TOKENS, N = 6, 4, 2000
 VOCAB = Vocab(codebook_size=K, text=WordText(["red", "blue", "big"]))
@@ -195,7 +194,6 @@ def test_rejects_bad_window_and_init(model):
 
 def test_bench_sjd_json(tmp_path, capsys):
     from onetok.ar_model.unified import UnifiedModel
-    from onetok.scripts import bench_sjd
     from onetok.scripts.cli import main
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers.model import PRESETS as TOKENIZER_PRESETS
@@ -204,10 +202,8 @@ def test_bench_sjd_json(tmp_path, capsys):
     vocab = Vocab(codebook_size=tokenizer.codebook_size)  # bytes: the shapes captions encode
     transformer = Transformer(ARConfig(vocab_size=vocab.size, dim=16, n_layers=1, n_heads=2, max_seq_len=96))
     UnifiedModel(transformer, vocab, tokenizer).save_pretrained(tmp_path / "model")
-    parser = argparse.ArgumentParser()
-    bench_sjd.add_arguments(parser)
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4", "--json"])
-    assert bench_sjd.run(args) == 0
+    bench = ["bench", "sjd", "--model", str(tmp_path / "model")]
+    assert main([*bench, "--prompts", "2", "--window", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["plain"]["forward_passes_per_image"] == tokenizer.num_latent_tokens
     assert report["forward_pass_ratio"] >= 1 and report["wall_clock_ratio"] > 0
@@ -215,11 +211,9 @@ def test_bench_sjd_json(tmp_path, capsys):
     assert sum(int(n) * c for n, c in hist.items()) == 2 * tokenizer.num_latent_tokens
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\nblue\n")
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts-file", str(prompts), "--batch", "2"])
-    assert bench_sjd.run(args) == 0 and "plain / sjd" in capsys.readouterr().out
-    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompts", "2", "--window", "4",
-                              "--dtype", "bf16", "--profile", "--json"])
-    assert bench_sjd.run(args) == 0
+    assert main([*bench, "--prompts-file", str(prompts), "--batch", "2"]) == 0
+    assert "plain / sjd" in capsys.readouterr().out
+    assert main([*bench, "--prompts", "2", "--window", "4", "--dtype", "bf16", "--profile", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["dtype"] == "bf16" and "chains" not in report
     assert report["profile"]["sjd"]["host_syncs_per_pass"] <= 1 and report["profile"]["plain"]["ops_per_pass"] > 10

@@ -1,4 +1,4 @@
-"""The model sections of the GPU check (`scripts/gpu_check.py`): sampling plain vs SJD, training step rates, and
+"""The model sections of the GPU check (`onetok.bench.gpu_check`): sampling plain vs SJD, training step rates, and
 tokenizer throughput.
 
 Only high-level entry points are called, each in one place: `UnifiedModel.generate_images` (`generate`), the
@@ -10,6 +10,7 @@ all the AR model needs to become confident, i.e. to give SJD a realistic accepta
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from onetok import ar_model
 from onetok.ar_model.generate import DEFAULT_SETTINGS
 from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.unified import UnifiedModel
@@ -27,7 +29,6 @@ from onetok.data.shapes import all_combos, caption_of, render, sample_attributes
 from onetok.timing import Stopwatch
 from onetok.tokenizers.model import Tokenizer, preset
 
-REPO = Path(__file__).resolve().parent.parent
 MODES = (("plain", False), ("sjd", True))  # (name, sjd)
 
 
@@ -132,9 +133,11 @@ def _fit(ctx, system, loader, precision: str, callbacks=(), max_steps: int = -1,
 
 
 def _init_args(config: str) -> dict:
+    """The model's init arguments of a config shipped with onetok (`onetok.configs`), e.g. "ar/base_256.yaml"."""
     import yaml
 
-    return dict(yaml.safe_load((REPO / config).read_text())["model"]["init_args"])
+    return dict(yaml.safe_load(importlib.resources.files("onetok.configs").joinpath(config).read_text())["model"]
+                ["init_args"])
 
 
 def _precision(ctx) -> str:
@@ -177,7 +180,7 @@ def train_rates(ctx) -> dict:
     previous_precision = torch.get_float32_matmul_precision()
     results = {}
     try:
-        args = _init_args("configs/tokenizer/titok_s128.yaml")
+        args = _init_args("tokenizer/titok_s128.yaml")
         if ctx.dry_run:
             args["preset"] = "tiny"
         system = TokenizerSystem(**args)
@@ -188,7 +191,7 @@ def train_rates(ctx) -> dict:
         results["tokenizer"] = {"config": f"titok_s128.yaml (preset {args['preset']})", "batch": batch,
                                 "image_size": size, "steps_per_s": timer.rate(), "precision": _precision(ctx)}
         del system, loader
-        args = {k: v for k, v in _init_args("configs/ar/base_256.yaml").items() if k != "tokenizer_dir"}
+        args = {k: v for k, v in _init_args("ar/base_256.yaml").items() if k != "tokenizer_dir"}
         if ctx.dry_run:
             args["preset"] = "tiny"
         vocab = Vocab(64 if ctx.dry_run else 4096)
@@ -256,7 +259,7 @@ def sampling_trained(ctx) -> dict:
 def tokenizer_speed(ctx) -> dict:
     """Encode/decode images/s of the TiTok-S-128 preset (random weights) in bf16 autocast, the default on CUDA, and
     in fp32, with the time per stage (`onetok bench tokenizer`'s measurement)."""
-    from onetok.scripts.bench_tokenizer import bench_device
+    from onetok.bench.tokenizer_speed import bench_device
 
     name, batch, rounds = ("tiny", 4, 2) if ctx.dry_run else ("titok-s-128", 64, 10)
     return {"rows": [bench_device(name, ctx.device, dtype, batch, rounds) for dtype in ("bf16", "fp32")]}
@@ -266,7 +269,7 @@ def tokenizer_speed(ctx) -> dict:
 # The built-in natural-image unified model
 # ---------------------------------------------------------------------------------------------------------------
 
-NATURAL_MODEL_DIR = REPO / "ar_model" / "pretrained" / "cifar10"  # the built-in natural-image model's folder
+NATURAL_MODEL_DIR = Path(ar_model.__file__).parent / "pretrained" / "cifar10"  # the built-in natural-image model's folder
 NATURAL_PROMPTS = [f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c}" for c in  # its image -> text captions
                    ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
 

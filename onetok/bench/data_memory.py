@@ -9,7 +9,6 @@ streamed (`in_memory: false`) stays flat at about the shuffle buffer.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from onetok.scripts.arg_types import positive_ints
+from onetok.bench import defaults
 
 
 def write_token_folder(out: Path, samples: int, tokens: int, codebook: int, shard_size: int = 5000) -> int:
@@ -78,53 +77,49 @@ def read_one_epoch(folder: str, in_memory: bool, rank: int, world: int, workers:
             "peak_main_mb": round(own), "peak_worker_mb": round(worker), "added_main_mb": round(own - before)}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=positive_ints, default=[10000, 40000, 160000],
-                        help="token-set sizes (samples), comma-separated")
-    parser.add_argument("--tokens", type=int, default=128, help="codes per image (L)")
-    parser.add_argument("--codebook", type=int, default=4096)
-    parser.add_argument("--ranks", type=int, default=2, help="processes (ranks), each reading its share")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="loader workers per rank (0: the rank reads in its own process, so its RSS is all of it)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--buffer", type=int, default=10000, help="shuffle buffer of the streamed mode")
-    parser.add_argument("--dir", default=None, help="where to write the token folders (default: a temp dir)")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--one-rank", default=None, help=argparse.SUPPRESS)  # internal: FOLDER,MODE,RANK
+def _ranks(folder: Path, mode: str, ranks: int, workers: int, batch: int, buffer: int) -> list[dict]:
+    """`ranks` processes (`python -m onetok.bench.data_memory ...`, one thread each) reading one epoch each."""
+    procs = [subprocess.Popen([sys.executable, "-m", "onetok.bench.data_memory", str(folder), mode, str(r), str(ranks),
+                               str(workers), str(batch), str(buffer)],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for r in range(ranks)]
+    outputs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a rank reading {folder} ({mode}) failed (exit codes {[p.returncode for p in procs]})")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
 
-def _one_rank(args: argparse.Namespace) -> int:
-    folder, mode, rank = args.one_rank.split(",")
-    result = read_one_epoch(folder, mode == "memory", int(rank), args.ranks, args.workers, args.batch, args.buffer)
-    print(json.dumps(result))
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.one_rank:
-        return _one_rank(args)
+def data_memory_report(sizes: list[int] = defaults.DATA_SIZES, tokens: int = defaults.DATA_TOKENS,
+                       codebook: int = defaults.DATA_CODEBOOK, ranks: int = defaults.DATA_RANKS,
+                       workers: int = defaults.DATA_WORKERS, batch: int = defaults.DATA_BATCH,
+                       buffer: int = defaults.DATA_BUFFER, scratch: str | None = None) -> list[dict]:
+    """Per token-set size and mode (memory, stream): each rank's epoch time and RSS (see the module docstring).
+    The token folders are written under a temporary folder in `scratch` (default: the system's) and removed."""
     results = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for n in args.sizes:
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        for n in sizes:
             folder = Path(tmp) / f"tokens_{n}"
-            disk = write_token_folder(folder, n, args.tokens, args.codebook)
+            disk = write_token_folder(folder, n, tokens, codebook)
             for mode in ("memory", "stream"):
-                procs = [subprocess.Popen([sys.executable, "-m", "onetok.scripts.cli", "bench", "data", "--one-rank",
-                                           f"{folder},{mode},{r}", "--ranks", str(args.ranks), "--workers",
-                                           str(args.workers), "--batch", str(args.batch), "--buffer", str(args.buffer)],
-                                          stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                         for r in range(args.ranks)]
-                ranks = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-                results.append({"samples": n, "disk_mb": round(disk / 2**20), "mode": mode, "ranks": ranks})
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
-    print(f"AR data, peak RSS per rank ({args.ranks} ranks x {args.workers} workers, L={args.tokens}, batch "
-          f"{args.batch}, stream buffer {args.buffer}); MB above each rank's RSS before opening the data")
-    print(f"{'samples':>8} {'on disk':>8} {'mode':>7} {'+MB per rank':>13} {'peak MB per rank':>17} {'s/epoch':>8}")
+                results.append({"samples": n, "disk_mb": round(disk / 2**20), "mode": mode,
+                                "ranks": _ranks(folder, mode, ranks, workers, batch, buffer)})
+    return results
+
+
+def format_report(results: list[dict], ranks: int, workers: int, tokens: int, batch: int, buffer: int) -> str:
+    lines = [f"AR data, peak RSS per rank ({ranks} ranks x {workers} workers, L={tokens}, batch {batch}, stream "
+             f"buffer {buffer}); MB above each rank's RSS before opening the data",
+             f"{'samples':>8} {'on disk':>8} {'mode':>7} {'+MB per rank':>13} {'peak MB per rank':>17} {'s/epoch':>8}"]
     for r in results:
         added = "/".join(str(x["added_main_mb"]) for x in r["ranks"])
         peak = "/".join(str(x["peak_main_mb"]) for x in r["ranks"])
         seconds = max(x["seconds"] for x in r["ranks"])
-        print(f"{r['samples']:>8} {r['disk_mb']:>6}MB {r['mode']:>7} {added:>13} {peak:>17} {seconds:>8}")
-    return 0
+        lines.append(f"{r['samples']:>8} {r['disk_mb']:>6}MB {r['mode']:>7} {added:>13} {peak:>17} {seconds:>8}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # one rank: FOLDER MODE RANK RANKS WORKERS BATCH BUFFER (see `_ranks`)
+    folder_arg, mode_arg, *numbers = sys.argv[1:]
+    rank_arg, ranks_arg, workers_arg, batch_arg, buffer_arg = map(int, numbers)
+    print(json.dumps(read_one_epoch(folder_arg, mode_arg == "memory", rank_arg, ranks_arg, workers_arg, batch_arg,
+                                    buffer_arg)))

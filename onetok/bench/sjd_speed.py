@@ -9,15 +9,15 @@ operators per forward pass (torch.profiler; a proxy for kernel launches on a GPU
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import inspect
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from onetok.bench import defaults
 from onetok.fileio import UserError
-from onetok.scripts.devices import choose_device
-from onetok.scripts.sampling_args import sampling_settings
 
 # aten ops that make the host wait for the device on CUDA (a value or a data-dependent shape comes back)
 SYNC_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique_dim",
@@ -71,31 +71,25 @@ def count_host_syncs():
                 setattr(torch.Tensor, name, original)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="unified model directory (onetok export)")
-    parser.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
-    parser.add_argument("--prompts-file", help="text file, one prompt per line (default: shapes captions)")
-    parser.add_argument("--window", type=int, default=16, help="SJD draft window (default 16)")
-    parser.add_argument("--init", choices=("uniform", "prev"), default="uniform", help="SJD draft initialisation")
-    parser.add_argument("--batch", type=int, default=1, help="prompts decoded together (default 1)")
-    parser.add_argument("--image-tokens", type=int, help="draw k <= L image tokens (default L)")
-    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale (default: as `onetok sample`)")
-    parser.add_argument("--temperature", type=float, help="(default: as `onetok sample`)")
-    parser.add_argument("--top-k", type=int, help="(default: as `onetok sample`)")
-    parser.add_argument("--top-p", type=float, help="(default: as `onetok sample`)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="transformer weights and KV cache (RoPE tables and logits stay fp32); bf16 also decodes "
-                             "the images in bf16")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the transformer (mode reduce-overhead: CUDA graphs on a GPU)")
-    parser.add_argument("--profile", action="store_true", help="also count operators and host syncs per pass")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+@dataclass
+class SjdOptions:
+    """What `onetok bench sjd` decodes and how (the sampling settings come separately)."""
+
+    model: str  # a unified model folder
+    device: str = "cpu"
+    prompts: int = defaults.SJD_PROMPTS
+    prompts_file: str | None = None  # one prompt per line; None: shapes captions drawn with `seed`
+    window: int | None = None  # None: the library's SJD window
+    init: str = "uniform"
+    batch: int = defaults.SJD_BATCH
+    image_tokens: int | None = None
+    seed: int = 0
+    dtype: str = "fp32"
+    compile: bool = False
+    profile: bool = False
 
 
-def load_prompts(args: argparse.Namespace) -> list[str]:
+def load_prompts(args: SjdOptions) -> list[str]:
     if args.prompts < 1:
         raise UserError(f"--prompts must be >= 1, got {args.prompts}")
     if args.prompts_file:
@@ -115,7 +109,8 @@ def load_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def measure(model, prompts: list[str], args, settings, sjd: bool) -> dict:
-    """Decode `prompts` in batches of `args.batch`, one seed per batch; passes and seconds per image."""
+    """Decode `prompts` in batches of `args.batch` (an `SjdOptions`), one seed per batch; passes and seconds per
+    image."""
     from onetok.timing import Stopwatch
 
     passes, seconds, per_pass = [], 0.0, []
@@ -161,13 +156,12 @@ def pass_profile(model, prompts: list[str], args, settings, sjd: bool) -> dict:
             "host_syncs_per_pass": round(sum(syncs.values()) / passes, 2)}
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: SjdOptions):
     import torch
 
     from onetok.ar_model.unified import UnifiedModel
 
-    device = choose_device(args.device)
-    model = UnifiedModel.from_pretrained(args.model, map_location=device)
+    model = UnifiedModel.from_pretrained(args.model, map_location=args.device)
     if args.dtype == "bf16":
         model.transformer.to(torch.bfloat16)
         model.tokenizer.inference_dtype = torch.bfloat16
@@ -176,51 +170,49 @@ def load_model(args: argparse.Namespace):
     return model
 
 
-def run(args: argparse.Namespace) -> int:
+def _sample_both(model, prompts: list[str], args: SjdOptions, settings) -> dict:
+    """Warm-up (and compilation) of both, then plain and SJD measured, and the per-pass profile when asked."""
+    for sjd in (False, True):
+        model.generate_images(prompts[: args.batch], settings=settings, image_tokens=args.image_tokens, sjd=sjd,
+                              window=args.window, init=args.init)
+    out = {"plain": measure(model, prompts, args, settings, sjd=False),
+           "sjd": measure(model, prompts, args, settings, sjd=True)}
+    if args.profile:
+        out["profile"] = {name: pass_profile(model, prompts[: args.batch], args, settings, sjd=name == "sjd")
+                          for name in ("plain", "sjd")}
+    return out
+
+
+def sjd_report(args: SjdOptions, settings_for: Callable) -> dict:
+    """Plain sampling vs SJD on the same prompts, seeds and settings (`settings_for(model.settings)`: the run's
+    sampling settings given the model's recommended ones)."""
     import torch
 
+    from onetok.ar_model.unified import UnifiedModel
+
+    if args.window is None:  # the library's default window, reported as used
+        args = replace(args, window=inspect.signature(UnifiedModel.generate_images).parameters["window"].default)
     if args.window < 1 or args.batch < 1:
         raise UserError("--window and --batch must be >= 1")
-    settings = sampling_settings(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model = load_model(args)
-    settings = sampling_settings(args, model.settings)  # flags checked above, before the model loaded
+    settings = settings_for(model.settings)
     prompts = load_prompts(args)
-    profiles = {}
     try:
-        for sjd in (False, True):  # warm-up (and compilation) of both
-            model.generate_images(prompts[: args.batch], settings=settings, image_tokens=args.image_tokens, sjd=sjd,
-                                  window=args.window, init=args.init)
-        plain = measure(model, prompts, args, settings, sjd=False)
-        sjd = measure(model, prompts, args, settings, sjd=True)
-        if args.profile:
-            profiles = {name: pass_profile(model, prompts[: args.batch], args, settings, sjd=name == "sjd")
-                        for name in ("plain", "sjd")}
+        runs = _sample_both(model, prompts, args, settings)
     except ValueError as err:  # unknown words, too many image tokens, ...
         hint = "" if args.prompts_file else " (models not trained on shapes captions need --prompts-file)"
         raise UserError(f"{args.model}: {err}{hint}") from None
-    report = {
-        "model": str(args.model),
-        "device": str(model.device),
-        "threads": torch.get_num_threads(),
-        "prompts": len(prompts),
-        "batch": args.batch,
-        "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-        "window": args.window,
-        "init": args.init,
-        "dtype": args.dtype,
-        "compiled": args.compile,
-        "settings": vars(settings),
-        "plain": plain,
-        "sjd": sjd,
-        "forward_pass_ratio": plain["forward_passes_per_image"] / sjd["forward_passes_per_image"],
-        "wall_clock_ratio": plain["seconds_per_image"] / sjd["seconds_per_image"],
-    }
-    if profiles:
-        report["profile"] = profiles
-    print(json.dumps(report) if args.json else format_report(report))
-    return 0
+    plain, sjd = runs["plain"], runs["sjd"]
+    report = {"model": str(args.model), "device": str(model.device), "threads": torch.get_num_threads(),
+              "prompts": len(prompts), "batch": args.batch,
+              "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens, "window": args.window,
+              "init": args.init, "dtype": args.dtype, "compiled": args.compile, "settings": vars(settings),
+              "plain": plain, "sjd": sjd,
+              "forward_pass_ratio": plain["forward_passes_per_image"] / sjd["forward_passes_per_image"],
+              "wall_clock_ratio": plain["seconds_per_image"] / sjd["seconds_per_image"]}
+    if "profile" in runs:
+        report["profile"] = runs["profile"]
+    return report
 
 
 def format_report(r: dict) -> str:

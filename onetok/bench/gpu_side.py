@@ -1,4 +1,4 @@
-"""The side-by-side sections of the GPU check (`scripts/gpu_check.py`): onetok next to what it must beat, on the
+"""The side-by-side sections of the GPU check (`onetok.bench.gpu_check`): onetok next to what it must beat, on the
 same device in the same run.
 
     tokenizer_reference  ours (`titok-s-128`) vs bytedance/1d-tokenizer's TiTok of the same size (random weights):
@@ -9,22 +9,20 @@ same device in the same run.
                          integer prior), decoded on CUDA: the same ids as on the CPU?
 
 The reference checkout is not part of the project: put a checkout of github.com/bytedance/1d-tokenizer at
-`third_party/1d-tokenizer` (git-ignored; only `modeling/` is read) and carry it with the run, or pass
-`--reference DIR`. Without one the section is skipped, saying where it looked.
+`third_party/1d-tokenizer` of the onetok checkout (git-ignored; only `modeling/` is read) and carry it with the run,
+or pass `--reference DIR`. Without one the section is skipped, saying where it looked.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-REFERENCE_DIR = REPO / "third_party" / "1d-tokenizer"
+REFERENCE_DIR = Path("third_party") / "1d-tokenizer"  # in the checkout (`Context.checkout`)
 
 
 def skip(reason: str) -> dict:
@@ -32,23 +30,18 @@ def skip(reason: str) -> dict:
     return {"skip_reason": reason}
 
 
-def interleaved(ctx, calls: dict[str, tuple[Callable, Callable]], rounds: int) -> dict:
-    """Seconds of each (reference, ours) pair of calls over `rounds` rounds, the order alternating per round;
-    per call: the median seconds of each and the median over rounds of reference ÷ ours."""
-    seconds = {what: {"reference": [], "ours": []} for what in calls}
-    for r in range(rounds):
-        for what, (ref, ours) in calls.items():
-            order = [("reference", ref), ("ours", ours)]
-            for who, fn in order if r % 2 == 0 else order[::-1]:
-                ctx.sync()
-                start = time.perf_counter()
-                fn()
-                ctx.sync()
-                seconds[what][who].append(time.perf_counter() - start)
-    return {what: {"reference_s": statistics.median(s["reference"]), "ours_s": statistics.median(s["ours"]),
-                   "ours_over_reference": statistics.median(a / b for a, b in zip(s["reference"], s["ours"],
-                                                                                    strict=True))}
-            for what, s in seconds.items()}
+def interleaved_pairs(ctx, calls: dict[str, tuple[Callable, Callable]], rounds: int) -> dict:
+    """Seconds of each (reference, ours) pair of calls over `rounds` rounds, the order alternating per round
+    (`onetok.timing.interleaved`); per pair: the median seconds of each and the median over rounds of
+    reference ÷ ours."""
+    from onetok.timing import interleaved, median_ratio
+
+    result = {}
+    for what, (ref, ours) in calls.items():
+        s = interleaved({"reference": ref, "ours": ours}, rounds, ctx.device)
+        result[what] = {"reference_s": statistics.median(s["reference"]), "ours_s": statistics.median(s["ours"]),
+                        "ours_over_reference": median_ratio(s["reference"], s["ours"])}
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,7 +51,7 @@ def interleaved(ctx, calls: dict[str, tuple[Callable, Callable]], rounds: int) -
 
 def _reference_on(ref, device: str):
     """The reference TiTok's modules on `device`, its latent tokens a leaf parameter there."""
-    from onetok.scripts.bench_tokenizer import ReferenceTiTok
+    from onetok.bench.tokenizer_speed import ReferenceTiTok
 
     latent = torch.nn.Parameter(ref.latent_tokens.detach().to(device))
     return ReferenceTiTok(ref.encoder.to(device), ref.decoder.to(device), ref.quantizer.to(device), latent)
@@ -97,7 +90,7 @@ def _step_calls(ref, ours, images: torch.Tensor, device: str, steps: int) -> tup
 
 def _inference_calls(ref, ours, images: torch.Tensor, device: str, repeats: int) -> dict:
     """{"encode": (ref, ours), "decode": (ref, ours)}: `repeats` no-grad calls each, bf16 autocast for both."""
-    from onetok.scripts.bench_tokenizer import reference_decode, reference_encode
+    from onetok.bench.tokenizer_speed import reference_decode, reference_encode
 
     ours.inference_dtype = torch.bfloat16  # the CUDA default; on the CPU (dry run) too, so both run bf16
     ids = ours.encode(images)
@@ -118,10 +111,10 @@ def _inference_calls(ref, ours, images: torch.Tensor, device: str, repeats: int)
 
 def tokenizer_reference(ctx) -> dict:
     """Ours vs the reference TiTok at the same size, same device, same random images (see the module docstring)."""
-    from onetok.scripts.bench_tokenizer import reference_modules
+    from onetok.bench.tokenizer_speed import reference_modules
     from onetok.tokenizers.model import Tokenizer, preset
 
-    checkout = Path(ctx.shared.get("reference_dir") or REFERENCE_DIR)
+    checkout = Path(ctx.shared.get("reference_dir") or ctx.checkout / REFERENCE_DIR)
     if not (checkout / "modeling" / "modules" / "blocks.py").is_file():
         return skip(f"no bytedance/1d-tokenizer checkout at {checkout} (put one there, git-ignored, or pass "
                     "--reference DIR)")
@@ -138,14 +131,14 @@ def tokenizer_reference(ctx) -> dict:
     train = _step_calls(ref, ours, images, ctx.device, steps)
     for fn in train if not dry else ():  # warm-up: kernels, allocator, optimizer state
         fn()
-    result = {"train": interleaved(ctx, {"train": train}, rounds)["train"]}
+    result = {"train": interleaved_pairs(ctx, {"train": train}, rounds)["train"]}
     for module in (ref.encoder, ref.decoder, ref.quantizer, ours):
         module.eval()
     images = torch.rand(infer_batch, 3, cfg.image_size, cfg.image_size, device=ctx.device, generator=g)
     calls = _inference_calls(ref, ours, images, ctx.device, repeats)
     for fn in [fn for pair in calls.values() for fn in pair] if not dry else ():
         fn()
-    result.update(interleaved(ctx, calls, rounds))
+    result.update(interleaved_pairs(ctx, calls, rounds))
     for what, batch, per_call in (("train", train_batch, steps), ("encode", infer_batch, repeats),
                                   ("decode", infer_batch, repeats)):
         r = result[what]
@@ -169,32 +162,39 @@ def _photo(size: tuple[int, int]):
     return load_image(sample_photo()).image.crop((0, 0, *size))
 
 
+def _builtin_codec():
+    """The built-in photo codec on the CPU: its tokenizer and the prior shipped beside it (None when there is none)."""
+    from onetok.tokenizers import Tokenizer, registry
+    from onetok.tokenizers.codec.codec import Codec
+    from onetok.tokenizers.codec.prior import TilePrior
+
+    folder = registry.builtin()
+    prior = registry.prior_beside(folder)
+    return Codec(Tokenizer.from_pretrained(folder).eval(), None if prior is None else TilePrior.from_pretrained(prior))
+
+
 def otok_cuda(ctx) -> dict:
     """Compress a crop of the bundled photo on the CPU with the built-in codec (range-coded, portable prior), then
     read the same bytes with the codec moved to the check's device: the ids must be identical; the pixels are
     compared too (the tokenizer decodes in bf16 on CUDA, fp32 on the CPU, so they may differ slightly)."""
-    from onetok.scripts.cmd_codec import load_codec
+    from onetok.timing import Stopwatch
     from onetok.tokenizers.codec import format as otok
     from onetok.tokenizers.codec.codec import Codec
 
-    cpu = load_codec(None)
+    cpu = _builtin_codec()
     if cpu.prior is None:
         return skip("the built-in photo codec has no prior (nothing is range-coded)")
     data = cpu.compress([_photo((64, 64) if ctx.dry_run else (256, 192))])
     (ctx.out / "otok_cuda_cpu_written.otok").write_bytes(data)
     f = otok.loads(data, cpu.fingerprint)
     want = cpu.ids(f, f.images[0])
-    start = time.perf_counter()
-    cpu_pixels = cpu.decode(f)[0]
-    cpu_s = time.perf_counter() - start
-    fresh = load_codec(None)  # loaded again: nothing built from the CPU copy (e.g. its integer prior) is reused
+    with Stopwatch() as cpu_watch:
+        cpu_pixels = cpu.decode(f)[0]
+    fresh = _builtin_codec()  # loaded again: nothing built from the CPU copy (e.g. its integer prior) is reused
     device = Codec(fresh.tokenizer.to(ctx.device), fresh.prior.to(ctx.device))
-    ctx.sync()
-    start = time.perf_counter()
-    got = device.ids(f, f.images[0])
-    dev_pixels = device.decode(f)[0]
-    ctx.sync()
-    dev_s = time.perf_counter() - start
+    with Stopwatch(ctx.device) as device_watch:
+        got = device.ids(f, f.images[0])
+        dev_pixels = device.decode(f)[0]
     a, b = (torch.tensor(list(im.getdata()), dtype=torch.float64) for im in (cpu_pixels, dev_pixels))
     mse = float(((a - b) ** 2).mean())
     return {"device": ctx.device, "bytes": len(data), "tiles": int(len(want.counts)), "ids": int(len(want.ids)),
@@ -202,4 +202,4 @@ def otok_cuda(ctx) -> dict:
             "fingerprint_same_on_device": device.fingerprint == cpu.fingerprint,
             "pixel_max_abs_diff": float((a - b).abs().max()),
             "pixel_psnr_db": None if mse == 0 else 10 * float(torch.log10(torch.tensor(255.0**2 / mse))),
-            "cpu_decode_s": cpu_s, "device_decode_s": dev_s, "file": "otok_cuda_cpu_written.otok"}
+            "cpu_decode_s": cpu_watch.seconds, "device_decode_s": device_watch.seconds, "file": "otok_cuda_cpu_written.otok"}

@@ -1,4 +1,4 @@
-"""The GPU check's report (`scripts/gpu_check.py`): the acceptance targets read off the sections, the markdown
+"""The GPU check's report (`onetok.bench.gpu_check`): the acceptance targets read off the sections, the markdown
 rendering, and the writer that rewrites OUT/gpu_check.json and OUT/gpu_check.md after every section."""
 
 from __future__ import annotations

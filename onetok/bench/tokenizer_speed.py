@@ -1,7 +1,7 @@
 """`onetok bench tokenizer`: encode/decode throughput of a tokenizer preset (random weights), its time per stage,
 and optionally the same measurement of the reference TiTok code side by side.
 
-Default: the TiTok-S-128-sized preset at 256 px, batch 4, CPU fp32, and GPU bf16 (autocast, the tokenizer's
+Default (`onetok.bench.defaults`): the TiTok-S-128-sized preset at 256 px, CPU fp32, and GPU bf16 (autocast, the tokenizer's
 default there) when CUDA is available. Throughput does not depend on the weights, so no checkpoint is needed.
 
 `--reference DIR` points at a local checkout of bytedance/1d-tokenizer (not part of this project; nothing is
@@ -12,10 +12,8 @@ the same images and batch. The ratio is the median over rounds of (reference sec
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from onetok.bench import defaults
 from onetok.fileio import UserError
 
 if TYPE_CHECKING:  # imported where used: `onetok --help` stays torch-free
@@ -39,38 +38,12 @@ STAGES = {  # stage -> the module whose forward call it times
 REFERENCE_SIZES = {512: "small", 768: "base", 1024: "large"}  # 1d-tokenizer's ViT sizes by width
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="titok-s-128", help="a preset of onetok.tokenizers.model.PRESETS")
-    parser.add_argument("--batch-cpu", type=int, default=4)
-    parser.add_argument("--batch-gpu", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (medians are reported)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="encode/decode compute dtype (default auto: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall clock, or process CPU time (steadier on a machine shared with other jobs; with "
-                             "--threads 1 it is the pure compute time)")
-    parser.add_argument("--reference", metavar="DIR",
-                        help="a local bytedance/1d-tokenizer checkout to time side by side (CPU; skipped if absent)")
-    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU measurement even if CUDA is available")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------------------
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def _seconds(fn, sync, clock: str = "wall") -> float:
-    now = CLOCKS[clock]
-    sync()
-    start = now()
-    fn()
-    sync()
-    return now() - start
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # as `onetok.timing.Stopwatch` reads them
 
 
 @contextlib.contextmanager
@@ -95,6 +68,7 @@ def bench_device(preset: str, device: str, dtype: str, batch: int, rounds: int, 
     """Throughput (images/s, median over rounds) and median ms per batch for each stage."""
     import torch
 
+    from onetok.timing import median_time
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers import preset as preset_config
 
@@ -103,19 +77,16 @@ def bench_device(preset: str, device: str, dtype: str, batch: int, rounds: int, 
     tok.inference_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     images = torch.rand(batch, 3, tok.image_size, tok.image_size, device=device)
     ids = tok.encode(images)
-    tok.decode(ids)  # warm-up
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    encode, decode = [], []
+    tok.decode(ids)  # warm-up of both, outside the stage timers
     with stage_timer(tok, clock) as stages:
-        for _ in range(rounds):
-            encode.append(_seconds(lambda: tok.encode(images), sync, clock))
-            decode.append(_seconds(lambda: tok.decode(ids), sync, clock))
+        encode = median_time(lambda: tok.encode(images), device, rounds, warmup=0, clock=clock).median_s
+        decode = median_time(lambda: tok.decode(ids), device, rounds, warmup=0, clock=clock).median_s
     return {
         "preset": preset, "device": device, "dtype": str(tok.compute_dtype(images.device)).removeprefix("torch."),
         "batch": batch, "clock": clock, "image_size": tok.image_size, "tokens": tok.num_latent_tokens,
         "params_m": round(sum(p.numel() for p in tok.parameters()) / 1e6, 1),
-        "encode_images_per_s": round(batch / statistics.median(encode), 2),
-        "decode_images_per_s": round(batch / statistics.median(decode), 2),
+        "encode_images_per_s": round(batch / encode, 2),
+        "decode_images_per_s": round(batch / decode, 2),
         "stage_ms": {name: round(1e3 * statistics.median(t), 1) for name, t in stages.items() if t},
     }
 
@@ -215,6 +186,7 @@ def side_by_side(preset: str, checkout: Path, batch: int, rounds: int, clock: st
     """Ours and the reference on the same CPU images, interleaved rounds (alternating which goes first)."""
     import torch
 
+    from onetok.timing import interleaved, median_ratio
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers import preset as preset_config
 
@@ -230,12 +202,8 @@ def side_by_side(preset: str, checkout: Path, batch: int, rounds: int, clock: st
     }
     for ref, our in calls.values():  # warm-up, and the outputs agree in shape
         assert tuple(ref().shape) == tuple(our().shape)
-    seconds = {f"{who}_{what}": [] for what in calls for who in ("reference", "ours")}
-    for r in range(rounds):
-        for what, (ref, our) in calls.items():
-            order = [("reference", ref), ("ours", our)]
-            for who, fn in order if r % 2 == 0 else order[::-1]:
-                seconds[f"{who}_{what}"].append(_seconds(fn, lambda: None, clock))
+    seconds = interleaved({f"{who}_{what}": fn for what, pair in calls.items()
+                           for who, fn in zip(("reference", "ours"), pair)}, rounds, clock=clock)
     result = {"preset": preset, "batch": batch, "threads": torch.get_num_threads(), "rounds": rounds, "clock": clock,
               "params_m": {"ours": round(sum(p.numel() for p in ours.parameters()) / 1e6, 1),
                            "reference": round(ref_params / 1e6, 1)}}
@@ -244,7 +212,7 @@ def side_by_side(preset: str, checkout: Path, batch: int, rounds: int, clock: st
         result[what] = {
             "ours_images_per_s": round(batch / statistics.median(our_s), 2),
             "reference_images_per_s": round(batch / statistics.median(ref_s), 2),
-            "speedup": round(statistics.median(r / o for r, o in zip(ref_s, our_s, strict=True)), 3),
+            "speedup": round(median_ratio(ref_s, our_s), 3),
         }
     return result
 
@@ -254,24 +222,26 @@ def side_by_side(preset: str, checkout: Path, batch: int, rounds: int, clock: st
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
+def tokenizer_report(preset: str = defaults.TOKENIZER_PRESET, batch_cpu: int = defaults.TOKENIZER_BATCH["cpu"],
+                     batch_gpu: int = defaults.TOKENIZER_BATCH["cuda"], rounds: int = defaults.TOKENIZER_ROUNDS,
+                     dtype: str = "auto", clock: str = "wall", reference: Path | None = None,
+                     gpu: bool = True) -> dict:
+    """CPU (and, with `gpu` and CUDA, GPU) throughput of the preset; with `reference`, the side-by-side rounds
+    against that bytedance/1d-tokenizer checkout on the CPU (a missing folder is skipped with a note on stderr)."""
     import torch
 
-    if args.rounds < 1 or args.batch_cpu < 1 or args.batch_gpu < 1:
+    if rounds < 1 or batch_cpu < 1 or batch_gpu < 1:
         raise UserError("--rounds, --batch-cpu and --batch-gpu must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = {"devices": [bench_device(args.preset, "cpu", args.dtype, args.batch_cpu, args.rounds, args.clock)]}
-    if torch.cuda.is_available() and not args.no_gpu:
-        report["devices"].append(bench_device(args.preset, "cuda", args.dtype, args.batch_gpu, max(args.rounds, 10)))
-    if args.reference:
-        checkout = Path(args.reference)
-        if checkout.is_dir():
-            report["reference"] = side_by_side(args.preset, checkout, args.batch_cpu, args.rounds, args.clock)
+    report = {"devices": [bench_device(preset, "cpu", dtype, batch_cpu, rounds, clock)]}
+    if torch.cuda.is_available() and gpu:
+        cuda_rounds = max(rounds, defaults.TOKENIZER_MIN_CUDA_ROUNDS)
+        report["devices"].append(bench_device(preset, "cuda", dtype, batch_gpu, cuda_rounds))
+    if reference is not None:
+        if Path(reference).is_dir():
+            report["reference"] = side_by_side(preset, Path(reference), batch_cpu, rounds, clock)
         else:
-            print(f"--reference {checkout}: no such folder, side-by-side comparison skipped", file=sys.stderr)
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
-    return 0
+            print(f"--reference {reference}: no such folder, side-by-side comparison skipped", file=sys.stderr)
+    return report
 
 
 def format_report(report: dict) -> str:

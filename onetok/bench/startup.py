@@ -4,11 +4,12 @@ interpreter and by `import torch` in the same run.
 Cases (each a fresh `python -m onetok.scripts.cli ...` process, interleaved round by round so that load drifts hit
 all alike; the median of `--runs` rounds is reported):
 
-- `--help`, and argument and path errors (a missing model, a missing image, a bad flag value): target < 0.5 s;
+- `--help`, and argument and path errors (a missing model, a missing image, a bad flag value): target
+  `ERROR_TARGET_S`;
 - `caption` of the bundled sample photo with a unified model (`--model`, default: a random model of the demo's size,
-  the shapes presets -- the compute is the same as a trained one's): target <= 2.5 s;
+  the shapes presets -- the compute is the same as a trained one's): target `WORK_TARGET_S`;
 - `compress` of the bundled 600 x 400 sample photo (`--tokenizer`, default: the built-in photo tokenizer, else a
-  random tokenizer of the `photo` preset): target <= 2.5 s.
+  random tokenizer of the `photo` preset): target `WORK_TARGET_S` (both in `onetok.bench.defaults`).
 
 The targets are for 2 idle cores; `--omp-threads N` sets OMP_NUM_THREADS for the timed processes. The heavy packages
 each case imports are listed, so a regression names its cause.
@@ -16,38 +17,27 @@ each case imports are listed, so a regression names its cause.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from onetok.bench.defaults import STARTUP_ERROR_TARGET_S as ERROR_TARGET_S
+from onetok.bench.defaults import STARTUP_RUNS
+from onetok.bench.defaults import STARTUP_WORK_TARGET_S as WORK_TARGET_S
 
 HEAVY = ("torch", "torchvision", "timm", "lightning", "matplotlib", "torchmetrics", "vector_quantize_pytorch",
          "scipy", "triton", "webdataset")
-ERROR_TARGET_S, WORK_TARGET_S = 0.5, 2.5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=int, default=5, metavar="N", help="rounds; medians are reported (default 5)")
-    parser.add_argument("--model", metavar="DIR", help="unified model for caption (default: a random demo-size one)")
-    parser.add_argument("--tokenizer", metavar="DIR", help="tokenizer for compress (default: the built-in photo "
-                                                           "tokenizer, else a random one of the photo preset)")
-    parser.add_argument("--omp-threads", type=int, metavar="N", help="OMP_NUM_THREADS of the timed processes "
-                                                                     "(default: inherited)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def _models(args: argparse.Namespace, root: Path) -> tuple[str, str]:
+def _models(model: str | None, tokenizer: str | None, root: Path) -> tuple[str, str]:
     """(unified model dir, tokenizer dir): the given ones, else random ones of the demo's and the photo preset's size."""
     import torch
 
     from onetok.tokenizers import Tokenizer, preset, registry
 
-    tokenizer = args.tokenizer
     if tokenizer is None:
         try:
             tokenizer = str(registry.builtin())
@@ -55,7 +45,6 @@ def _models(args: argparse.Namespace, root: Path) -> tuple[str, str]:
             torch.manual_seed(0)
             Tokenizer(preset("photo")).save_pretrained(root / "photo_tokenizer")
             tokenizer = str(root / "photo_tokenizer")
-    model = args.model
     if model is None:
         from onetok.ar_model.model import Transformer, config_from_preset
         from onetok.ar_model.unified import UnifiedModel
@@ -89,10 +78,14 @@ def cases(model: str, tokenizer: str, photo: str, out: Path) -> dict[str, tuple[
     }
 
 
-def _time(argv: list[str], env: dict) -> tuple[float, int]:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start, proc.returncode
+def _process(argv: list[str], env: dict, codes: dict, name: str):
+    """A call running `python argv` to its end, its exit code kept in codes[name]."""
+
+    def run() -> None:
+        codes[name] = subprocess.run([sys.executable, *argv], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL).returncode
+
+    return run
 
 
 def heavy_imports(argv: list[str], env: dict) -> list[str]:
@@ -103,22 +96,21 @@ def heavy_imports(argv: list[str], env: dict) -> list[str]:
     return [name for name in HEAVY if name in loaded]
 
 
-def run(args: argparse.Namespace) -> int:
+def startup_report(runs: int = STARTUP_RUNS, model: str | None = None, tokenizer: str | None = None,
+                   omp_threads: int | None = None) -> dict:
+    """Every case of `cases` as a fresh process, `runs` interleaved rounds; per case the median and fastest
+    seconds, the ratio to `import torch`, the exit code, the target met and the heavy packages imported."""
     from onetok.data.images import sample_photo
+    from onetok.timing import interleaved
 
     env = dict(os.environ)
-    if args.omp_threads:
-        env["OMP_NUM_THREADS"] = str(args.omp_threads)
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
+    codes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="onetok-startup-") as tmp:
         root = Path(tmp)
-        model, tokenizer = _models(args, root)
-        table = cases(model, tokenizer, str(sample_photo()), root)
-        times: dict[str, list[float]] = {name: [] for name in table}
-        codes: dict[str, int] = {}
-        for _ in range(args.runs):  # interleaved rounds
-            for name, (argv, _) in table.items():
-                seconds, codes[name] = _time(argv, env)
-                times[name].append(seconds)
+        table = cases(*_models(model, tokenizer, root), str(sample_photo()), root)
+        times = interleaved({name: _process(argv, env, codes, name) for name, (argv, _) in table.items()}, runs)
         imports = {name: heavy_imports(argv, env) for name, (argv, _) in table.items() if "baseline" not in name}
     torch_s = statistics.median(times["import torch (baseline)"])
     rows = [{"case": name, "median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
@@ -126,15 +118,16 @@ def run(args: argparse.Namespace) -> int:
              "target_s": table[name][1], "heavy_imports": imports.get(name),
              "meets_target": None if table[name][1] is None else statistics.median(t) < table[name][1]}
             for name, t in times.items()]
-    if args.json:
-        print(json.dumps({"runs": args.runs, "omp_threads": env.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg(),
-                          "rows": rows}, indent=1))
-        return 0
-    print(f"onetok start-up: {args.runs} interleaved rounds, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'case':<26} {'median s':>9} {'min s':>7} {'/ torch':>8} {'target':>7} {'exit':>5}  heavy imports")
-    for r in rows:
+    return {"runs": runs, "omp_threads": env.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg(),
+            "cpu_count": os.cpu_count(), "rows": rows}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"onetok start-up: {report['runs']} interleaved rounds, OMP_NUM_THREADS={report['omp_threads'] or 'unset'}, "
+             f"load average {report['load_avg'][0]:.1f} on {report['cpu_count']} cores",
+             f"{'case':<26} {'median s':>9} {'min s':>7} {'/ torch':>8} {'target':>7} {'exit':>5}  heavy imports"]
+    for r in report["rows"]:
         target = "-" if r["target_s"] is None else f"<{r['target_s']:g}" + (" ok" if r["meets_target"] else " !!")
-        print(f"{r['case']:<26} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['vs_import_torch']:>8.2f} {target:>7} "
-              f"{r['exit_code']:>5}  {', '.join(r['heavy_imports'] or []) or '-'}")
-    return 0
+        lines.append(f"{r['case']:<26} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['vs_import_torch']:>8.2f} "
+                     f"{target:>7} {r['exit_code']:>5}  {', '.join(r['heavy_imports'] or []) or '-'}")
+    return "\n".join(lines)

@@ -9,40 +9,22 @@ the score buffers, marked as an estimate). SJD verify: the torch reference and, 
 
 Nothing here crashes the run: every case and method records its time or its error (out of memory included).
 Without CUDA, Triton cannot run compiled, so the command says so and times the references on a reduced grid.
-Wired into the CLI by `cmd_bench.py` through `add_arguments(parser)` and `run(args)`; `scripts/gpu_check.py`
+`onetok bench kernels` calls `kernel_report` and prints `format_tables`; the GPU check (`onetok.bench.gpu_check`)
 calls `measure_peaks`, `bench_nearest_code` and `bench_sjd` with cases of its own.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import itertools
-import json
 import platform
-import statistics
-import time
 
-FULL_GRID = {"N": [4096, 65536, 262144], "K": [1024, 4096, 16384, 65536], "D": [8, 12, 16, 32, 64]}
-QUICK_GPU_GRID = {"N": [65536], "K": [4096, 16384], "D": [8, 16, 64]}
-CPU_GRID = {"N": [4096, 16384], "K": [1024, 4096], "D": [16]}
-SJD_FULL = [(1, 16, 32768), (8, 16, 32768), (8, 32, 32768), (32, 16, 32768)]  # (B, W, V)
-SJD_CPU = [(1, 16, 4096), (8, 16, 4096), (8, 16, 32768)]
+from onetok.bench import defaults
+
 # "reference": onetok's chunked torch search; "default": `onetok.kernels.nearest_code` as the quantizer calls it (the
 # torch search or the kernel by size, the prepared codebook cached); "triton": the kernel, always
 METHODS = ["cdist+argmin", "addmm+argmin", "reference", "default", "triton"]
 DTYPES = ("fp32", "bf16", "fp16")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a reduced grid (always the case without CUDA)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 10 GPU, 3 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtypes", default=None, help="comma-separated input dtypes of fp32, bf16, fp16 "
-                        "(default: fp32 on CPU, fp32,bf16 on CUDA)")
-    parser.add_argument("--metrics", default="euclidean", help="comma-separated: euclidean, cosine (default euclidean)")
-    parser.add_argument("--seed", type=int, default=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,34 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _timer(device: str, repeats: int):
-    """A function timing `fn()`: (median ms over `repeats` after one warm-up, peak extra bytes or None, last result).
-    The warm-up call also pays for Triton's compilation and autotuning."""
-    import torch
-
-    repeats = max(1, repeats)
+    """`measure(fn)` -> (median ms over `repeats` after one warm-up, peak extra bytes on CUDA or None, last result)."""
+    from onetok.timing import median_time
 
     def measure(fn) -> tuple[float, int | None, object]:
-        result = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        times = []
-        for _ in range(repeats):
-            del result
-            if device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                result = fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                result = fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        extra = torch.cuda.max_memory_allocated() - base if device == "cuda" else None
-        return statistics.median(times), extra, result
+        timing = median_time(fn, device, repeats=max(1, repeats))
+        return 1e3 * timing.median_s, timing.peak_extra_bytes, timing.result
 
     return measure
 
@@ -105,7 +65,7 @@ def measure_peaks(device: str, dtypes: list[str], repeats: int = 5) -> dict:
     fp32 as torch runs it by default (on CUDA: no TF32). Errors are recorded, not raised."""
     import torch
 
-    size = 8192 if device == "cuda" else 1024
+    size = defaults.PEAK_MATMUL_SIZE[device]
     measure, peaks = _timer(device, repeats), {}
     for name in dtypes:
         if device == "cpu" and name != "fp32":
@@ -272,20 +232,14 @@ def _short(method: str) -> str:
     return method.split("+")[0]
 
 
-def print_tables(report: dict) -> None:
-    methods = [m for m in METHODS if report["triton"] or m != "triton"]
-    print(f"# onetok bench kernels — {report['date']} — {report['device']}")
-    print(f"# triton: {report['triton_status']}")
-    print(f"# memory: {report['memory_note']}")
-    peaks = ", ".join(f"{k} {_cell(v.get('gfma_s'), '.0f')} GFMA/s" if "gfma_s" in v else f"{k} {v['error']}"
-                      for k, v in report["matmul_peak"].items())
-    print(f"# matmul peak (square {report['peak_size']}): {peaks}\n")
+def _nearest_lines(report: dict, methods: list[str]) -> tuple[list[str], list[str]]:
+    """The nearest-code table (header, one line per case) and the cases' errors."""
     head = " ".join(f"{_short(m) + ' ms':>13}" for m in methods)
     speed = " ".join(f"{'x ' + _short(m):>11}" for m in methods[1:])
     rate = " ".join(f"{'GFMA/s ' + _short(m):>15} {'%pk':>5}" for m in methods)
     mem = " ".join(f"{'MiB ' + _short(m):>13}" for m in methods)
     extra = f" {'def/addmm':>9}" + (f" {'tri/addmm':>9}" if report["triton"] else "")
-    print(f"{'N':>7} {'K':>6} {'D':>3} {'dtype':>5} {'metric':>9} {head} {speed}{extra} {rate} {mem}")
+    lines = [f"{'N':>7} {'K':>6} {'D':>3} {'dtype':>5} {'metric':>9} {head} {speed}{extra} {rate} {mem}"]
     errors = []
     for row in report["nearest_code"]:
         times = " ".join(f"{_cell(row['ms'].get(m), '.2f'):>13}" for m in methods)
@@ -295,22 +249,36 @@ def print_tables(report: dict) -> None:
         mibs = " ".join(f"{_cell(row['extra_mib'].get(m), '.1f'):>13}" for m in methods)
         extra = f" {_cell(row.get('default_vs_addmm'), '.2f'):>9}"
         extra += f" {_cell(row['triton_vs_addmm'], '.2f'):>9}" if report["triton"] else ""
-        print(f"{row['N']:>7} {row['K']:>6} {row['D']:>3} {row['dtype']:>5} {row['metric']:>9} {times} {ratios}"
-              f"{extra} {rates} {mibs}")
+        lines.append(f"{row['N']:>7} {row['K']:>6} {row['D']:>3} {row['dtype']:>5} {row['metric']:>9} {times} "
+                     f"{ratios}{extra} {rates} {mibs}")
         errors += [f"  N={row['N']} K={row['K']} D={row['D']} {row['dtype']} {row['metric']} {m}: {e}"
                    for m, e in row["errors"].items()]
-    print("\n(x name = cdist+argmin time / that method's time in the same run", end="")
-    print("; def/addmm = addmm+argmin time / the default path's (onetok.kernels.nearest_code) time", end="")
-    print("; tri/addmm = addmm+argmin time / triton time" if report["triton"] else "", end="")
-    print("; %pk = percent of the measured matmul peak of that dtype; cosine baselines: cdist of normalised rows, "
-          "mm+argmax)\n")
-    print(f"{'B':>3} {'W':>3} {'V':>6} {'reference ms':>13} {'triton ms':>10} {'speed-up':>9}")
+    return lines, errors
+
+
+def format_tables(report: dict) -> str:
+    """`kernel_report`'s result as text tables."""
+    methods = [m for m in METHODS if report["triton"] or m != "triton"]
+    peaks = ", ".join(f"{k} {_cell(v.get('gfma_s'), '.0f')} GFMA/s" if "gfma_s" in v else f"{k} {v['error']}"
+                      for k, v in report["matmul_peak"].items())
+    lines = [f"# onetok bench kernels — {report['date']} — {report['device']}",
+             f"# triton: {report['triton_status']}", f"# memory: {report['memory_note']}",
+             f"# matmul peak (square {report['peak_size']}): {peaks}", ""]
+    table, errors = _nearest_lines(report, methods)
+    lines += table
+    lines.append("\n(x name = cdist+argmin time / that method's time in the same run"
+                 "; def/addmm = addmm+argmin time / the default path's (onetok.kernels.nearest_code) time"
+                 + ("; tri/addmm = addmm+argmin time / triton time" if report["triton"] else "")
+                 + "; %pk = percent of the measured matmul peak of that dtype; cosine baselines: cdist of normalised "
+                   "rows, mm+argmax)\n")
+    lines.append(f"{'B':>3} {'W':>3} {'V':>6} {'reference ms':>13} {'triton ms':>10} {'speed-up':>9}")
     for row in report["sjd_verify"]:
-        print(f"{row['B']:>3} {row['W']:>3} {row['V']:>6} {_cell(row['ms'].get('reference'), '.2f'):>13} "
-              f"{_cell(row['ms'].get('triton'), '.2f'):>10} {_cell(row.get('speedup'), '.2f'):>9}")
+        lines.append(f"{row['B']:>3} {row['W']:>3} {row['V']:>6} {_cell(row['ms'].get('reference'), '.2f'):>13} "
+                     f"{_cell(row['ms'].get('triton'), '.2f'):>10} {_cell(row.get('speedup'), '.2f'):>9}")
         errors += [f"  SJD B={row['B']} W={row['W']} V={row['V']} {m}: {e}" for m, e in row["errors"].items()]
     if errors:
-        print("\nnot measured:\n" + "\n".join(errors))
+        lines.append("\nnot measured:\n" + "\n".join(errors))
+    return "\n".join(lines)
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -328,39 +296,39 @@ def triton_status(cuda: bool) -> tuple[bool, str]:
     return True, "available"
 
 
-def run(args: argparse.Namespace) -> int:
+def parse_names(text: str | None, allowed, default: str, what: str) -> list[str]:
+    """A comma-separated list of `allowed` names (`default` when None); ValueError naming `what` otherwise."""
+    names = [n.strip() for n in (text or default).split(",") if n.strip()]
+    if not names or not set(names) <= set(allowed):
+        raise ValueError(f"{what} takes {', '.join(allowed)}; got {text!r}")
+    return names
+
+
+def kernel_report(quick: bool = False, repeats: int | None = None, dtypes: str | None = None,
+                  metrics: str | None = None, seed: int = 0) -> dict:
+    """Every nearest-code case of the grid for this device and every SJD verify case, timed against their torch
+    baselines (see the module docstring); dtypes / metrics as comma-separated names, None for the defaults."""
     import torch
 
-    from onetok.fileio import UserError
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
-    use_triton, status = triton_status(cuda)
     device = "cuda" if cuda else "cpu"
-    repeats = args.repeats or (10 if cuda else 3)
-    dtypes = [d.strip() for d in (args.dtypes or ("fp32,bf16" if cuda else "fp32")).split(",") if d.strip()]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    if not set(dtypes) <= set(DTYPES) or not set(metrics) <= {"euclidean", "cosine"} or not dtypes or not metrics:
-        raise UserError(f"--dtypes takes {', '.join(DTYPES)}; --metrics takes euclidean, cosine")
-    grid = CPU_GRID if not cuda else (QUICK_GPU_GRID if args.quick else FULL_GRID)
-    sjd_cases = SJD_CPU if not cuda else (SJD_FULL[:2] if args.quick else SJD_FULL)
+    dtypes = parse_names(dtypes, DTYPES, defaults.KERNEL_DTYPES[device], "--dtypes")
+    metrics = parse_names(metrics, ("euclidean", "cosine"), defaults.KERNEL_METRICS, "--metrics")
+    use_triton, status = triton_status(cuda)
+    repeats = repeats or defaults.KERNEL_REPEATS[device]
+    grid = defaults.KERNEL_CPU_GRID if not cuda else (defaults.KERNEL_QUICK_GPU_GRID if quick else defaults.KERNEL_FULL_GRID)
+    sjd_cases = defaults.SJD_VERIFY_CPU if not cuda else defaults.SJD_VERIFY_FULL[: 2 if quick else None]
     name = torch.cuda.get_device_name() if cuda else f"CPU {platform.processor() or platform.machine()}"
     peaks = measure_peaks(device, dtypes)
-    report = {
+    return {
         "date": datetime.date.today().isoformat(),
         "device": f"{name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "triton": use_triton,
         "triton_status": status,
         "memory_note": "torch.cuda.max_memory_allocated above the inputs" if cuda else "estimated score-buffer size",
         "matmul_peak": peaks,
-        "peak_size": 8192 if cuda else 1024,
+        "peak_size": defaults.PEAK_MATMUL_SIZE[device],
         "nearest_code": bench_nearest_code(nearest_code_cases(grid, dtypes, metrics), device, use_triton, repeats,
-                                           args.seed, peaks),
-        "sjd_verify": bench_sjd(sjd_cases, device, use_triton, repeats, args.seed),
+                                           seed, peaks),
+        "sjd_verify": bench_sjd(sjd_cases, device, use_triton, repeats, seed),
     }
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print_tables(report)
-    return 0
