@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from onetok.data.pixels import to_uint8
+
 FID_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the FID Inception
 FID_WEIGHTS_ALIASES = ("pt_inception-2015-12-05-6726825d.pth",)  # pytorch-fid's name for the same file
 FID_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + FID_WEIGHTS_FILE
@@ -110,13 +112,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 class ImageFeatures(NamedTuple):
     pool: torch.Tensor  # (B, F) the features the Frechet distance is taken over
     logits: torch.Tensor | None  # (B, C) classifier logits for the Inception Score; None if the extractor has none
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in [0, 1] -> uint8 (rounded, as a saved PNG); uint8 passes through."""
-    if images.dtype == torch.uint8:
-        return images
-    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 @contextlib.contextmanager
