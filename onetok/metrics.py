@@ -1,4 +1,4 @@
-"""Image-quality metrics shared by the tokenizer and AR evaluations: FID and Inception Score, LPIPS, SSIM.
+"""Image-quality metrics shared by the tokenizer, codec and AR evaluations: FID and Inception Score, LPIPS, PSNR, SSIM.
 
 - FID / IS: torchmetrics' `FrechetInceptionDistance` and `InceptionScore` over the standard FID Inception v3 (the
   TensorFlow 2015-12-05 graph as ported by torch-fidelity, which torchmetrics also uses): uint8 images, resized to
@@ -6,6 +6,7 @@
   per image; both metrics read its outputs (`ImageFeatures`).
 - LPIPS (Zhang et al. 2018, arXiv:1801.03924): torchmetrics' network with its bundled linear layers over a
   torchvision AlexNet or VGG16 backbone loaded from a user-supplied file.
+- PSNR: the one definition (`psnr` for float tensors in [0, 1], `pixel_psnr` for 8-bit arrays).
 - SSIM (Wang et al. 2004): torchmetrics, averaged over the valid window positions only.
 
 Nothing downloads: network weights come from a local file or the torch hub cache (`find_weights`), and a missing
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -376,6 +378,30 @@ def load_lpips(weights: str | os.PathLike | None = None, net: str = "alex") -> n
 def lpips_distance(net: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image LPIPS of float images (B, 3, H, W) in [0, 1] -> (B,); lower is closer."""
     return net(a.float().clamp(0, 1), b.float().clamp(0, 1), normalize=True).reshape(a.shape[0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PSNR
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def psnr_from_mse(mse, peak: float = 1.0):
+    """10 log10(peak^2 / mse) in dB for a number (-> float) or a tensor (-> tensor); an MSE of 0 gives +inf."""
+    if isinstance(mse, torch.Tensor):
+        return 10 * torch.log10(peak**2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / float(mse))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of float images (B, C, H, W) in [0, 1] (both clamped) -> (B,); identical images: +inf."""
+    mse = (a.float().clamp(0, 1) - b.float().clamp(0, 1)).pow(2).flatten(1).mean(dim=1)  # (B,)
+    return psnr_from_mse(mse)
+
+
+def pixel_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit pictures (or batches) of one shape, over every pixel and channel (peak 255, MSE in
+    float64); identical pictures give +inf."""
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)), 255.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

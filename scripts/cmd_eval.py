@@ -173,7 +173,7 @@ def lpips_network(args: argparse.Namespace, device: str, image_size: int):
 
 def fid_token_counts(spec: str | None, L: int) -> list[int]:
     """`--fid-tokens`: None -> [L]; "all" -> 1, 2, 4, ..., L; else a comma list within 1..L."""
-    from onetok.tokenizers.metrics import token_counts
+    from onetok.tokenizers.codebook_stats import token_counts
 
     if spec is None:
         return [L]
@@ -205,7 +205,8 @@ def evaluate(tokenizer, batches, device: str = "cpu", fid: FidPlan | None = None
     import torch
 
     from onetok import metrics
-    from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr, token_counts
+    from onetok.metrics import psnr
+    from onetok.tokenizers.codebook_stats import codebook_health, position_code_counts, token_counts
 
     L, K = tokenizer.num_latent_tokens, tokenizer.codebook_size
     quality_ks = quality_ks or [L]

@@ -72,7 +72,7 @@ def reconstruction_accuracy(model, tokenizer, images, targets, batch_size: int =
     import torch
 
     from onetok.ar_model.classifier import accuracy
-    from onetok.tokenizers.metrics import psnr
+    from onetok.metrics import psnr
 
     recs, psnr_sum = [], 0.0
     with torch.no_grad():

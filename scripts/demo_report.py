@@ -11,7 +11,7 @@ from PIL import Image
 
 from onetok.data.shapes import parse_caption, parse_image
 from onetok.data.shards import iter_samples
-from onetok.tokenizers.metrics import token_counts
+from onetok.tokenizers.codebook_stats import token_counts
 
 SCALE = 4  # 32 px images are shown 4x larger (nearest neighbour)
 NATURAL_MODEL = Path(__file__).resolve().parents[1] / "ar_model" / "pretrained" / "cifar10"  # the built-in model

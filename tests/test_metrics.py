@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from onetok import metrics
-from onetok.tokenizers.metrics import codebook_health, entropy_bits, perplexity, position_code_counts
+from onetok.tokenizers.codebook_stats import codebook_health, entropy_bits, perplexity, position_code_counts
 
 
 def exact_moment_samples(mu: torch.Tensor, sigma: torch.Tensor, n: int, seed: int) -> torch.Tensor:

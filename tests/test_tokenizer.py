@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
+from onetok.metrics import psnr
 from onetok.tokenizers import PRESETS, Tokenizer, TokenizerConfig, preset
+from onetok.tokenizers.codebook_stats import code_counts, codebook_usage, perplexity
 from onetok.tokenizers.losses import TokenizerLoss
-from onetok.tokenizers.metrics import code_counts, codebook_usage, perplexity, psnr
 from onetok.tokenizers.model import Decoder, Encoder
 from onetok.tokenizers.quantize import VectorQuantizer
 from onetok.tokenizers.vit import Block, Blocks

@@ -19,9 +19,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from onetok.distributed import check_strategy
+from onetok.metrics import psnr
 from onetok.optim import adamw_warmup_cosine
+from onetok.tokenizers.codebook_stats import codebook_health, position_code_counts, token_counts
 from onetok.tokenizers.losses import TokenizerLoss
-from onetok.tokenizers.metrics import codebook_health, position_code_counts, psnr, token_counts
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
 from onetok.tokenizers.model import preset as preset_config
 

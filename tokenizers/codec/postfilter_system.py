@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from onetok.metrics import psnr
 from onetok.optim import adamw_warmup_cosine
-from onetok.tokenizers.metrics import psnr
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
 
 SYSTEM_NAME = "postfilter"

@@ -28,9 +28,9 @@ import torch
 from PIL import Image, features
 
 from onetok.metrics import ssim
+from onetok.tokenizers.codebook_stats import token_counts
 from onetok.tokenizers.codec import format as otok
 from onetok.tokenizers.codec.codec import Analysis, Codec, RateControl
-from onetok.tokenizers.metrics import token_counts
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
 WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow range 0..100

@@ -1,5 +1,6 @@
-"""Reconstruction and codebook metrics: PSNR, and codebook health (usage, perplexity, dead codes, and the
-per-position entropy of the ids, i.e. the rate a per-position entropy coder would reach).
+"""Codebook statistics: the token counts reconstructions are measured at, and codebook health (usage, perplexity,
+dead codes, and the per-position entropy of the ids, i.e. the rate a per-position entropy coder would reach). PSNR
+is `onetok.metrics.psnr`.
 
 Codebook numbers are computed from counts, so a distributed run sums the counts over ranks (one all-reduce) and gets
 exactly the numbers of a single process on the same data.
@@ -17,12 +18,6 @@ def token_counts(num_latent_tokens: int) -> list[int]:
     """The prefix lengths at which reconstructions are measured: 1, 2, 4, ..., L (L also when not a power of two)."""
     counts = [2**i for i in range(num_latent_tokens.bit_length()) if 2**i <= num_latent_tokens]
     return counts if counts[-1] == num_latent_tokens else counts + [num_latent_tokens]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images (B, C, H, W) in [0, 1] -> (B,). Identical images give +inf."""
-    mse = (a.float().clamp(0, 1) - b.float().clamp(0, 1)).pow(2).flatten(1).mean(dim=1)  # (B,)
-    return 10 * torch.log10(1.0 / mse)
 
 
 def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
