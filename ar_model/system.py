@@ -271,9 +271,10 @@ def checkpoint_contents(ckpt: dict) -> tuple[ARConfig, Vocab, str | None, str | 
     return config, vocab, fingerprint, stored.get("tokenizer_path") or hp.get("tokenizer_dir")
 
 
-def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False,
+def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False, inputs=(),
                       tokenizer: str | os.PathLike | None = None) -> Path:
-    """Write the unified model directory (weights, vocab, a copy of the tokenizer) from a loaded `.ckpt` dict.
+    """Write the unified model directory (weights, vocab, a copy of the tokenizer) from a loaded `.ckpt` dict, under
+    the exporter contract (`onetok.export.export_folder`).
 
     The tokenizer is `tokenizer` when given (it must have the checkpoint's fingerprint), else the recorded directory
     or one in the registry with that fingerprint."""
@@ -295,4 +296,4 @@ def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = Fals
     transformer.load_state_dict(state)
     settings = run_sampling_settings(ckpt.get("hyper_parameters", {}))  # the model's recommended ones
     model = UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir), settings)
-    return model.save_pretrained(out_dir, force=force)
+    return model.save_pretrained(out_dir, force, inputs)

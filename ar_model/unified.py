@@ -27,7 +27,6 @@ from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generat
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
-from onetok.fileio import staged_dir
 from onetok.tokenizers import Tokenizer
 from onetok.tokenizers.registry import fingerprint
 
@@ -80,24 +79,28 @@ class UnifiedModel(nn.Module):
         settings = SamplingSettings(**meta.get("sampling", dataclasses.asdict(DEFAULT_SETTINGS)))
         return cls(transformer, _load_vocab(meta["vocab"], directory), tokenizer, settings).to(map_location)
 
-    def save_pretrained(self, directory: str | os.PathLike, force: bool = False) -> Path:
-        """Write the directory atomically: built beside it, then renamed into place (replacing it only if `force`)."""
+    def save_pretrained(self, directory: str | os.PathLike, force: bool = False, inputs=()) -> Path:
+        """Write the directory under the exporter contract (`onetok.export.export_folder`): built beside it, renamed
+        into place when complete, replacing an existing one only with `force` and only when onetok wrote it."""
+        from onetok.export import export_folder
+
+        return export_folder(directory, self.write_into, force, inputs)
+
+    def write_into(self, folder: Path) -> None:
+        """config.json, model.safetensors, the text vocabulary and tokenizer/ into the (new, empty) `folder`."""
         from safetensors.torch import save_model
 
-        directory = Path(directory)
-        with staged_dir(directory, force) as tmp:  # built beside it, renamed into place when complete
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "model": dataclasses.asdict(self.transformer.config),
-                "vocab": _save_vocab(self.vocab, tmp),
-                "tokenizer_fingerprint": fingerprint(self.tokenizer).hex(),
-                "sampling": dataclasses.asdict(self.settings),
-            }
-            (tmp / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
-            save_model(self.transformer, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
-        return directory
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": dataclasses.asdict(self.transformer.config),
+            "vocab": _save_vocab(self.vocab, folder),
+            "tokenizer_fingerprint": fingerprint(self.tokenizer).hex(),
+            "sampling": dataclasses.asdict(self.settings),
+        }
+        (folder / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
+        save_model(self.transformer, str(folder / "model.safetensors"), metadata={"format": FORMAT})
+        self.tokenizer.save_pretrained(folder / "tokenizer")
 
     # --- text -> image ---------------------------------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ def test_entropy_layout_and_reader_bounds(tok, prior):
 
 
 def test_prior_system_trains_and_exports(tok, tmp_path):
-    from onetok.scripts.cmd_export import export
+    from onetok.export import export
     from onetok.tokenizers.codec.prior_system import PriorSystem, TileIdsDataModule
 
     folder = tmp_path / "photos"

@@ -435,7 +435,7 @@ def test_postfilter_system_trains_and_exports(tmp_path):
     import lightning
 
     from onetok.data.tiles import TileDataModule
-    from onetok.scripts.cmd_export import export
+    from onetok.export import export
     from onetok.tokenizers.codec.postfilter_system import PostFilterSystem
 
     torch.manual_seed(0)

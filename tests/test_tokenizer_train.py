@@ -84,7 +84,7 @@ def test_fast_dev_run(config, tiny_data, tmp_path):
 
 def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     from onetok.scripts.cli import main as onetok
-    from onetok.scripts.cmd_export import export
+    from onetok.export import export
 
     root = tmp_path / "run"
     cli(["fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"), *tiny_overrides(shapes16, root),

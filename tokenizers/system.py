@@ -241,10 +241,16 @@ def tokenizer_from_checkpoint(ckpt: dict) -> Tokenizer:
     return model.eval()
 
 
-def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False) -> Path:
-    """Write the inference directory (config.json + model.safetensors) for a tokenizer `.ckpt` dict."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir}: already exists (use --force to overwrite)")
-    tokenizer_from_checkpoint(ckpt).save_pretrained(out_dir)
-    return out_dir
+def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False, inputs=()) -> Path:
+    """The inference folder (config.json + model.safetensors, with what it was trained on) of a tokenizer `.ckpt`
+    dict, under the exporter contract (`onetok.export.export_folder`)."""
+    from onetok.export import export_folder
+    from onetok.tokenizers import domain
+
+    tokenizer = tokenizer_from_checkpoint(ckpt)
+
+    def write(folder: Path) -> None:
+        tokenizer.save_pretrained(folder)
+        domain.record_trained_on(folder, domain.describe_training(ckpt))  # for `compress`'s far-off-input note
+
+    return export_folder(out_dir, write, force, inputs)

@@ -75,12 +75,20 @@ class PostFilterSystem(lightning.LightningModule):
         checkpoint["postfilter"] = {"channels": self.hparams.channels, "layers": self.hparams.layers}
 
 
-def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False) -> Path:
-    """The tokenizer with its trained post-filter (config.json + model.safetensors) from a PostFilterSystem `.ckpt`."""
+def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False, inputs=()) -> Path:
+    """The tokenizer with its trained post-filter (config.json + model.safetensors, with what it was trained on) from
+    a PostFilterSystem `.ckpt`, under the exporter contract (`onetok.export.export_folder`)."""
+    from onetok.export import export_folder
+    from onetok.tokenizers import domain
+
     if "tokenizer_config" not in ckpt or "postfilter" not in ckpt or "state_dict" not in ckpt:
         raise ValueError("not a post-filter training checkpoint (no tokenizer_config, postfilter or state_dict)")
     model = Tokenizer(TokenizerConfig.from_dict(ckpt["tokenizer_config"]))
     model.add_postfilter(**ckpt["postfilter"])
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    model.save_pretrained(out_dir)
-    return Path(out_dir)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        domain.record_trained_on(folder, domain.describe_training(ckpt))  # for `compress`'s far-off-input note
+
+    return export_folder(out_dir, write, force, inputs)

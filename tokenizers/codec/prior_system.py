@@ -206,11 +206,14 @@ class PriorSystem(lightning.LightningModule):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False) -> Path:
-    """Write the prior's inference folder (config.json + model.safetensors) for a PriorSystem `.ckpt` dict."""
+def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False, inputs=()) -> Path:
+    """Write the prior's inference folder (config.json + model.safetensors) for a PriorSystem `.ckpt` dict, under the
+    exporter contract (`onetok.export.export_folder`)."""
+    from onetok.export import export_folder
+
     if "prior_config" not in ckpt or "state_dict" not in ckpt:
         raise ValueError("not a prior training checkpoint (no prior_config or state_dict)")
     prior = TilePrior(PriorConfig(**ckpt["prior_config"]))
     prior.load_state_dict({k[len("prior."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("prior.")})
-    prior.save_pretrained(out_dir, tokenizer_fingerprint=ckpt.get("tokenizer_fingerprint"))
-    return Path(out_dir)
+    fingerprint = ckpt.get("tokenizer_fingerprint")
+    return export_folder(out_dir, lambda folder: prior.save_pretrained(folder, fingerprint), force, inputs)
