@@ -83,6 +83,23 @@ def test_stream_roundtrip_across_thread_counts(prior, uniform):
     assert abs(32 * len(words) - bits) <= 64  # the estimate the rate control uses is the stream's size
 
 
+@pytest.mark.parametrize("uniform", [False, True])
+def test_coding_from_the_pricing_table_writes_the_same_words(prior, uniform, monkeypatch):
+    monkeypatch.setattr(entropy, "CHUNK", 4)  # several chunks of the third pass
+    rng = np.random.default_rng(3)
+    rows, cols, L = 3, 5, 8
+    ids = rng.integers(0, 64, (15, L))
+    pricing = entropy.price(prior, rows, cols, ids)
+    assert pricing.table.shape == (15, L, 64) and (pricing.table.sum(-1, dtype=np.int64) == otok.PROB_SCALE).all()
+    np.testing.assert_array_equal(pricing.bits, entropy.id_bits(prior, rows, cols, ids))
+    for _ in range(3):
+        counts = np.full(15, int(rng.integers(1, L + 1))) if uniform else rng.integers(1, L + 1, 15)
+        np.testing.assert_array_equal(entropy.encode_from_table(pricing.table, rows, cols, counts, ids, uniform),
+                                      entropy.encode(prior, rows, cols, counts, ids, uniform))
+    monkeypatch.setattr(entropy, "TABLE_BYTES", 15 * L * 64 * 2 - 1)
+    assert entropy.price(prior, rows, cols, ids).table is None  # above the limit `encode` runs the prior again
+
+
 def test_a_wrong_stream_is_an_error_not_a_picture(prior):
     rng = np.random.default_rng(1)
     counts, ids = rng.integers(1, 9, 6), rng.integers(0, 64, (6, 8))

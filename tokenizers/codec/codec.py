@@ -155,23 +155,24 @@ class Analysis:
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
         measure = rc.decoder_measure(self.tokenizer, self.tiles, self.ids, self.grid)
         self.distortion = rc.Distortion(measure, self.grid.count, self.tokenizer.num_latent_tokens)
-        self._bits: np.ndarray | None = None
+        self._pricing: entropy.Pricing | None = None
 
     def packed(self) -> Analysis:
         """The same tiles, ids and errors under the bit-packed format (no prior): what entropy coding saves."""
         twin = copy.copy(self)
-        twin.codec, twin._bits = Codec(self.tokenizer), None
+        twin.codec, twin._pricing = Codec(self.tokenizer), None
         return twin
 
     @property
     def bits(self) -> np.ndarray:
         """(N, L) bits of each id: ceil(log2 K) bit-packed, or what the range coder spends under the prior."""
-        if self._bits is None:
+        if self._pricing is None:
             if self.codec.prior is None:
-                self._bits = np.full(self.ids.shape, float(otok.bits_per_id(self.tokenizer.codebook_size)))
+                bits = np.full(self.ids.shape, float(otok.bits_per_id(self.tokenizer.codebook_size)))
+                self._pricing = entropy.Pricing(bits, None)
             else:
-                self._bits = entropy.id_bits(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
-        return self._bits
+                self._pricing = entropy.price(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
+        return self._pricing.bits
 
     def size_bits(self, counts: np.ndarray) -> float:
         """The file size in bits of one image with these counts (exact when bit-packed; within a few bytes of the
@@ -227,7 +228,11 @@ class Analysis:
         if self.codec.prior is None:
             return Encoded(otok.TiledImage(*size, counts, self.ids[mask]), counts, reached)  # ids tile by tile
         uniform = bool((counts == counts[0]).all())
-        words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
+        if self._pricing is not None and self._pricing.table is not None:  # priced already: code from its rows
+            words = entropy.encode_from_table(self._pricing.table, self.grid.rows, self.grid.cols, counts, self.ids,
+                                              uniform)
+        else:
+            words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
         coded = otok.CodedImage(*size, int(counts[0]) if uniform else 0, words,
                                  otok.ids_checksum(counts, self.ids[mask]))
         return Encoded(coded, counts, reached)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import constriction
 import numpy as np
@@ -100,6 +101,7 @@ class PortableModel:
         return freqs.double().numpy(), cache
 
 
+TABLE_BYTES = 1 << 27  # `price` keeps the frequency rows up to this size (4,096 tiles of L = 32, K = 512)
 Model = FloatModel | PortableModel  # prefill(context) / step(ids, cache) -> (frequencies (n, K) float64, cache)
 _PORTABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -228,20 +230,68 @@ def decode(prior: TilePrior, rows: int, cols: int, words: np.ndarray, uniform_k:
     return counts, flat
 
 
-def id_bits(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> np.ndarray:
-    """Code length in bits of every id of every tile, (N, L), as `encode` would spend it (counts not included)."""
+class Pricing(NamedTuple):
+    """What the portable coder spends on every id of every tile, and (when it fits `TABLE_BYTES`) the frequency rows
+    it saw: the prior is causal, so one pass over all L ids of each tile gives the rows for coding any prefix."""
+
+    bits: np.ndarray  # (N, L) code length of each id
+    table: np.ndarray | None  # (N, L, K) uint16 frequencies (each row sums to PROB_SCALE), or None: too large
+
+
+def price(prior: TilePrior, rows: int, cols: int, ids: np.ndarray, keep: bool = True) -> Pricing:
+    """Code length in bits of every id of every tile, (N, L), as `encode` would spend it (counts not included), and
+    with `keep` the frequency table for `encode_from_table` (if N * L * K * 2 bytes <= TABLE_BYTES)."""
     N, L = ids.shape
     costs = np.zeros((N, L))
+    table = None
+    if keep and N * L * prior.config.codebook_size * 2 <= TABLE_BYTES:
+        table = np.empty((N, L, prior.config.codebook_size), dtype=np.uint16)  # every row is written below
     model, context = _model(prior, False)
 
     def cost(tiles: np.ndarray, i: int, freqs: np.ndarray) -> np.ndarray:
         costs[tiles, i] = bits_of(freqs, ids[tiles, i])
+        if table is not None:
+            table[tiles, i] = freqs  # integers in 1 .. PROB_SCALE - K + 1 < 2**16: exact
         return ids[tiles, i]
 
     with context:
         first = first_pass(model, rows, cols, cost)
         later_pass(model, first, np.full(N, L), cost)
-    return costs
+    return Pricing(costs, table)
+
+
+def id_bits(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> np.ndarray:
+    """Code length in bits of every id of every tile, (N, L), as `encode` would spend it (counts not included)."""
+    return price(prior, rows, cols, ids, keep=False).bits
+
+
+def coding_order(rows: int, cols: int, counts: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+    """(tiles, position) of each batch of ids in the order passes 2 and 3 code them (as `first_pass` and
+    `later_pass` visit them)."""
+    rr, cc = np.divmod(np.arange(rows * cols), cols)
+    for d in range(rows + cols - 1):
+        yield np.nonzero(rr + cc == d)[0], 0
+    for start in range(0, len(counts), CHUNK):
+        chunk = counts[start:start + CHUNK]
+        for i in range(1, int(chunk.max())):
+            yield start + np.nonzero(chunk > i)[0], i
+
+
+def encode_from_table(table: np.ndarray, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray,
+                      uniform: bool) -> np.ndarray:
+    """`encode` (payload 2) with the frequency rows of `price` instead of running the prior again: the same words."""
+    coder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+
+    def put(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+        coder.encode(symbols.astype(np.int32), family, freqs.astype(np.float64))
+        return symbols
+
+    if not uniform:
+        count_pass(rows, cols, table.shape[1], lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
+    for tiles, i in coding_order(rows, cols, counts):
+        put(table[tiles, i], ids[tiles, i])
+    return coder.get_compressed().astype(np.uint32)
 
 
 def count_bits(counts: np.ndarray, rows: int, cols: int, L: int) -> float:
