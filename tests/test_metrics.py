@@ -253,3 +253,15 @@ def test_codebook_health_known_distributions():
     assert entropy_bits(torch.zeros(2, 4)).tolist() == [0.0, 0.0]
     report = health.as_dict([1, 2, 3])
     assert report["prefix_bits"] == {"1": 0.0, "2": 2.0, "3": 5.0} and report["dead_codes"] == 4
+
+
+def test_one_psnr_for_tensors_and_8bit_arrays():
+    a = np.random.default_rng(0).integers(0, 255, size=(2, 6, 5, 3), dtype=np.uint8)
+    b = a + 1  # every sample one level off: MSE 1
+    assert metrics.pixel_psnr(a, b) == pytest.approx(20 * np.log10(255))
+    assert metrics.pixel_psnr(a, a) == float("inf") and metrics.psnr_from_mse(0.0) == float("inf")
+    from onetok.data.pixels import from_hwc
+
+    per_image = metrics.psnr(from_hwc(b), from_hwc(a))  # (2,), floats in [0, 1]
+    assert per_image.shape == (2,) and torch.allclose(per_image, torch.full((2,), 20 * math.log10(255)), atol=1e-3)
+    assert torch.isinf(metrics.psnr(from_hwc(a), from_hwc(a))).all()
