@@ -46,6 +46,7 @@ from onetok.ar_model.vocab import TEXT_KINDS, Vocab, text_vocab_from_spec
 from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_skip
 from onetok.data.shards import SkipCounter, expand_shards, iter_raw_samples, iter_samples, sample_from_files
+from onetok.distributed import rank_world
 
 # --------------------------------------------------------------------------------------------------------------------
 # Splits held in memory
@@ -426,14 +427,10 @@ class ARDataModule(pl.LightningDataModule):
     def _builder(self) -> SequenceBuilder:
         return SequenceBuilder(self.vocab, self.t2i_ratio, self.cond_dropout)
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataset(self) -> TrainSequences | StreamedSequences:
         if self.train_pairs is not None:
             return TrainSequences(self.train_pairs, self.text_encoder(), self._builder(), self.seed, self.templates)
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         urls = expand_shards(self.split_spec("train") or [])
         if not urls:
             raise FileNotFoundError(f"{self.data}: no training shards")
@@ -453,7 +450,7 @@ class ARDataModule(pl.LightningDataModule):
         trainer = self.trainer
         collate = Collate(self.vocab.pad_id)
         if isinstance(dataset, TrainSequences):
-            rank, world = self._world()
+            rank, world = rank_world(self.trainer)
             sampler = RankSampler(len(dataset), world, rank, shuffle=True, seed=self.seed, with_epoch=True)
             return ResumableLoader(dataset, trainer=trainer, batch_size=self.batch_size, sampler=sampler,
                                    drop_last=True, collate_fn=collate, num_workers=self.num_workers,
@@ -465,7 +462,7 @@ class ARDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_pairs is None:
             return []
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         dataset = ValSequences(self.val_pairs, self.text_encoder(), self.templates)
         return DataLoader(dataset, batch_size=self.val_batch_size, sampler=EvalSampler(len(dataset), world, rank),
                           collate_fn=Collate(self.vocab.pad_id), num_workers=self.num_workers,

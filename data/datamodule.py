@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from onetok.data.pixels import chw_uint8, to_float, to_pil
 from onetok.data.sampling import RankSampler, ResumableLoader
 from onetok.data.shards import SkipCounter, expand_shards, iter_samples, resize_center_crop, sample_from_files
+from onetok.distributed import rank_world
 
 
 def collate(samples: list[dict]) -> dict[str, Any]:
@@ -155,12 +156,6 @@ class ImageShardDataModule(pl.LightningDataModule):
 
     # ---- helpers ---------------------------------------------------------------------------------------------------
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is not None:
-            return trainer.global_rank, trainer.world_size
-        return 0, 1
-
     def _loader_kwargs(self) -> dict:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "pin_memory": False}
 
@@ -180,7 +175,7 @@ class ImageShardDataModule(pl.LightningDataModule):
                 self._val_memory = load_in_memory(self.val_shards, self.val_transform, self.val_samples)
 
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         if self.in_memory:
             sampler = RankSampler(len(self._train_memory), world, rank, shuffle=True, seed=self.seed, with_epoch=True)
             return ResumableLoader(self._train_memory, trainer=self.trainer, sampler=sampler,
@@ -206,7 +201,7 @@ class ImageShardDataModule(pl.LightningDataModule):
         if self.in_memory:
             return DataLoader(self._val_memory, batch_size=self.val_batch_size, shuffle=False, collate_fn=collate,
                               **self._loader_kwargs())
-        _, world = self._world()
+        _, world = rank_world(self.trainer)
         urls = self._val_urls()
         dataset = wds.WebDataset(
             urls, resampled=False, shardshuffle=False,

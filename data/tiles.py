@@ -30,6 +30,7 @@ from onetok.data.images import ImageReadError, load_image
 from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.data.shards import IMAGE_EXTENSIONS, expand_shards, sample_from_files
+from onetok.distributed import rank_world
 
 IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTENSIONS) + (".bmp", ".tif", ".tiff", ".gif")
 
@@ -195,12 +196,8 @@ class TileDataModule(lightning.LightningDataModule):
                 raise FileNotFoundError(f"no readable images in {self.val}")
             self._val_set = [{"image": t, "caption": "", "key": str(i)} for i, t in enumerate(tiles)]
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         if self._train_set is not None:
             sampler = RankSampler(len(self._train_set), world, rank, shuffle=False, with_epoch=True)
             return ResumableLoader(self._train_set, trainer=self.trainer, sampler=sampler, batch_size=self.batch_size,
@@ -220,6 +217,6 @@ class TileDataModule(lightning.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self._val_set is None:
             return []
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         return DataLoader(self._val_set, batch_size=self.val_batch_size, sampler=EvalSampler(len(self._val_set), world,
                           rank), collate_fn=collate, **self._loader_kwargs())

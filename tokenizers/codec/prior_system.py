@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
+from onetok.distributed import rank_world
 from onetok.optim import adamw_warmup_cosine
 from onetok.tokenizers.codec.prior import PRESETS, WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
 
@@ -105,12 +106,8 @@ class TileIdsDataModule(lightning.LightningDataModule):
         self.train_set = tile_ids(tokenizer, self.train, self.scales, self.flips, missing)
         self.val_set = tile_ids(tokenizer, self.val, (1.0,), False, missing) if self.val else None
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         sampler = RankSampler(len(self.train_set), world, rank, shuffle=True, seed=self.seed)
         return ResumableLoader(self.train_set, trainer=self.trainer, sampler=sampler, batch_size=self.batch_size,
                                drop_last=True, num_workers=self.num_workers)
@@ -118,7 +115,7 @@ class TileIdsDataModule(lightning.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        rank, world = self._world()
+        rank, world = rank_world(self.trainer)
         return DataLoader(self.val_set, batch_size=self.val_batch_size, num_workers=self.num_workers,
                           sampler=EvalSampler(len(self.val_set), world, rank))
 
