@@ -30,16 +30,12 @@ class ConvertSummary(NamedTuple):
     skipped_files: list[str]  # one line each: the file and why it was skipped
 
 
-def _files(src: Path) -> list[Path]:
-    return sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def list_inputs(src: Path) -> tuple[list[Path], dict[str, Path]]:
     """(candidate image files: images by name or content, captions by stem); a .txt is a caption when an image
     shares its stem."""
-    from onetok.data.images import looks_like_image
+    from onetok.data.images import files_below, looks_like_image
 
-    files = _files(src)
+    files = files_below(src)
     stems = {p.with_suffix("") for p in files if p.suffix.lower() != CAPTION_SUFFIX}
     captions = {str(p.with_suffix("")): p for p in files if p.suffix.lower() == CAPTION_SUFFIX and p.with_suffix("") in stems}
     candidates = [p for p in files if p.suffix.lower() not in SIDECARS and looks_like_image(p)]
@@ -49,9 +45,9 @@ def list_inputs(src: Path) -> tuple[list[Path], dict[str, Path]]:
 def not_images(src: Path) -> list[Path]:
     """The files below `src` that are neither images (by name or content) nor .txt/.json sidecars: a README, a
     licence, a table -- noted by the commands that read the folder, never counted as unreadable images."""
-    from onetok.data.images import looks_like_image
+    from onetok.data.images import files_below, looks_like_image
 
-    return [p for p in _files(src) if p.suffix.lower() not in SIDECARS and not looks_like_image(p)]
+    return [p for p in files_below(src) if p.suffix.lower() not in SIDECARS and not looks_like_image(p)]
 
 
 def load_image(path: Path, size: int) -> Image.Image:

@@ -14,7 +14,9 @@ Every command that reads a user's image goes through `load_image`, so the same f
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,6 +125,25 @@ def looks_like_image(path: str | Path) -> bool:
         return False
     return (head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
             or (head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1")))
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def files_below(folder: str | Path, on_error: Callable[[OSError], None] = _raise) -> list[Path]:
+    """Every file below `folder` (recursive), hidden files and folders skipped, sorted: the one folder walker.
+    `on_error` gets the OSError of a folder that cannot be listed (by default it is raised)."""
+    files = []
+    for root, dirs, names in os.walk(folder, onerror=on_error):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [Path(root, n) for n in names if not n.startswith(".")]
+    return sorted(files)
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The images below `folder` (`looks_like_image`: by name or first bytes), sorted, hidden ones skipped."""
+    return [p for p in files_below(folder) if looks_like_image(p)]
 
 
 def sample_photo() -> Path:

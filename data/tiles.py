@@ -26,20 +26,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.datamodule import ShardErrorHandler, collate
-from onetok.data.images import ImageReadError, load_image
+from onetok.data.images import ImageReadError, image_files, load_image
 from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
-from onetok.data.shards import IMAGE_EXTENSIONS, expand_shards, sample_from_files
+from onetok.data.shards import expand_shards, sample_from_files
 from onetok.distributed import rank_world
-
-IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTENSIONS) + (".bmp", ".tif", ".tiff", ".gif")
-
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every image file below `folder` (recursive, sorted, hidden files skipped)."""
-    return sorted(p for p in Path(folder).rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-
 
 def is_image_folder(spec: str | os.PathLike) -> bool:
     """A folder holding image files and no shards."""

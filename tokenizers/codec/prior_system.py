@@ -59,8 +59,7 @@ class TileIds(Dataset):
 
 def tile_ids(tokenizer, folder: str, scales: tuple[float, ...], flips: bool, missing: int) -> TileIds:
     """(context, ids) of every tile of every photo in `folder`, at each scale, and mirrored when `flips`."""
-    from onetok.data.images import ImageReadError, load_image
-    from onetok.data.tiles import image_files
+    from onetok.data.images import ImageReadError, image_files, load_image
 
     contexts, ids = [], []
     for path in image_files(folder):
