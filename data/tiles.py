@@ -16,7 +16,6 @@ Validation uses a fixed set of tiles per photo (a seeded grid of positions at sc
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import lightning
 import numpy as np
@@ -31,6 +30,7 @@ from onetok.data.pixels import chw_uint8
 from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
 from onetok.data.shards import expand_shards, sample_from_files
 from onetok.distributed import rank_world
+
 
 def is_image_folder(spec: str | os.PathLike) -> bool:
     """A folder holding image files and no shards."""
