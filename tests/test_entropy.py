@@ -1,6 +1,8 @@
 """Entropy coding of tile ids: the prior's incremental inference equals its training forward, the range-coded stream
-decodes to exactly what was encoded (uniform and per-tile counts, any process thread count), a wrong stream is an
-OtokError, the cost estimate matches the stream, and whole images round trip bit-identically to the bit-packed file."""
+decodes to exactly what was encoded (uniform and per-tile counts; encoded on 1 torch thread, decoded on 2), a wrong
+stream is an OtokError, the cost estimate matches the stream, and whole images round trip bit-identically to the
+bit-packed file. Encoding and decoding in separate processes, under other CPU kernels and thread counts:
+tests/test_portable_coder.py."""
 
 import struct
 import zlib
@@ -60,21 +62,25 @@ def test_neighbour_ids_and_the_wavefront_mask():
 
 
 @pytest.mark.parametrize("uniform", [False, True])
-def test_stream_roundtrip_across_thread_counts(prior, uniform):
+def test_stream_roundtrip_across_thread_counts(prior, uniform, monkeypatch):
+    """Encoded on 1 torch thread, decoded on 2: the portable coder changes no thread count of its own."""
     rng = np.random.default_rng(0)
     rows, cols, L = 3, 5, 8
     counts = np.full(15, 4) if uniform else rng.integers(1, L + 1, 15)
     ids = rng.integers(0, 64, (15, L))
     flat = ids[np.arange(L)[None] < counts[:, None]]
-    threads = torch.get_num_threads()
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    changes = []
     try:
-        torch.set_num_threads(1)
+        set_threads(1)
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: changes.append(n) or set_threads(n))
         words = entropy.encode(prior, rows, cols, counts, ids, uniform)
-        torch.set_num_threads(2)
+        set_threads(2)
         got_counts, got_ids = entropy.decode(prior, rows, cols, words, 4 if uniform else 0,
                                              otok.ids_checksum(counts, flat))
     finally:
-        torch.set_num_threads(threads)
+        set_threads(threads)
+    assert changes == []
     np.testing.assert_array_equal(got_counts, counts)
     np.testing.assert_array_equal(got_ids, flat)
     bits = entropy.id_bits(prior, rows, cols, ids)[np.arange(L)[None] < counts[:, None]].sum()
