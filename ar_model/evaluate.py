@@ -56,10 +56,23 @@ def val_spec(data: str | os.PathLike) -> str:
     return str(data)
 
 
+class EvalDataError(ValueError):
+    """Val data that cannot be evaluated; the message starts with the data as given."""
+
+
 def load_eval_items(data: str | os.PathLike, n: int | None, model: UnifiedModel,
                     model_dir: str | os.PathLike | None = None, batch_size: int = 64) -> EvalItems:
     """The first `n` (None: all) val samples of `data`: token shards (made by the model's tokenizer, checked when
-    `model_dir` is given) or image shards (encoded with the model's tokenizer; the images are kept)."""
+    `model_dir` is given) or image shards (encoded with the model's tokenizer; the images are kept). EvalDataError
+    naming `data` when they cannot be read."""
+    try:
+        return _read_eval_items(data, n, model, model_dir, batch_size)
+    except (OSError, ValueError) as err:
+        raise EvalDataError(f"{data}: {err}") from None
+
+
+def _read_eval_items(data: str | os.PathLike, n: int | None, model: UnifiedModel, model_dir: str | os.PathLike | None,
+                     batch_size: int) -> EvalItems:
     from onetok.ar_model.tokenize import encode_samples, is_token_dir, iter_token_samples, read_meta
     from onetok.data.shards import iter_samples
     from onetok.tokenizers.registry import fingerprint
@@ -86,7 +99,7 @@ def load_eval_items(data: str | os.PathLike, n: int | None, model: UnifiedModel,
         if n is not None and len(captions) >= n:
             break
     if not captions:
-        raise ValueError(f"{spec}: no val samples")
+        raise ValueError("no val samples" + ("" if spec == str(data) else f" in {spec}"))
     pixels = torch.stack(images) if images else None  # (N, 3, S, S) uint8
     return EvalItems(captions, torch.stack(codes), holdout, labels, pixels)
 

@@ -31,6 +31,7 @@ from onetok.tokenizers import Tokenizer
 from onetok.tokenizers.registry import fingerprint
 
 FORMAT, VERSION = "onetok-unified", 1
+BUILTIN_MODEL = Path(__file__).resolve().parent / "pretrained" / "cifar10"  # the built-in natural-image model
 
 
 class ImageResult(NamedTuple):

@@ -42,14 +42,11 @@ def _gfid_reference(args: argparse.Namespace, model, extractor, meter) -> tuple[
     from onetok import metrics
     from onetok.ar_model.data import is_token_dir
     from onetok.ar_model.evaluate import val_spec
-    from onetok.scripts.cmd_eval import image_batches, reference_stats
+    from onetok.eval_setup import image_batches, reference_stats, set_reference
 
     if args.fid_ref and str(args.fid_ref).endswith(".npz"):
         stats, notes = reference_stats(args.fid_ref, extractor)
-        try:
-            meter.set_reference(stats)
-        except ValueError as err:
-            raise UserError(f"{args.fid_ref}: {err}") from None
+        set_reference(meter, stats, args.fid_ref)
         return f"statistics {args.fid_ref} ({stats.n or 'unknown number of'} images)", notes
     if args.fid_ref is None and is_token_dir(args.data):
         raise UserError(f"{args.data} holds tokens, not images: give --fid-ref (reference images or an .npz)")
@@ -64,12 +61,9 @@ def _gfid_report(args: argparse.Namespace, model, extractor, meter, reference: s
                  inputs: list) -> dict:
     """{"fid", "inception_score", "protocol"} of the samples fed to `meter`; --fid-stats-out saves the reference."""
     from onetok import metrics
-    from onetok.scripts.cmd_eval import write_stats
+    from onetok.eval_setup import write_stats
 
-    try:
-        result = meter.compute()
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    result = meter.compute()
     protocol = metrics.fid_protocol(extractor, "gFID", model.tokenizer.image_size, result.real_images,
                                     result.fake_images, reference)
     protocol.update(paper_protocol=metrics.GFID_PAPER_PROTOCOL,
@@ -144,24 +138,20 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     inputs = _check_args(args)
     from onetok import metrics
     from onetok.ar_model import evaluate
+    from onetok.eval_setup import fid_extractor
     from onetok.scripts.cmd_ar import _load_model
-    from onetok.scripts.cmd_eval import fid_extractor
     from onetok.scripts.sampling_args import prompt_length
 
     model = _load_model(args.model, args.threads)
     settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
     judge = _load_judge(args.judge)
-    try:
-        items = evaluate.load_eval_items(args.data, args.n, model, args.model)
-    except (OSError, ValueError) as err:
-        message = str(err) if str(args.data) in str(err) else f"{args.data}: {err}"
-        raise UserError(message) from None
+    items = evaluate.load_eval_items(args.data, args.n, model, args.model)  # EvalDataError names args.data
     for caption in items.captions:
         prompt_length(model, caption, what="val caption")
     on_images = None
     if args.fid:  # the reference first: a bad --fid-ref fails before any sampling
-        extractor = fid_extractor(args, str(model.transformer.output.weight.device))
+        extractor = fid_extractor(args.fid_weights, args.fid_precision, str(model.transformer.output.weight.device))
         meter = metrics.FrechetMeter()
         reference, notes = _gfid_reference(args, model, extractor, meter)
 
@@ -170,11 +160,8 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     protocol = evaluate.ClassProtocol(args.per_class, tuple(args.template or evaluate.TEMPLATES),
                                       not args.no_reconstructions)
     start = time.time()
-    try:
-        report = evaluate.evaluate(model, items, settings, args.batch_size, args.seed, args.image_tokens, on_images,
-                                   judge, protocol, args.sjd)
-    except ValueError as err:  # e.g. too few images for precision/recall
-        raise UserError(str(err)) from None
+    report = evaluate.evaluate(model, items, settings, args.batch_size, args.seed, args.image_tokens, on_images,
+                               judge, protocol, args.sjd)  # ValueError: e.g. too few images for precision/recall
     if args.fid:
         report["gfid"] = _gfid_report(args, model, extractor, meter, reference, notes, inputs)
     report.update(model=str(args.model), data=str(args.data), seconds=round(time.time() - start, 1))

@@ -65,7 +65,7 @@ def test_01_unwritable_json_is_refused_before_the_evaluation(env, capsys, monkey
     def evaluation_started(*a, **k):
         raise AssertionError("the evaluation ran before the output location was checked")
 
-    monkeypatch.setattr("onetok.scripts.cmd_eval.evaluate", evaluation_started)
+    monkeypatch.setattr("onetok.tokenizers.reconstruction.evaluate", evaluation_started)
     code, _, err = run(capsys, "eval-tokenizer", "--tokenizer", env / "tok", "--data", env / "shapes" / "val",
                        "--json", UNWRITABLE / "m.json")
     assert code == 2 and str(UNWRITABLE) in one_line(err)

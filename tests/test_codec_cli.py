@@ -276,7 +276,7 @@ def test_eval_compression(env, tmp_path, capsys):
 
 def test_demo_report_names_curves_without_overlap():
     """rd.json stores null for a BD-rate whose curves share no PSNR range; the demo report says so."""
-    from onetok.scripts.demo_report import _photo_markdown
+    from onetok.demo_report import _photo_markdown
 
     ladder = [{"target_bpp": 0.1, "bytes": 3000, "bpp": 0.1, "psnr": 23.0, "png": "a.png"}]
     text = "\n".join(_photo_markdown({"ladder": ladder, "bd_rate_percent": {"otok vs jpeg": -50.0,

@@ -84,7 +84,7 @@ def expected_rfid(env: Path, k: int) -> float:
     """rFID computed independently: torchmetrics' own FID with the stand-in as its custom `feature` module."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from onetok.scripts.cmd_eval import image_batches
+    from onetok.eval_setup import image_batches
 
     tokenizer = Tokenizer.from_pretrained(env / "tok")
     extractor = StandInFeatures()

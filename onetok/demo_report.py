@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from onetok.data.pixels import chw_uint8, from_hwc, to_float, to_hwc
 from onetok.data.shapes import parse_caption, parse_image
 from onetok.data.shards import iter_samples
 from onetok.tokenizers.codebook_stats import token_counts
 
 SCALE = 4  # 32 px images are shown 4x larger (nearest neighbour)
-NATURAL_MODEL = Path(__file__).resolve().parents[1] / "ar_model" / "pretrained" / "cifar10"  # the built-in model
 NATURAL_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "val"  # beside the checkout
 
 
@@ -25,15 +25,15 @@ def _load_json(path: Path) -> dict:
 def _val_images(data: Path, n: int) -> tuple[torch.Tensor, list[str]]:
     images, captions = [], []
     for sample in iter_samples(data / "val"):
-        images.append(torch.from_numpy(np.asarray(sample["image"], dtype=np.uint8)).permute(2, 0, 1))
+        images.append(chw_uint8(sample["image"]))
         captions.append(sample["caption"])
         if len(images) == n:
             break
-    return torch.stack(images).float() / 255.0, captions  # (B, 3, S, S)
+    return to_float(torch.stack(images)), captions  # (B, 3, S, S)
 
 
 def _to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (B, S, S, 3)
+    arr = to_hwc(images)  # (B, S, S, 3)
     return [Image.fromarray(a).resize((a.shape[1] * SCALE, a.shape[0] * SCALE), Image.Resampling.NEAREST) for a in arr]
 
 
@@ -136,7 +136,7 @@ def natural_section(folder: Path) -> dict:
         judge = ImageClassifier.from_pretrained(BUILTIN_JUDGE)
 
         def mark(image: np.ndarray, prompt: str) -> bool:
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # (1, 3, S, S)
+            x = from_hwc(image)  # (1, 3, S, S)
             with torch.no_grad():
                 return judge.labels[int(judge(x).argmax())] == prompt.rsplit(" ", 1)[-1]
     records = t2i_figure(folder / "samples", folder / "grid.png", mark)
@@ -147,8 +147,7 @@ def natural_section(folder: Path) -> dict:
         for line in (folder / "captions.tsv").read_text().splitlines():
             path, _, caption = line.partition("\t")
             name = Path(path).name
-            _to_pil(torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None] / 255)[0].save(
-                folder / "val" / f"x4_{name}")
+            _to_pil(from_hwc(Image.open(path).convert("RGB")))[0].save(folder / "val" / f"x4_{name}")
             rows.append({"file": f"natural/val/x4_{name}", "label": labels.get(name), "caption": caption,
                          "right": vocabulary.correct(caption, labels.get(name, ""))})
     return {"samples": len(records), "captions": rows,
@@ -159,14 +158,15 @@ def photo_ladder(folder: Path) -> list[dict]:
     """The real-photo rate ladder: per `coffee_<bpp>.otok`, its size and the PSNR of its decoded PNG."""
     if not (folder / "in").is_dir():
         return []
-    original = np.asarray(Image.open(next((folder / "in").iterdir())).convert("RGB"), dtype=np.float64)
+    from onetok.metrics import pixel_psnr
+
+    original = np.asarray(Image.open(next((folder / "in").iterdir())).convert("RGB"))
     rows = []
     for otok in sorted(folder.glob("*.otok"), key=lambda p: float(p.stem.split("_")[-1])):
-        decoded = np.asarray(Image.open(otok.with_suffix(".png")).convert("RGB"), dtype=np.float64)
-        mse = float(np.mean((original - decoded) ** 2))
+        decoded = np.asarray(Image.open(otok.with_suffix(".png")).convert("RGB"))
         rows.append({"target_bpp": float(otok.stem.split("_")[-1]), "bytes": otok.stat().st_size,
                      "bpp": 8 * otok.stat().st_size / (original.shape[0] * original.shape[1]),
-                     "psnr": 10 * np.log10(255**2 / mse), "png": otok.with_suffix(".png").name})
+                     "psnr": pixel_psnr(original, decoded), "png": otok.with_suffix(".png").name})
     return rows
 
 
