@@ -192,7 +192,12 @@ def test_rejects_bad_window_and_init(model):
         generate_image_tokens_sjd(model, VOCAB, PROMPTS, 4, SamplingSettings(), init="zeros")
 
 
-def test_bench_sjd_json(tmp_path, capsys):
+def test_bench_sjd_json(tmp_path, capsys, monkeypatch):
+    """The report's counts, and its times read off a fake clock that one plain batch advances by 3 s and one SJD
+    batch by 1 s: seconds per image and the plain / SJD ratio come out exact."""
+    from types import SimpleNamespace
+
+    import onetok.timing
     from onetok.ar_model.unified import UnifiedModel
     from onetok.scripts.cli import main
     from onetok.tokenizers import Tokenizer
@@ -203,12 +208,25 @@ def test_bench_sjd_json(tmp_path, capsys):
     transformer = Transformer(ARConfig(vocab_size=vocab.size, dim=16, n_layers=1, n_heads=2, max_seq_len=96))
     UnifiedModel(transformer, vocab, tokenizer).save_pretrained(tmp_path / "model")
     bench = ["bench", "sjd", "--model", str(tmp_path / "model")]
-    assert main([*bench, "--prompts", "2", "--window", "4", "--json"]) == 0
+    clock, generate_images = [0.0], UnifiedModel.generate_images
+
+    def timed_generate_images(self, *args, sjd=False, **kwargs):
+        out = generate_images(self, *args, sjd=sjd, **kwargs)
+        clock[0] += 1.0 if sjd else 3.0
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(UnifiedModel, "generate_images", timed_generate_images)
+        patch.setattr(onetok.timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+        assert main([*bench, "--prompts", "4", "--batch", "2", "--window", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["plain"]["forward_passes_per_image"] == tokenizer.num_latent_tokens
-    assert report["forward_pass_ratio"] >= 1 and report["wall_clock_ratio"] > 0
+    assert report["plain"]["seconds_per_image"] == 1.5 and report["sjd"]["seconds_per_image"] == 0.5  # 2 per batch
+    assert report["wall_clock_ratio"] == 3.0
+    assert report["forward_pass_ratio"] == tokenizer.num_latent_tokens / report["sjd"]["forward_passes_per_image"]
+    assert report["sjd"]["forward_passes_per_image"] <= tokenizer.num_latent_tokens  # at least one token per pass
     hist = report["sjd"]["tokens_per_pass_histogram"]
-    assert sum(int(n) * c for n, c in hist.items()) == 2 * tokenizer.num_latent_tokens
+    assert sum(int(n) * c for n, c in hist.items()) == 4 * tokenizer.num_latent_tokens  # every token of 4 images
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\nblue\n")
     assert main([*bench, "--prompts-file", str(prompts), "--batch", "2"]) == 0
