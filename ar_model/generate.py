@@ -20,6 +20,7 @@ import torch
 from onetok.ar_model.model import KVCache, Transformer
 from onetok.ar_model.sequence import caption_prompt, image_prompt, unconditional_prompt
 from onetok.ar_model.vocab import Vocab
+from onetok.sampling_defaults import CFG_SCALE, TEMPERATURE
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SamplingSettings:
 
 # The recommended settings of a model unless it was exported with its own (config.json "sampling"): guided sampling
 # at low temperature, the stated defaults of the shapes recipe (docs/benchmarks.md).
-DEFAULT_SETTINGS = SamplingSettings(temperature=0.7, top_k=None, top_p=None, cfg_scale=2.0)
+DEFAULT_SETTINGS = SamplingSettings(temperature=TEMPERATURE, top_k=None, top_p=None, cfg_scale=CFG_SCALE)
 
 
 class GenerationResult(NamedTuple):

@@ -36,6 +36,7 @@ from onetok.ar_model.generate import (
 from onetok.ar_model.model import KVCache, Transformer
 from onetok.ar_model.vocab import Vocab
 from onetok.kernels import SJDVerifyResult, sjd_verify
+from onetok.sampling_defaults import SJD_WINDOW
 
 DRAFT_INITS = ("uniform", "prev")
 
@@ -180,7 +181,7 @@ def generate_image_tokens_sjd(
     num_tokens: int,
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
-    window: int = 16,
+    window: int = SJD_WINDOW,
     init: str = "uniform",
     backend: str = "auto",
 ) -> SJDResult:

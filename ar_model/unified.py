@@ -27,6 +27,7 @@ from onetok.ar_model.generate import DEFAULT_SETTINGS, SamplingSettings, generat
 from onetok.ar_model.model import ARConfig, Transformer
 from onetok.ar_model.sjd import generate_image_tokens_sjd
 from onetok.ar_model.vocab import SPM_FILE, SentencePieceText, Vocab
+from onetok.sampling_defaults import SJD_WINDOW
 from onetok.tokenizers import Tokenizer
 from onetok.tokenizers.registry import fingerprint
 
@@ -114,7 +115,7 @@ class UnifiedModel(nn.Module):
         image_tokens: int | None = None,
         seed: int = 0,
         sjd: bool = False,
-        window: int = 16,
+        window: int = SJD_WINDOW,
         init: str = "uniform",
     ) -> ImageResult:
         """Images (len(prompts) * n_per_prompt, 3, S, S) from `image_tokens` (1..L, default L) codes each, sampled

@@ -4,8 +4,8 @@
     onetok sample --model models/unified --prompt "a large red circle in the center on a black background" -n 4 --out s
     onetok caption --model models/unified a.png b.png
 
-Sampling defaults (cfg 2, temperature 0.7, no top-k/top-p) are those of the shapes recipe, stated in
-docs/benchmarks.md (`onetok.ar_model.evaluate.DEFAULT_SETTINGS`).
+Sampling defaults: a model's own recommended settings, else `onetok.ar_model.generate.DEFAULT_SETTINGS` (built from
+the torch-free `onetok.sampling_defaults`, which the help texts format).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from onetok.fileio import (
     png_info,
     staged_dir,
 )
+from onetok.sampling_defaults import SJD_WINDOW
 from onetok.scripts.arg_types import seed
 from onetok.scripts.devices import add_threads_arg, check_threads, choose_device, use_threads
 from onetok.scripts.sampling_args import (
@@ -185,7 +186,7 @@ def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int
         "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": batch,
         "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
                      "cfg": settings.cfg_scale, "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-                     "sjd": args.sjd, "window": (args.window or 16) if args.sjd else None},
+                     "sjd": args.sjd, "window": (args.window or SJD_WINDOW) if args.sjd else None},
         "forward_passes": result.forward_passes, "seconds": round(seconds, 4),
     }) + "\n"
 
@@ -223,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
             with Stopwatch(model.device) as watch:
                 result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
-                                               window=args.window or 16)
+                                               window=args.window or SJD_WINDOW)
             for j, image in enumerate(result.images):
                 name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
                 _save_png(image, tmp / name)
@@ -335,11 +336,11 @@ def _register_tokenize(sub: argparse._SubParsersAction) -> None:
                                                                  "spec (a folder, glob or brace pattern of .tar files)")
     p.add_argument("--out", required=True, metavar="DIR", help="the token folder to write")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="images encoded per forward pass "
-                                                                            "(default 256)")
-    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per output shard (default 5000)")
+                                                                            "(default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per output shard (default %(default)s)")
     p.add_argument("--flip", action="store_true", help="the train split also gets every image mirrored left-right "
                                                        "(KEY_flip): augmentation for the AR model")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ... (default auto)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ... (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (never the input data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_tokenize)
@@ -355,12 +356,12 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
                                                     "vocabularies)")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (each gets -n images)")
     p.add_argument("-n", type=int, default=1, metavar="N",
-                   help=f"images per prompt (default 1; at most {MAX_IMAGES} images per run in all)")
+                   help=f"images per prompt (default %(default)s; at most {MAX_IMAGES} images per run in all)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
-                   help="images drawn together (default 32): memory stays at one batch for any -n")
+                   help="images drawn together (default %(default)s): memory stays at one batch for any -n")
     add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="speculative Jacobi decoding (same distribution, fewer passes)")
-    p.add_argument("--window", type=int, default=None, metavar="W", help="SJD draft window (default 16)")
+    p.add_argument("--window", type=int, default=None, metavar="W", help=f"SJD draft window (default {SJD_WINDOW})")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (a new one; written when complete)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (never the model folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -377,7 +378,7 @@ def _register_caption(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, ...) and/or folders "
                                                               "of them (searched recursively)")
     p.add_argument("--sample", action="store_true", help="sample at temperature 1 instead of greedy decoding")
-    p.add_argument("--seed", type=seed, default=0, help="random seed for --sample (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed for --sample (default %(default)s)")
     add_threads_arg(p)
     p.set_defaults(func=cmd_caption)
 

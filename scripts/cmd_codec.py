@@ -491,7 +491,7 @@ def _register_compress(sub: argparse._SubParsersAction) -> None:
                       help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
     rate.add_argument("--psnr", type=finite_float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
     p.add_argument("--scale", type=finite_float, default=1.0, metavar="S",
-                   help="downscale by S in (0, 1] before coding (resized back on decode; default 1)")
+                   help="downscale by S in (0, 1] before coding (resized back on decode; default %(default)g)")
     _entropy_flags(p)
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")
     _resume_or_force(p, "outputs")

@@ -82,14 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Render the built-in captioned shapes dataset (one shape of a colour, size "
                                         "and position on a plain background) into OUT/train and OUT/val.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets train/ and val/)")
-    p.add_argument("--size", type=int, default=32, help=f"image side in px, 8..{MAX_SIZE} (default 32)")
-    p.add_argument("--train", type=int, default=20000, metavar="N", help="training images (default 20000)")
-    p.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default 1000)")
-    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
-    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
+    p.add_argument("--size", type=int, default=32, help=f"image side in px, 8..{MAX_SIZE} (default %(default)s)")
+    p.add_argument("--train", type=int, default=20000, metavar="N", help="training images (default %(default)s)")
+    p.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default %(default)s)")
     p.add_argument("--holdout-combos", type=finite_float, default=0.0, metavar="F",
                    help="fraction in [0, 1) of (color, shape, position) combos kept out of train and used only in "
-                        "val (default 0)")
+                        "val (default %(default)g)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shapes)
@@ -102,12 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (gets train/ and, with "
                                                                "--val-fraction, val/)")
     p.add_argument("--size", type=int, default=256, help=f"square side after resize + centre crop, 8..{MAX_SIZE} "
-                                                         "(default 256)")
-    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default 5000)")
+                                                         "(default %(default)s)")
+    p.add_argument("--shard-size", type=int, default=5000, metavar="N", help="samples per shard (default %(default)s)")
     p.add_argument("--val-fraction", type=finite_float, default=0.0, metavar="F",
-                   help="fraction in [0, 1) of the files (by file-name hash) written to val/ (default 0)")
+                   help="fraction in [0, 1) of the files (by file-name hash) written to val/ (default %(default)g)")
     p.add_argument("--format", choices=["png", "jpg"], default="png",
-                   help="how images are stored in the shards (default png)")
+                   help="how images are stored in the shards (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder (never SRC)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_images)

@@ -21,7 +21,7 @@ def add_fid_args(p: argparse.ArgumentParser, ref_help: str) -> None:
     p.add_argument("--fid-weights", metavar="FILE", help="the FID Inception weights file "
                    "(weights-inception-2015-12-05-6726825d.pth; default: the torch hub cache)")
     p.add_argument("--fid-precision", choices=("float64", "float32"), default="float64",
-                   help="arithmetic inside the Inception (default float64, as TiTok's evaluator)")
+                   help="arithmetic inside the Inception (default %(default)s, as TiTok's evaluator)")
     p.add_argument("--fid-ref", metavar="REF", help=ref_help)
     p.add_argument("--fid-stats-out", metavar="NPZ", help="save the reference set's FID statistics here for reuse")
 
@@ -103,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "or a folder of image files")
     p.add_argument("--json", metavar="FILE", help="also write the numbers and their protocol to this JSON file")
     p.add_argument("--force", action="store_true", help="replace an existing --json / --fid-stats-out file")
-    p.add_argument("--batch-size", type=int, default=250, metavar="B", help="images per forward pass (default 250)")
+    p.add_argument("--batch-size", type=int, default=250, metavar="B", help="images per forward pass (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate at most N images (default: all)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_fid_args(p, "FID statistics (.npz, from --fid-stats-out) of exactly these originals, to skip their features")
@@ -111,5 +111,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "(default: L only; all = 1, 2, 4, ..., L)")
     p.add_argument("--lpips-weights", metavar="FILE", help="the torchvision backbone for LPIPS (default: the torch "
                                                            "hub cache; skipped with a note when absent)")
-    p.add_argument("--lpips-net", choices=("alex", "vgg", "none"), default="alex", help="LPIPS backbone (default alex)")
+    p.add_argument("--lpips-net", choices=("alex", "vgg", "none"), default="alex", help="LPIPS backbone (default %(default)s)")
     p.set_defaults(func=_run)

@@ -232,11 +232,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "model)")
     p.add_argument("--data", required=True, metavar="DATA", help="val image shards, a dataset root, or a token folder")
     p.add_argument("--n", type=int, default=300, metavar="N", help="val images to caption (and, on unlabelled data, "
-                                                                 "val captions to draw) (default 300)")
+                                                                 "val captions to draw) (default %(default)s)")
     p.add_argument("--judge", metavar="DIR", help="the judge classifier for labelled data (onetok judge train; "
                                                  "default: the built-in CIFAR-10 judge)")
     p.add_argument("--per-class", type=int, default=100, metavar="N",
-                   help="labelled data: samples per class and template (default 100)")
+                   help="labelled data: samples per class and template (default %(default)s)")
     p.add_argument("--template", action="append", metavar="TEXT",
                    help="labelled data: a prompt template with {label} (repeatable; default 'a photo of a {label}' "
                         "and '{label}')")
@@ -246,7 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "each template here")
     add_sampling_args(p)
     p.add_argument("--sjd", action="store_true", help="sample with speculative Jacobi decoding (same distribution)")
-    p.add_argument("--batch-size", type=int, default=100, metavar="B", help="prompts sampled together (default 100)")
+    p.add_argument("--batch-size", type=int, default=100, metavar="B", help="prompts sampled together (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the full report as JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --json / --grids / --fid-stats-out")
     add_fid_args(p, "the gFID reference: an .npz of FID statistics (--fid-stats-out), image shards or a folder of "

@@ -107,8 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default jpeg,webp,avif)")
     _entropy_flags(p)
     p.add_argument("--compare-bpp", type=finite_float, default=0.1, metavar="B",
-                   help="target of the equal-bytes picture of the first image (default 0.1)")
-    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default 0 = all)")
+                   help="target of the equal-bytes picture of the first image (default %(default)g)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default %(default)s = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval_compression)

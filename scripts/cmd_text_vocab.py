@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, required=True, help="vocabulary size in pieces (256 byte pieces included)")
     p.add_argument("--out", required=True, help="output folder (gets text_vocab.model)")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe",
-                   help="sentencepiece model type (default bpe)")
+                   help="sentencepiece model type (default %(default)s)")
     p.add_argument("--max-captions", type=int, default=None, help="read at most this many captions")
     p.add_argument("--templates", default=None, metavar="CONFIG",
                    help="also train on every caption these caption templates make for the shards' labels (a YAML "

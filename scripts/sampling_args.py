@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from onetok.fileio import UserError
+from onetok.sampling_defaults import CFG_SCALE, TEMPERATURE
 from onetok.scripts.arg_types import finite_float, seed
 
 
@@ -40,17 +41,16 @@ def sampling_settings(args: argparse.Namespace, recommended=None):
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    # the defaults named here are ar_model.generate.DEFAULT_SETTINGS, which a model exported with its own
-    # recommended settings replaces (not imported: the parser must stay torch-free)
-    p.add_argument("--cfg", type=finite_float, default=None, metavar="S",
-                   help="classifier-free guidance scale, >= 0 (default: the model's, else 2; 1 = off, 0 = unconditional)")
+    # the library default (ar_model.generate.DEFAULT_SETTINGS) is built from onetok.sampling_defaults, torch-free
+    p.add_argument("--cfg", type=finite_float, default=None, metavar="S", help="classifier-free guidance scale, >= 0 "
+                   f"(default: the model's, else {CFG_SCALE:g}; 1 = off, 0 = unconditional)")
     p.add_argument("--temperature", type=finite_float, default=None, metavar="T", help="sampling temperature, >= 0 "
-                                                                                 "(default: the model's, else 0.7; 0 = greedy)")
+                   f"(default: the model's, else {TEMPERATURE:g}; 0 = greedy)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="keep the K most likely codes (default: all; 0 = all)")
     p.add_argument("--top-p", type=finite_float, default=None, metavar="P", help="nucleus sampling mass in (0, 1] "
                                                                            "(default: off)")
-    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0); prompt i draws with seed + i")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default %(default)s); prompt i draws with seed + i")
     p.add_argument("--image-tokens", type=int, default=None, metavar="K",
                    help="draw only the first K of the tokenizer's L tokens per image (coarser images; default L)")
 

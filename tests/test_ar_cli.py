@@ -148,14 +148,6 @@ def test_eval_ar_reports_holdout(tmp_path):
     assert report["text_to_image"]["holdout"]["n"] == 6 and report["image_to_text"]["holdout"]["n"] == 6
 
 
-def test_sampling_help_names_the_default_settings(capsys):
-    assert main(["sample", "--help"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert f"(default: the model's, else {DEFAULT_SETTINGS.cfg_scale:g}; 1 = off" in text
-    assert f"(default: the model's, else {DEFAULT_SETTINGS.temperature:g};" in text
-    assert "--chains" not in text  # one draft chain only (docs/sjd.md)
-
-
 def test_no_sjd_chains_option():
     """Multi-chain SJD was removed (it lost to one chain in wall clock in every measured case: docs/sjd.md)."""
     from onetok.scripts.cli import build_parser
