@@ -54,6 +54,7 @@ def tiny_overrides(config: Path, data: TinyData, gan: bool = False) -> list[str]
     if system == "TokenizerSystem":
         size = 32 if gan else 16  # the PatchGAN needs 32 px
         return ["--model.init_args.preset=tiny", f'--model.init_args.config={{"image_size": {size}}}',
+                "--model.init_args.init_from=null",  # a start tokenizer of the config's own size is not tiny
                 f"--data.init_args.train_shards={data.shapes / 'train'}",
                 f"--data.init_args.val_shards={data.shapes / 'val'}", f"--data.init_args.image_size={size}",
                 "--data.init_args.batch_size=8", "--data.init_args.val_batch_size=20", "--data.init_args.num_workers=0",

@@ -64,9 +64,14 @@ class TokenizerSystem(pl.LightningModule):
         disc_lr: float | None = None,
         grid_images: int = 8,
         matmul_precision: str | None = "high",
+        init_from: str | None = None,
+        train_decoder_only: bool = False,
     ):
         """`preset` names a size in `onetok.tokenizers.model.PRESETS`; `config` replaces some of its fields (or, with
-        preset=None, is the whole TokenizerConfig). `perceptual_net` is a local TorchScript feature network file."""
+        preset=None, is the whole TokenizerConfig). `perceptual_net` is a local TorchScript feature network file.
+        `init_from`: a tokenizer folder whose weights start the run (a decoder part whose shape changed starts fresh);
+        `train_decoder_only`: the encoder and quantizer stay frozen (eval mode, so every image keeps its ids) and
+        only the decoder learns: a sharper decoder for ids a unified model was already trained on."""
         super().__init__()
         if isinstance(config, TokenizerConfig):
             config = config.to_dict()
@@ -76,6 +81,11 @@ class TokenizerSystem(pl.LightningModule):
         cfg = resolve_config(preset, config)
         self.automatic_optimization = False  # the optional GAN alternates two optimizers
         self.model = Tokenizer(cfg)
+        if init_from is not None:
+            load_start_weights(self.model, init_from)
+        self.train_decoder_only = train_decoder_only
+        if train_decoder_only:
+            frozen_parts(self.model).requires_grad_(False)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay > 0 else None
         feature_net = torch.jit.load(perceptual_net, map_location="cpu") if perceptual_net else None
         self.loss = TokenizerLoss(recon_loss, recon_weight, quantizer_weight, perceptual_weight, feature_net,
@@ -95,6 +105,12 @@ class TokenizerSystem(pl.LightningModule):
         return self.model(images, keep)
 
     # ---- training ---------------------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.train_decoder_only:  # frozen statistics too (the latent BatchNorm): the ids must not move
+            frozen_parts(self.model).eval()
+        return self
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer, "TokenizerSystem")
@@ -254,3 +270,21 @@ def export_checkpoint(ckpt: dict, out_dir: str | Path, force: bool = False, inpu
         domain.record_trained_on(folder, domain.describe_training(ckpt))  # for `compress`'s far-off-input note
 
     return export_folder(out_dir, write, force, inputs)
+
+
+def frozen_parts(model: Tokenizer) -> torch.nn.ModuleList:
+    """What `train_decoder_only` freezes: everything that decides an image's ids."""
+    return torch.nn.ModuleList([model.encoder, model.quantizer])
+
+
+def load_start_weights(model: Tokenizer, folder: str) -> None:
+    """Copy a tokenizer folder's weights into `model`; only decoder tensors may be missing or change shape (they
+    keep their fresh initialisation), so the ids of the start tokenizer are kept."""
+    state = Tokenizer.from_pretrained(folder).state_dict()
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    fresh = [k for k in own if k not in usable]
+    if any(not k.startswith("decoder.") for k in fresh):
+        raise ValueError(f"{folder}: its encoder or quantizer does not match this config "
+                         f"({', '.join(k for k in fresh if not k.startswith('decoder.'))[:200]})")
+    model.load_state_dict(usable, strict=False)
