@@ -101,4 +101,6 @@ def test_unified_model_trains_and_samples_with_sentencepiece(shapes, tmp_path):
     assert isinstance(model.vocab.text, SentencePieceText) and model.vocab.text.size == 300
     result = model.generate_images([PROMPT, "an unseen prompt ✓"], n_per_prompt=1)
     assert result.images.shape == (2, 3, 16, 16)
-    assert all(isinstance(c, str) for c in model.caption(result.images))
+    captions = model.caption(result.images)  # greedy: fixed by the folder's weights and sentencepiece model
+    assert UnifiedModel.from_pretrained(tmp_path / "unified").caption(result.images) == captions
+    assert all(model.vocab.text.decode(model.vocab.text.encode(c)) == c for c in captions)  # this vocabulary's text
