@@ -52,6 +52,7 @@ def test_temperature_top_k_top_p_semantics():
         SamplingSettings(top_p=0.0)
 
 
+@pytest.mark.slow
 def test_sample_from_logits_follows_the_distribution():
     processed = torch.log(torch.tensor([0.5, 0.25, 0.25, 0.0])).expand(20000, 4)
     draws = sample_from_logits(processed, torch.Generator().manual_seed(1))

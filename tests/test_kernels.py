@@ -403,6 +403,7 @@ def test_inverse_cdf_matches_a_loop():
         assert got[row].item() == want
 
 
+@pytest.mark.slow
 def test_sjd_output_marginal_is_the_target():
     """Lossless: the token emitted at each position is distributed as p at that position, whatever q."""
     B, W, V = 40000, 2, 6

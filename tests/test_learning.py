@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+pytestmark = pytest.mark.slow  # training runs: in `make test`, not in the quick `-m "not slow"`
 BROKEN = [False, True]
 
 

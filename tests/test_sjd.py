@@ -97,6 +97,7 @@ SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("settings", "sjd_kwargs"), SETTINGS)
 def test_sjd_and_plain_sampling_both_match_the_exact_law(model, settings, sjd_kwargs):
     plain, limit = statistic(model, generate_image_tokens, settings, seed=1)
@@ -118,6 +119,7 @@ def resample_from_p(logits, draft_ids, draft_probs, u_accept, u_sample, backend=
     return reference.SJDVerifyResult(n, reference.inverse_cdf(p_n, u_sample))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", [always_accept, resample_from_p])
 def test_a_broken_acceptance_rule_fails_the_same_test(model, monkeypatch, broken):
     monkeypatch.setattr(sjd_module, "sjd_verify", broken)
