@@ -249,6 +249,27 @@ def accuracy(model: ImageClassifier, images: torch.Tensor, targets: torch.Tensor
     return correct / len(images)
 
 
+class ReconstructionAccuracy(NamedTuple):
+    accuracy: float  # top-1 on the tokenizer's reconstructions at all L tokens, saved as 8-bit
+    psnr_db: float  # their mean PSNR against the originals
+
+
+@torch.no_grad()
+def reconstruction_accuracy(model: ImageClassifier, tokenizer, images: torch.Tensor, targets: torch.Tensor,
+                            batch_size: int = 250) -> ReconstructionAccuracy:
+    """The judge's accuracy on `tokenizer`'s reconstructions of uint8 images (N, 3, S, S), and their mean PSNR."""
+    from onetok.data.pixels import as_saved
+    from onetok.metrics import psnr
+
+    recs, psnr_sum = [], 0.0
+    for start in range(0, len(images), batch_size):
+        batch = to_float(images[start : start + batch_size])
+        rec = as_saved(tokenizer.decode(tokenizer.encode(batch)))  # as a saved PNG
+        psnr_sum += float(psnr(rec, batch).sum())
+        recs.append(rec)
+    return ReconstructionAccuracy(accuracy(model, torch.cat(recs), targets), psnr_sum / len(images))
+
+
 def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
     warm = max(1, math.ceil(settings.warmup_fraction * total))
     if step < warm:

@@ -20,7 +20,6 @@ from onetok.fileio import (
     UserError,
     check_replaceable_dir,
     load_error,
-    png_info,
     staged_dir,
 )
 from onetok.sampling_defaults import SJD_WINDOW
@@ -153,14 +152,6 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _save_png(image, path: Path) -> None:
-    """float (3, S, S) in [0, 1] -> PNG."""
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()  # (S, S, 3)
-    Image.fromarray(array).save(path, pnginfo=png_info())
-
-
 def _check_sample_args(args: argparse.Namespace) -> list[str]:
     """Every flag and path of `sample` that needs no model; the prompts."""
     args.model = model_arg(args.model)
@@ -180,33 +171,11 @@ def _check_sample_args(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def _jsonl_line(args, model, settings, name: str, prompt: str, seed: int, j: int, batch: int, result,
-                seconds: float) -> str:
-    return json.dumps({
-        "file": name, "prompt": prompt, "seed": seed, "index_in_batch": j, "batch_size": batch,
-        "settings": {"temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
-                     "cfg": settings.cfg_scale, "image_tokens": args.image_tokens or model.tokenizer.num_latent_tokens,
-                     "sjd": args.sjd, "window": (args.window or SJD_WINDOW) if args.sjd else None},
-        "forward_passes": result.forward_passes, "seconds": round(seconds, 4),
-    }) + "\n"
-
-
-def _batches(prompts: list[str], n: int, size: int, seed: int):
-    """(prompt, seed, count) per batch: each prompt's n images in batches of at most `size`; batch b of prompt i
-    draws with seed + i + b * len(prompts), so a run with n <= size uses seed + i as before."""
-    for i, prompt in enumerate(prompts):
-        for b, start in enumerate(range(0, n, size)):
-            yield prompt, seed + i + b * len(prompts), min(size, n - start)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     prompts = _check_sample_args(args)
     model = _load_model(args.model, args.threads)
-    import torch
-    from torchvision.utils import make_grid
-
+    from onetok.ar_model.sample_folder import SampleRun, write_samples
     from onetok.scripts.progress import progress
-    from onetok.timing import Stopwatch
 
     settings = sampling_settings(args, model.settings)
     check_image_tokens(model, args.image_tokens)
@@ -216,32 +185,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if unknown:
             print(f"warning: prompt {prompt!r}: {', '.join(unknown)}: not seen in training, drawing anyway",
                   file=sys.stderr)
-    out = Path(args.out)
-    grid, written, passes, seconds = [], 0, 0, 0.0  # the grid keeps the first GRID_IMAGES images only
-    inputs = [args.model, args.prompts_file]
-    with (staged_dir(out, args.force, inputs) as tmp, open(tmp / "samples.jsonl", "w") as jsonl,
+    run = SampleRun(args.n, args.batch_size, settings, args.image_tokens, args.seed, args.sjd, args.window or SJD_WINDOW)
+    with (staged_dir(args.out, args.force, [args.model, args.prompts_file]) as tmp,
           progress(args.n * len(prompts), "sample", quiet=args.quiet) as bar):
-        for prompt, seed, count in _batches(prompts, args.n, args.batch_size, args.seed):
-            with Stopwatch(model.device) as watch:
-                result = model.generate_images([prompt], count, settings, args.image_tokens, seed, sjd=args.sjd,
-                                               window=args.window or SJD_WINDOW)
-            for j, image in enumerate(result.images):
-                name = f"{written:0{max(3, len(str(args.n * len(prompts) - 1)))}d}.png"
-                _save_png(image, tmp / name)
-                jsonl.write(_jsonl_line(args, model, settings, name, prompt, seed, j, count, result, watch.seconds))
-                if len(grid) < GRID_IMAGES:
-                    grid.append(image.cpu())
-                written += 1
-            passes, seconds = passes + result.forward_passes, seconds + watch.seconds
-            bar.update(count)
-        columns = args.n if len(prompts) > 1 and args.n <= 16 else min(written, 8)
-        _save_png(make_grid(torch.stack(grid), nrow=columns, padding=2), tmp / "grid.png")
-    print(f"wrote {written} images for {len(prompts)} prompt(s) to {out} ({passes} forward passes, "
-          f"{seconds:.2f}s{' with SJD' if args.sjd else ''})")
+        summary = write_samples(model, prompts, run, tmp, bar.update)
+    print(f"wrote {summary.written} images for {len(prompts)} prompt(s) to {args.out} ({summary.forward_passes} "
+          f"forward passes, {summary.seconds:.2f}s{' with SJD' if args.sjd else ''})")
     return 0
-
-
-GRID_IMAGES = 64
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -252,10 +202,8 @@ GRID_IMAGES = 64
 def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str]):
     """(readable paths, (B, 3, S, S) float images in [0, 1] or None), read by the one image loader and resized (short
     side) + centre-cropped; an unreadable image is an error when `strict`, else listed in `skipped`."""
-    import numpy as np
-    import torch
-
     from onetok.data.images import ImageReadError, load_image
+    from onetok.data.pixels import from_hwc
     from onetok.data.shards import resize_center_crop
 
     readable, arrays = [], []
@@ -271,10 +219,8 @@ def _caption_inputs(paths: list[str], size: int, strict: bool, skipped: list[str
             print(f"note: {path}: {note}", file=sys.stderr)
         image = loaded.image if loaded.image.size == (size, size) else resize_center_crop(loaded.image, size)
         readable.append(path)
-        arrays.append(np.asarray(image, dtype=np.uint8))
-    if not arrays:
-        return readable, None
-    return readable, torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+        arrays.append(image)
+    return readable, (from_hwc(arrays) if arrays else None)  # (B, 3, S, S)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -305,10 +251,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
 def _far_outside(model, model_dir: str, path: str, image) -> bool:
     """Note (once per run) that an image lies far outside what the model's tokenizer was trained on, as `compress`
     does: its caption then says what the model knows, not what the picture shows. True when noted."""
+    from onetok.data.pixels import to_hwc
     from onetok.tokenizers import domain
 
     ids = model.tokenizer.encode(image.to(model.device)).cpu().numpy()  # (1, L)
-    tiles = (image * 255).round().byte().permute(0, 2, 3, 1).numpy()  # (1, S, S, 3)
+    tiles = to_hwc(image)  # (1, S, S, 3)
     psnr = domain.full_length_psnr(model.tokenizer, tiles, ids)
     if psnr >= domain.FAR_PSNR_DB:
         return False

@@ -44,11 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     size = C.PRESETS[args.preset]["image_size"]
     start = time.time()
-    try:
-        train = C.load_labelled(train_spec, size, limit=args.limit)
-        val = C.load_labelled(val_spec, size, labels=train.labels)
-    except (OSError, ValueError) as err:
-        raise UserError(str(err)) from None
+    train = C.load_labelled(train_spec, size, limit=args.limit)  # OSError / ValueError name the shards
+    val = C.load_labelled(val_spec, size, labels=train.labels)
     print(f"{len(train.images)} train / {len(val.images)} val images, {len(train.labels)} classes "
           f"({time.time() - start:.0f}s to read)", file=sys.stderr)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
@@ -67,24 +64,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def reconstruction_accuracy(model, tokenizer, images, targets, batch_size: int = 250) -> tuple[float, float]:
-    """(accuracy on the tokenizer's reconstructions at all L tokens, their mean PSNR in dB) of uint8 images."""
-    import torch
-
-    from onetok.ar_model.classifier import accuracy
-    from onetok.metrics import psnr
-
-    recs, psnr_sum = [], 0.0
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].float() / 255
-            rec = tokenizer.decode(tokenizer.encode(batch)).clamp(0, 1)
-            rec = (rec * 255).round() / 255  # as a saved PNG
-            psnr_sum += float(psnr(rec, batch).sum())
-            recs.append(rec)
-    return accuracy(model, torch.cat(recs), targets), psnr_sum / len(images)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from onetok.ar_model.classifier import is_classifier_dir
 
@@ -94,13 +73,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.tokenizer and not (Path(args.tokenizer) / "config.json").is_file():
         raise UserError(f"{args.tokenizer}: not a tokenizer directory")
     use_threads(args.threads)
-    from onetok.ar_model.classifier import ImageClassifier, accuracy, load_labelled
+    from onetok.ar_model.classifier import ImageClassifier, accuracy, load_labelled, reconstruction_accuracy
 
     model = ImageClassifier.from_pretrained(args.judge)
-    try:
-        data = load_labelled(args.data, model.config.image_size, labels=model.labels, limit=args.limit)
-    except (OSError, ValueError) as err:
-        raise UserError(str(err)) from None
+    data = load_labelled(args.data, model.config.image_size, labels=model.labels, limit=args.limit)
     print(f"accuracy {100 * accuracy(model, data.images, data.targets):.2f}% on {len(data.images)} images")
     if args.tokenizer:
         from onetok.tokenizers import Tokenizer
