@@ -1,6 +1,7 @@
 """The one image loader: a file on disk -> an 8-bit RGB PIL image as it is displayed, plus notes on what changed.
 
-Every command that reads a user's image goes through `load_image`, so the same file always gives the same pixels:
+Every command that reads a user's image goes through `load_image`, and the shard reader (`data/shards.py`) decodes
+its members through `decode_image_bytes`, so the same picture always gives the same pixels:
 
 - EXIF orientation is applied (the picture as a viewer shows it);
 - grayscale (`L`, `1`), palette (`P`), CMYK and YCbCr images are converted to RGB;
@@ -14,6 +15,7 @@ Every command that reads a user's image goes through `load_image`, so the same f
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -78,14 +80,22 @@ def to_rgb(image: Image.Image) -> LoadedImage:
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read `path` fully into an 8-bit RGB image (see the module docstring); `ImageReadError` otherwise."""
-    path = Path(path)
+    return _read(Path(path), str(path), max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """The same for an image file's bytes (e.g. a shard member); `name` says where they came from in errors."""
+    return _read(io.BytesIO(data), name, max_pixels)
+
+
+def _read(source: Path | io.BytesIO, name: str, max_pixels: int) -> LoadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise ImageReadError(f"{path}: {width}x{height} px is more than the {max_pixels:,} pixels "
+                    raise ImageReadError(f"{name}: {width}x{height} px is more than the {max_pixels:,} pixels "
                                          f"allowed (a decompression bomb?)")
                 frames = getattr(im, "n_frames", 1)
                 im.seek(0)
@@ -94,9 +104,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageReadError(f"{path}: too many pixels ({err})".split("\n")[0]) from None
+        raise ImageReadError(f"{name}: too many pixels ({err})".split("\n")[0]) from None
     except Exception as err:  # noqa: BLE001 - Pillow plugins raise many types for corrupt data
-        raise ImageReadError(f"{path}: not a readable image ({type(err).__name__}: {err})".split("\n")[0]) from None
+        raise ImageReadError(f"{name}: not a readable image ({type(err).__name__}: {err})".split("\n")[0]) from None
     if frames > 1:
         loaded = LoadedImage(loaded.image, loaded.notes + (f"first of {frames} frames coded, the others dropped",))
     return loaded

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from onetok.data.images import decode_image_bytes
+
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 SHARD_PATTERNS = ("*.tar", "*.tar.gz")  # what a folder of shards is globbed for
 
@@ -101,11 +103,10 @@ def expand_shards(spec: str | os.PathLike | list) -> list[str]:
     return [spec]
 
 
-def decode_image(data: bytes, size: int | None = None) -> Image.Image:
-    """Decode image bytes to RGB, resizing the short side to `size` and centre-cropping a square (if `size`)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        image = im.convert("RGB")
+def decode_image(data: bytes, size: int | None = None, name: str = "image") -> Image.Image:
+    """Decode image bytes to 8-bit RGB as displayed, by the one image loader (`onetok.data.images`: EXIF orientation,
+    alpha on white, 16-bit scaled), then resize the short side to `size` and centre-crop a square (if `size`)."""
+    image = decode_image_bytes(data, name).image
     if size is not None and image.size != (size, size):
         image = resize_center_crop(image, size)
     return image
@@ -131,7 +132,7 @@ def sample_from_files(key: str, files: dict[str, bytes], size: int | None = None
         raise ValueError(f"sample {key}: no image ({'/'.join(IMAGE_EXTENSIONS)})")
     caption = files["txt"].decode("utf-8").strip() if "txt" in files else None
     meta = json.loads(files["json"]) if "json" in files else {}
-    return {"key": key, "image": decode_image(files[ext], size), "caption": caption, "json": meta}
+    return {"key": key, "image": decode_image(files[ext], size, f"sample {key}"), "caption": caption, "json": meta}
 
 
 def iter_raw_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:

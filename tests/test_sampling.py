@@ -182,3 +182,13 @@ def test_resumable_loader_skips_trained_batches():
     assert [b.tolist() for b in resumed] == full[2:]
     assert [b.tolist() for b in resumed] != full  # epoch 1: a new permutation, from its start
     random.seed(0)
+
+
+def test_rank_world_reads_the_trainer():
+    from types import SimpleNamespace
+
+    from onetok.distributed import rank_world
+
+    assert rank_world(None) == (0, 1)
+    assert rank_world(SimpleNamespace(global_rank=2, world_size=3)) == (2, 3)
+    assert rank_world(SimpleNamespace(global_rank=2, world_size=3)).world == 3
