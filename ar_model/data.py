@@ -44,7 +44,7 @@ from onetok.ar_model.tokenize import (
 )
 from onetok.ar_model.vocab import TEXT_KINDS, Vocab, text_vocab_from_spec
 from onetok.data.pixels import chw_uint8
-from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_skip
+from onetok.data.samplers import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_skip
 from onetok.data.shards import SkipCounter, expand_shards, iter_raw_samples, iter_samples, sample_from_files
 from onetok.distributed import rank_world
 

@@ -7,7 +7,7 @@ ranks and workers. Truncated shards and corrupt samples are skipped and counted,
 
 For small datasets (the built-in shapes) `in_memory=True` decodes the training split once into a uint8 tensor and
 serves it map-style, which is much faster on a 2-core machine; each rank takes its share of a seeded permutation
-(`onetok.data.sampling.RankSampler`) and a resumed run continues the epoch where its checkpoint left it. A
+(`onetok.data.samplers.RankSampler`) and a resumed run continues the epoch where its checkpoint left it. A
 resumed stream instead reshuffles: its seed includes the step it resumes from (it never replays the first batches).
 """
 
@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from onetok.data.pixels import chw_uint8, to_float, to_pil
-from onetok.data.sampling import RankSampler, ResumableLoader
+from onetok.data.samplers import RankSampler, ResumableLoader
 from onetok.data.shards import SkipCounter, expand_shards, iter_samples, resize_center_crop, sample_from_files
 from onetok.distributed import rank_world
 

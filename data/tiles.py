@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from onetok.data.datamodule import ShardErrorHandler, collate
 from onetok.data.images import ImageReadError, image_files, load_image
 from onetok.data.pixels import chw_uint8
-from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
+from onetok.data.samplers import EvalSampler, RankSampler, ResumableLoader
 from onetok.data.shards import expand_shards, sample_from_files
 from onetok.distributed import rank_world
 

@@ -7,7 +7,7 @@ kernel's launch costs more than the search; docs/kernels.md, "Which path runs").
 The Triton backend also runs on CPU tensors under ``TRITON_INTERPRET=1`` (set it before this package first
 launches a kernel; the tests do).
 
-The Triton implementations, `onetok.kernels.codebook` (nearest code) and `onetok.kernels.sjd` (SJD verify), import
+The Triton implementations, `onetok.kernels.codebook` (nearest code) and `onetok.kernels.sjd_triton` (SJD verify), import
 triton; they are loaded on first use -- a call that picks the Triton backend, or the attribute itself (a module
 `__getattr__`, PEP 562) -- so importing `onetok.kernels` is cheap and works without Triton.
 """
@@ -29,7 +29,7 @@ __all__ = ["TORCH_SEARCH_MAX_SCORES", "NearestCode", "SJDVerifyResult", "nearest
 
 BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
 _BACKENDS = ("triton", "torch")
-TRITON_MODULES = ("codebook", "sjd")
+TRITON_MODULES = ("codebook", "sjd_triton")
 # Searches of at most this many scores (rows of z × codes) run the torch search even on CUDA, unless a backend is
 # asked for. On an H200 (docs/benchmarks.md, 2026-11-29) the kernel lost to addmm+argmin at 4096 × 4096 = 2^24
 # scores (host-bound: 14 launches per call) and won at 32768 × 4096 = 2^27; 2^26 sits between the two. The prepared
@@ -118,6 +118,6 @@ def sjd_verify(
     draft distributions, u_accept (B, W) and u_sample (B,) uniforms in [0, 1). See `reference.sjd_verify`.
     """
     if resolve_backend(backend, logits) == "triton":
-        return __getattr__("sjd").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
+        return __getattr__("sjd_triton").sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
     return reference.sjd_verify(logits, draft_ids, draft_probs, u_accept, u_sample)
 

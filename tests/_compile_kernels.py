@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 codebook = importlib.import_module("onetok.kernels.codebook")
-sjd = importlib.import_module("onetok.kernels.sjd")
+sjd = importlib.import_module("onetok.kernels.sjd_triton")
 
 NEAREST_INTS = ["N", "K", "D", "codes_per_split", "n_bucket", "stride_zn", "stride_zd", "stride_cs", "stride_ck",
                 "stride_cd"]

@@ -12,7 +12,7 @@ from onetok.kernels import reference
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 tk_codebook = importlib.import_module("onetok.kernels.codebook")
-tk_sjd = importlib.import_module("onetok.kernels.sjd")
+tk_sjd = importlib.import_module("onetok.kernels.sjd_triton")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"  # where the Triton backend runs: compiled on CUDA, else the interpreter

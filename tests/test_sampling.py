@@ -12,7 +12,7 @@ from onetok.ar_model.sequence import T2I, SequenceBuilder, TextEncoder, fill_ima
 from onetok.ar_model.system import ARSystem
 from onetok.ar_model.tokenize import tokenize_dataset
 from onetok.ar_model.vocab import ByteText, Vocab
-from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_batches, worker_skip
+from onetok.data.samplers import EvalSampler, RankSampler, ResumableLoader, stream_pieces, worker_batches, worker_skip
 from onetok.data.shapes import write_shapes_dataset
 from onetok.tokenizers import Tokenizer, preset
 

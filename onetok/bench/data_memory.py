@@ -57,7 +57,7 @@ def read_one_epoch(folder: str, in_memory: bool, rank: int, world: int, workers:
 
     from onetok.ar_model.data import ARDataModule, TrainSequences
     from onetok.ar_model.sequence import Collate
-    from onetok.data.sampling import RankSampler
+    from onetok.data.samplers import RankSampler
 
     before = _peak_mb()[0]
     dm = ARDataModule(tokens=folder, text="bytes", in_memory=in_memory, batch_size=batch, shuffle_buffer=buffer,

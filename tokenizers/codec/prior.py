@@ -58,7 +58,7 @@ class PriorConfig:
         return dataclasses.asdict(self)
 
 
-class KVCache(NamedTuple):
+class PriorCache(NamedTuple):
     """Static-shape keys and values of the positions seen so far: per layer (B, H, P + L, D/H), filled up to
     `length[0]` (a one-element list, so steps can advance it)."""
 
@@ -130,19 +130,19 @@ class TilePrior(nn.Module):
 
     # ---- incremental inference (what the entropy coder runs) ----------------------------------------------------
 
-    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+    def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, PriorCache]:
         """context (B, 8) -> logits for id_0 (B, K) and the cache after <bos>."""
         c = self.config
         bos = torch.full_like(context[:, :1], c.bos)
         x = self.embed(torch.cat([context, bos], dim=1)) + self.pos[:, : c.prefix]  # (B, P, D)
         shape = (len(context), c.heads, c.prefix + c.num_tokens - 1, c.width // c.heads)
-        cache = KVCache([x.new_zeros(shape) for _ in self.blocks], [x.new_zeros(shape) for _ in self.blocks], [0])
+        cache = PriorCache([x.new_zeros(shape) for _ in self.blocks], [x.new_zeros(shape) for _ in self.blocks], [0])
         for i, block in enumerate(self.blocks):
             x = block(x, (cache.keys[i], cache.values[i]), 0)
         cache.length[0] = c.prefix
         return self.head(self.norm(x[:, -1])), cache
 
-    def step(self, ids: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+    def step(self, ids: torch.Tensor, cache: PriorCache) -> tuple[torch.Tensor, PriorCache]:
         """The previous id of each tile (B,) -> logits for the next one (B, K); the cache advances one position."""
         t = cache.length[0]
         x = self.embed(ids[:, None]) + self.pos[:, t:t + 1]  # (B, 1, D)

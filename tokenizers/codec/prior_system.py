@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from onetok.data.sampling import EvalSampler, RankSampler, ResumableLoader
+from onetok.data.samplers import EvalSampler, RankSampler, ResumableLoader
 from onetok.distributed import rank_world
 from onetok.optim import adamw_warmup_cosine
 from onetok.tokenizers.codec.prior import PRESETS, WAVEFRONT_MASK, PriorConfig, TilePrior, neighbour_ids
