@@ -339,3 +339,62 @@ def caption_prompts(model: UnifiedModel, items: EvalItems, judge: judges.ClassJu
         report.update(frechet=judges.frechet_distance(real.features, fake),
                       **judges.precision_recall(real.features, fake), real_images=len(real.features))
     return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The report as text
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, fmt: str = "{:.3f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def format_report(report: dict) -> str:
+    """The report's headline numbers (`onetok eval-ar`), one line each."""
+    lines = []
+    i2t, t2i = report["image_to_text"], report["text_to_image"]
+    line = f"image -> text  exact {_pct(i2t['exact'])}, word F1 {_num(i2t['word_f1'])} on {i2t['n']} images"
+    if "class_accuracy" in i2t:
+        line += f"; class accuracy {_pct(i2t['class_accuracy'])}"
+    lines.append(line)
+    if report.get("judge") == "shapes pixel parser":
+        lines.append(f"text -> image  exact {_pct(t2i['exact'])} on {t2i['n']} prompts  ("
+                     + ", ".join(f"{k} {_pct(v)}" for k, v in t2i["per_attribute"].items()) + ")")
+        if "holdout" in t2i:
+            lines.append(f"held-out combos: text -> image {_pct(t2i['holdout']['exact'])} on {t2i['holdout']['n']}, "
+                         f"image -> text {_pct(i2t['holdout']['exact'])} on {i2t['holdout']['n']}")
+    elif "real" in report:
+        if report["real"] is not None:
+            lines.append(f"judge accuracy on the real val images {_pct(report['real']['judge_accuracy'])} "
+                         f"({report['real']['n']} images)")
+        for template, r in t2i.items():
+            lines.append(f"text -> image  {template!r}: class fidelity {_pct(r['fidelity'])} on {r['n']} samples"
+                         + _distribution(r))
+        if "reconstructions" in report:
+            r = report["reconstructions"]
+            lines.append(f"reconstructions: judge accuracy {_pct(r['accuracy'])} on {r['n']} images" + _distribution(r))
+    elif "frechet" in t2i:
+        lines.append(f"text -> image  {t2i['n']} samples: Fréchet distance {_num(t2i['frechet'], '{:.2f}')}, "
+                     f"precision {_num(t2i['precision'])}, recall {_num(t2i['recall'])} (judge feature space)")
+    else:
+        lines.append(f"text -> image  {t2i['n']} samples drawn (no judge for this data: --judge DIR)")
+    if "gfid" in report:
+        g, score = report["gfid"], report["gfid"]["inception_score"]
+        lines.append(f"gFID {g['fid']:.2f} ({g['protocol']['fake_images']} samples vs {g['protocol']['reference']})"
+                     + ("" if score is None else f", Inception Score {score['mean']:.2f}"))
+    return "\n".join(lines)
+
+
+
+def _distribution(r: dict) -> str:
+    if "frechet" not in r:
+        return ""
+    text = f"; FD {r['frechet']:.2f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}"
+    if "diversity" in r and r["diversity"]["min_ratio"] is not None:
+        text += f", diversity (min over classes, vs real) {r['diversity']['min_ratio']:.2f}"
+    return text

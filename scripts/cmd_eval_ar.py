@@ -22,15 +22,6 @@ from onetok.fileio import UserError, atomic_write_json, check_replaceable_dir, c
 from onetok.scripts.devices import add_threads_arg, check_threads
 from onetok.scripts.sampling_args import add_sampling_args, check_image_tokens, check_sampling_flags, sampling_settings
 
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x, fmt: str = "{:.3f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # gFID (the FID Inception)
 # --------------------------------------------------------------------------------------------------------------------
@@ -166,7 +157,7 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
         report["gfid"] = _gfid_report(args, model, extractor, meter, reference, notes, inputs)
     report.update(model=str(args.model), data=str(args.data), seconds=round(time.time() - start, 1))
     grids = report.pop("grids", None)
-    print_report(report)
+    print(evaluate.format_report(report))
     print(f"settings: cfg {settings.cfg_scale}, temperature {settings.temperature}, top-k {settings.top_k}, "
           f"top-p {settings.top_p}, seed {args.seed}{', SJD' if args.sjd else ''}; {report['seconds']}s",
           file=sys.stderr)
@@ -175,49 +166,6 @@ def cmd_eval_ar(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, report, args.force, inputs)
     return 0
-
-
-def print_report(report: dict) -> None:
-    """The report's headline numbers, one line each."""
-    i2t, t2i = report["image_to_text"], report["text_to_image"]
-    line = f"image -> text  exact {_pct(i2t['exact'])}, word F1 {_num(i2t['word_f1'])} on {i2t['n']} images"
-    if "class_accuracy" in i2t:
-        line += f"; class accuracy {_pct(i2t['class_accuracy'])}"
-    print(line)
-    if report.get("judge") == "shapes pixel parser":
-        print(f"text -> image  exact {_pct(t2i['exact'])} on {t2i['n']} prompts  ("
-              + ", ".join(f"{k} {_pct(v)}" for k, v in t2i["per_attribute"].items()) + ")")
-        if "holdout" in t2i:
-            print(f"held-out combos: text -> image {_pct(t2i['holdout']['exact'])} on {t2i['holdout']['n']}, "
-                  f"image -> text {_pct(i2t['holdout']['exact'])} on {i2t['holdout']['n']}")
-    elif "real" in report:
-        if report["real"] is not None:
-            print(f"judge accuracy on the real val images {_pct(report['real']['judge_accuracy'])} "
-                  f"({report['real']['n']} images)")
-        for template, r in t2i.items():
-            print(f"text -> image  {template!r}: class fidelity {_pct(r['fidelity'])} on {r['n']} samples"
-                  + _distribution(r))
-        if "reconstructions" in report:
-            r = report["reconstructions"]
-            print(f"reconstructions: judge accuracy {_pct(r['accuracy'])} on {r['n']} images" + _distribution(r))
-    elif "frechet" in t2i:
-        print(f"text -> image  {t2i['n']} samples: Fréchet distance {_num(t2i['frechet'], '{:.2f}')}, "
-              f"precision {_num(t2i['precision'])}, recall {_num(t2i['recall'])} (judge feature space)")
-    else:
-        print(f"text -> image  {t2i['n']} samples drawn (no judge for this data: --judge DIR)")
-    if "gfid" in report:
-        g, score = report["gfid"], report["gfid"]["inception_score"]
-        print(f"gFID {g['fid']:.2f} ({g['protocol']['fake_images']} samples vs {g['protocol']['reference']})"
-              + ("" if score is None else f", Inception Score {score['mean']:.2f}"))
-
-
-def _distribution(r: dict) -> str:
-    if "frechet" not in r:
-        return ""
-    text = f"; FD {r['frechet']:.2f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}"
-    if "diversity" in r and r["diversity"]["min_ratio"] is not None:
-        text += f", diversity (min over classes, vs real) {r['diversity']['min_ratio']:.2f}"
-    return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
