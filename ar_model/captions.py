@@ -116,3 +116,61 @@ def templates_from_yaml(text: str, where: str = "") -> CaptionTemplates:
         raise ValueError(f"{where}: no caption templates (a mapping with `templates`, or an AR config with "
                          "data.init_args.captions)")
     return CaptionTemplates.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The captions of shards (`onetok text-vocab train`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def caption_shards(spec: str) -> list[str]:
+    """The shards to read captions from: a dataset root's or token folder's train/ split, or a shard spec
+    (FileNotFoundError naming `spec` when it matches none)."""
+    from pathlib import Path
+
+    from onetok.data.shards import expand_shards
+
+    root = Path(spec)
+    if root.is_dir() and (root / "train").is_dir():
+        root = root / "train"
+    paths = [p for p in expand_shards(str(root)) if Path(p).is_file()]
+    if not paths:
+        raise FileNotFoundError(2, "no shards found", spec)
+    return paths
+
+
+def iter_captions(paths: list[str], limit: int | None = None) -> Iterator[str]:
+    """The `txt` members of the shards, in order, at most `limit`; ValueError naming an unreadable shard."""
+    import tarfile
+
+    from onetok.data.shards import iter_raw_samples
+
+    n = 0
+    for path in paths:
+        try:
+            for _, files in iter_raw_samples(path):
+                if "txt" in files:
+                    yield files["txt"].decode("utf-8", errors="replace").strip()
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+        except (OSError, tarfile.TarError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable tar shard ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:200]})") from None
+
+
+def template_captions(paths: list[str], templates: CaptionTemplates) -> list[str]:
+    """Every caption `templates` make for the labels in the shards' `json` members."""
+    import json
+
+    from onetok.data.shards import iter_raw_samples
+
+    labels = set()
+    for path in paths:
+        for _, files in iter_raw_samples(path):
+            try:
+                label = templates.label(json.loads(files["json"])) if "json" in files else None
+            except ValueError:
+                label = None
+            labels.update([label] if label else [])
+    return list(templates.expand(labels))

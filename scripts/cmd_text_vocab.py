@@ -14,73 +14,29 @@ named in a warning); the AR checkpoint and the exported unified model carry a co
 from __future__ import annotations
 
 import argparse
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from onetok.fileio import UserError, check_replaceable_dir, staged_dir
 
 
-def caption_shards(spec: str) -> list[str]:
-    """The shards to read captions from: a dataset root's or token folder's train/ split, or a shard spec."""
-    from onetok.data.shards import expand_shards
-
-    root = Path(spec)
-    if root.is_dir() and (root / "train").is_dir():
-        root = root / "train"
-    paths = [p for p in expand_shards(str(root)) if Path(p).is_file()]
-    if not paths:
-        raise UserError(f"{spec}: no shards found")
-    return paths
-
-
-def iter_captions(paths: list[str], limit: int | None = None) -> Iterator[str]:
-    from onetok.data.shards import iter_raw_samples
-
-    n = 0
-    for path in paths:
-        try:
-            for _, files in iter_raw_samples(path):
-                if "txt" in files:
-                    yield files["txt"].decode("utf-8", errors="replace").strip()
-                    n += 1
-                    if limit is not None and n >= limit:
-                        return
-        except (OSError, tarfile.TarError, EOFError) as err:
-            raise UserError(f"{path}: not a readable tar shard ({type(err).__name__}: "
-                            f"{' '.join(str(err).split())[:200]})") from None
-
-
-def template_captions(paths: list[str], spec: str) -> list[str]:
-    """Every caption the caption templates of `spec` (a YAML file or a shipped config name) make for the labels in
-    the shards' `json` members."""
-    import json
-
+def _templates(spec: str):
+    """The caption templates of --templates (a YAML file or a shipped config name)."""
     from onetok.ar_model.captions import templates_from_yaml
-    from onetok.data.shards import iter_raw_samples
     from onetok.scripts.train_checks import resolve_config
 
     path = resolve_config(spec)
     try:
-        templates = templates_from_yaml(Path(path).read_text(encoding="utf-8"), spec)
+        return templates_from_yaml(Path(path).read_text(encoding="utf-8"), spec)
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"--templates {spec}: cannot read ({getattr(err, 'strerror', None) or err})") from None
     except Exception as err:  # noqa: BLE001 - YAML and template errors alike are the user's file
         raise UserError(f"--templates {spec}: {' '.join(str(err).split())[:200]}") from None
-    labels = set()
-    for path in paths:
-        for _, files in iter_raw_samples(path):
-            try:
-                label = templates.label(json.loads(files["json"])) if "json" in files else None
-            except ValueError:
-                label = None
-            labels.update([label] if label else [])
-    return list(templates.expand(labels))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from onetok.ar_model import captions
     from onetok.ar_model.vocab import SPM_FILE, train_sentencepiece
 
     if args.size < 258:
@@ -89,26 +45,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--max-captions {args.max_captions}: must be at least 1")
     out = Path(args.out)
     check_replaceable_dir(out, args.force, inputs=[args.captions])
-    paths = caption_shards(args.captions)
-    try:
-        with staged_dir(out, args.force, inputs=[args.captions]) as tmp:
-            captions = list(tqdm(iter_captions(paths, args.max_captions), desc="captions", unit="cap",
-                                 disable=args.quiet))
-            if args.templates:
-                captions += template_captions(paths, args.templates)
-            if not any(captions):
-                raise UserError(f"{args.captions}: no captions (txt members) found")
-            needed = 257 + len({ch for c in captions for ch in c})  # <unk>, 256 byte pieces, every character
-            if args.size < needed:
-                raise UserError(f"--size {args.size}: needs at least {needed} (<unk>, 256 byte pieces and the "
-                                f"captions' {needed - 257} characters) plus room for merges")
-            text = train_sentencepiece(captions, args.size, args.model_type)
-            text.save(tmp / SPM_FILE)
-    except (RuntimeError, ValueError) as err:  # sentencepiece refuses, e.g. a size the captions cannot fill
-        raise UserError(f"sentencepiece: {' '.join(str(err).split())[:300]}") from None
-    tokens = sum(len(text.encode(c)) for c in captions) / len(captions)
-    size = sum(len(c.encode("utf-8")) for c in captions) / len(captions)
-    print(f"wrote {out / SPM_FILE}: {args.model_type} vocabulary of {text.size} pieces from {len(captions)} captions; "
+    paths = captions.caption_shards(args.captions)
+    templates = _templates(args.templates) if args.templates else None
+    with staged_dir(out, args.force, inputs=[args.captions]) as tmp:
+        texts = list(tqdm(captions.iter_captions(paths, args.max_captions), desc="captions", unit="cap",
+                          disable=args.quiet))
+        if templates is not None:
+            texts += captions.template_captions(paths, templates)
+        if not any(texts):
+            raise UserError(f"{args.captions}: no captions (txt members) found")
+        needed = 257 + len({ch for c in texts for ch in c})  # <unk>, 256 byte pieces, every character
+        if args.size < needed:
+            raise UserError(f"--size {args.size}: needs at least {needed} (<unk>, 256 byte pieces and the "
+                            f"captions' {needed - 257} characters) plus room for merges")
+        try:
+            text = train_sentencepiece(texts, args.size, args.model_type)
+        except (RuntimeError, ValueError) as err:  # sentencepiece refuses, e.g. a size the captions cannot fill
+            raise UserError(f"sentencepiece: {' '.join(str(err).split())[:300]}") from None
+        text.save(tmp / SPM_FILE)
+    tokens = sum(len(text.encode(c)) for c in texts) / len(texts)
+    size = sum(len(c.encode("utf-8")) for c in texts) / len(texts)
+    print(f"wrote {out / SPM_FILE}: {args.model_type} vocabulary of {text.size} pieces from {len(texts)} captions; "
           f"mean {tokens:.1f} tokens per caption vs {size:.1f} bytes ({size / max(tokens, 1e-9):.2f} bytes a token)")
     return 0
 

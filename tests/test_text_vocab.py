@@ -34,7 +34,7 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def captions(root: Path) -> list[str]:
-    from onetok.scripts.cmd_text_vocab import caption_shards, iter_captions
+    from onetok.ar_model.captions import caption_shards, iter_captions
 
     return list(iter_captions(caption_shards(str(root / "shapes"))))
 
