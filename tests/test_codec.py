@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from onetok.data.pixels import from_hwc, to_hwc
 from onetok.metrics import ssim
 from onetok.tokenizers import PRESETS, Tokenizer
 from onetok.tokenizers.codec import codec as C
@@ -222,7 +223,7 @@ def test_fingerprint(tok, tmp_path):
 def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
     """A version-1 file decodes to exactly tok.decode(tok.encode(x, k)), and has the promised size."""
     images = [Image.fromarray(sq) for sq in squares]
-    x = C.to_tensor(squares)  # (3, 3, S, S)
+    x = from_hwc(squares)  # (3, 3, S, S)
     fp = fingerprint(tok)
     bits = otok.bits_per_id(tok.codebook_size)
     for k in range(1, tok.num_latent_tokens + 1):
@@ -232,7 +233,7 @@ def test_roundtrip_equals_tokenizer_for_every_k(tok, squares):
         f = otok.loads(data, fp)
         assert f.num_tokens == k
         decoded = C.Codec(tok).decompress(data)
-        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), C.to_uint8(expected))
+        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in decoded]), to_hwc(expected))
         single = otok.dumps(C.encode_squares(tok, images[:1], k))
         assert len(single) == 39 + math.ceil(k * bits / 8) + 4
     assert len({otok.dumps(C.encode_squares(tok, [im])) for im in images}) > 1  # the ids depend on the image

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from onetok.data.pixels import from_hwc, to_hwc
 from onetok.scripts.cli import main
 from onetok.tokenizers import PRESETS, Tokenizer
-from onetok.tokenizers.codec import codec as C
 from onetok.tokenizers.codec import format as otok
 
 
@@ -59,8 +59,8 @@ def test_roundtrip_matches_tokenizer(env, tmp_path, capsys, k):
     assert f"{size} bytes" in out and f"{8 * size / 256:.4f} bits per original pixel" in out
     assert _run(capsys, "decompress", "--tokenizer", env / "tok", tmp_path / "a.otok", "-o", tmp_path / "a.png")[0] == 0
     tok = Tokenizer.from_pretrained(env / "tok")
-    x = C.to_tensor([np.asarray(Image.open(env / "images" / "a.png"))])
-    expected = C.to_uint8(tok.decode(tok.encode(x, k)))[0]
+    x = from_hwc([np.asarray(Image.open(env / "images" / "a.png"))])
+    expected = to_hwc(tok.decode(tok.encode(x, k)))[0]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), expected)
 
 

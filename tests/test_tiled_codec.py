@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from onetok.data.images import load_image
+from onetok.data.pixels import from_hwc, to_hwc
 from onetok.tokenizers import PRESETS, Tokenizer
 from onetok.tokenizers.codec import codec as C
 from onetok.tokenizers.codec import format as otok
@@ -280,7 +281,7 @@ def test_image_roundtrip_is_exact(tok, packed, w, h, rate):
     if rate.scale == 1:
         tiles, grid = tiling.tile_image(np.asarray(image), tok.image_size)
         ids = torch.from_numpy(tiling.encode_tiles(tok, tiles))
-        want = np.concatenate([C.to_uint8(tok.decode(ids[i:i + 1, :k])) for i, k in enumerate(im.counts)])
+        want = np.concatenate([to_hwc(tok.decode(ids[i:i + 1, :k])) for i, k in enumerate(im.counts)])
         np.testing.assert_array_equal(np.asarray(decoded), tiling.untile(want, grid))
     if rate.tokens:
         assert (im.counts == rate.tokens).all()
@@ -300,7 +301,7 @@ def test_photo_sizes_roundtrip(tok, packed, w, h):
     cols = -(-w // T)
     last = len(im.counts) - 1  # the bottom-right tile: padded on both sides, cropped on decode
     ids = torch.from_numpy(np.asarray(im.ids).reshape(-1, 3)[[0, last]])
-    tiles = C.to_uint8(tok.decode(ids))  # (2, T, T, 3)
+    tiles = to_hwc(tok.decode(ids))  # (2, T, T, 3)
     out = np.asarray(decoded)
     np.testing.assert_array_equal(out[:T, :T], tiles[0])
     r, c = divmod(last, cols)
@@ -445,7 +446,7 @@ def test_postfilter_identity_strips_and_fingerprint(tmp_path):
     np.testing.assert_array_equal(tiling.refine(tok, image), image)  # a new filter is the identity
     with torch.no_grad():
         filt.body[-1].weight.normal_(0, 0.05)
-    whole = C.to_uint8(tok.refine(C.to_tensor([image])))[0]
+    whole = to_hwc(tok.refine(from_hwc([image])))[0]
     np.testing.assert_array_equal(tiling.refine(tok, image, rows=16), whole)  # strips with margins = whole image
     assert fingerprint(tok) != before
     tok.save_pretrained(tmp_path / "tok")

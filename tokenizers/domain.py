@@ -62,12 +62,12 @@ def record_trained_on(directory: str | os.PathLike, description: str | None) -> 
 
 def full_length_psnr(tokenizer, tiles: np.ndarray, ids: np.ndarray, sample: int = SAMPLE_TILES) -> float:
     """PSNR (dB) of up to `sample` tiles (N, T, T, 3) uint8, spread evenly, decoded from all their ids (N, L)."""
+    from onetok.metrics import pixel_psnr
     from onetok.tokenizers.codec import tiling
 
     pick = np.unique(np.linspace(0, len(tiles) - 1, min(sample, len(tiles))).round().astype(np.int64))
     decoded = tiling.decode_tiles(tokenizer, ids[pick], np.full(len(pick), ids.shape[1]))
-    mse = np.mean((tiles[pick].astype(np.float64) - decoded.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    return pixel_psnr(tiles[pick], decoded)
 
 
 def far_outside_note(path, psnr_db: float, num_tokens: int, trained_on: str | None) -> str | None:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from onetok.data.images import MAX_PIXELS
+from onetok.data.pixels import from_hwc, to_hwc
 from onetok.tokenizers.codec import entropy, tiling
 from onetok.tokenizers.codec import format as otok
 from onetok.tokenizers.codec import rate as rc
@@ -285,22 +286,12 @@ def restore_size(square: np.ndarray, width: int, height: int, fit: str) -> Image
     return Image.fromarray(np.pad(np.asarray(image), pads, mode="edge"))
 
 
-def to_tensor(squares: list[np.ndarray]) -> torch.Tensor:
-    """[(S, S, 3) uint8] -> (B, 3, S, S) float in [0, 1]."""
-    return torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, S, S) float in [0, 1] -> (B, S, S, 3) uint8, rounded."""
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def encode_squares(tokenizer, images: list[Image.Image], num_tokens: int | None = None, fit: str = "pad",
                    fp: bytes | None = None) -> otok.OtokFile:
     """A version-1 file: each image fitted to the tokenizer's square and encoded with k = num_tokens (default L)."""
     if fit not in otok.FITS:
         raise ValueError(f"fit must be one of {otok.FITS}, not {fit!r}")
-    x = to_tensor([fit_square(image, tokenizer.image_size, fit) for image in images])  # (B, 3, S, S)
+    x = from_hwc([fit_square(image, tokenizer.image_size, fit) for image in images])  # (B, 3, S, S)
     ids = tokenizer.encode(x, num_tokens).cpu().numpy().astype(np.int64)  # (B, k)
     fp = fingerprint(tokenizer) if fp is None else fp
     return otok.OtokFile(fp, tokenizer.codebook_size, tokenizer.image_size, fit, tuple(im.size for im in images), ids)
@@ -314,5 +305,5 @@ def decode_squares(tokenizer, f: otok.OtokFile) -> list[Image.Image]:
     if f.num_tokens > tokenizer.num_latent_tokens:
         raise otok.OtokError(f"file has {f.num_tokens} tokens per image, the tokenizer at most "
                               f"{tokenizer.num_latent_tokens}")
-    squares = to_uint8(tokenizer.decode(torch.from_numpy(f.ids)))  # (B, S, S, 3)
+    squares = to_hwc(tokenizer.decode(torch.from_numpy(f.ids)))  # (B, S, S, 3)
     return [restore_size(sq, w, h, f.fit) for sq, (w, h) in zip(squares, f.sizes)]

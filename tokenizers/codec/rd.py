@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, features
 
-from onetok.metrics import ssim
+from onetok.data.pixels import from_hwc
+from onetok.metrics import pixel_psnr, ssim
 from onetok.tokenizers.codebook_stats import token_counts
 from onetok.tokenizers.codec import format as otok
 from onetok.tokenizers.codec.codec import Analysis, Codec, RateControl
@@ -75,15 +75,13 @@ def pillow_codecs() -> tuple[str, ...]:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images of one shape (all pixels and channels), capped at PSNR_CAP."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 / mse)))
+    """PSNR in dB of two uint8 images of one shape (`onetok.metrics.pixel_psnr`), capped at PSNR_CAP."""
+    return min(PSNR_CAP, pixel_psnr(a, b))
 
 
 def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (`onetok.metrics.ssim`) of two (H, W, 3) uint8 images."""
-    to = lambda x: torch.from_numpy(x.astype(np.float32) / 255.0).permute(2, 0, 1)[None]  # noqa: E731 - (1, 3, H, W)
-    return float(ssim(to(a), to(b))[0])
+    return float(ssim(from_hwc(a), from_hwc(b))[0])
 
 
 def _row(name: str, codec_name: str, setting: float, data_bytes: int, original: np.ndarray,

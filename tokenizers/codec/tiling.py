@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from onetok.data.pixels import from_hwc, to_hwc
+
 BATCH = 256  # tiles per forward pass
 
 
@@ -60,16 +62,6 @@ def untile(tiles: np.ndarray, grid: TileGrid) -> np.ndarray:
     return np.ascontiguousarray(canvas[: grid.height, : grid.width])
 
 
-def _to_float(tiles: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(B, T, T, 3) uint8 -> (B, 3, T, T) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, T, T) float in [0, 1] -> (B, T, T, 3) uint8, rounded."""
-    return images.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _device(tokenizer) -> torch.device:
     return next(tokenizer.parameters()).device
 
@@ -77,7 +69,7 @@ def _device(tokenizer) -> torch.device:
 def encode_tiles(tokenizer, tiles: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """Tiles (N, T, T, 3) uint8 -> all L ids per tile (N, L) int64; any prefix is a valid coarser code."""
     device = _device(tokenizer)
-    out = [tokenizer.encode(_to_float(tiles[i:i + batch], device)).cpu() for i in range(0, len(tiles), batch)]
+    out = [tokenizer.encode(from_hwc(tiles[i:i + batch], device)).cpu() for i in range(0, len(tiles), batch)]
     return torch.cat(out).numpy().astype(np.int64)
 
 
@@ -89,7 +81,7 @@ def decode_tiles(tokenizer, ids: np.ndarray, counts: np.ndarray, batch: int = BA
     for i in range(0, len(counts), batch):
         chunk = torch.from_numpy(np.ascontiguousarray(ids[i:i + batch, :width])).to(device)
         keep = torch.from_numpy(counts[i:i + batch].astype(np.int64)).to(device)
-        out.append(_to_uint8(tokenizer.decode(chunk, keep)))
+        out.append(to_hwc(tokenizer.decode(chunk, keep)))
     return np.concatenate(out)
 
 
@@ -103,7 +95,7 @@ def refine(tokenizer, image: np.ndarray, rows: int = 256) -> np.ndarray:
     out = np.empty_like(image)
     for top in range(0, H, rows):
         lo, hi = max(0, top - reach), min(H, top + rows + reach)
-        strip = _to_float(image[None, lo:hi], device)  # (1, 3, h, W)
-        refined = _to_uint8(tokenizer.refine(strip, origin=(lo, 0)))[0]  # (h, W, 3)
+        strip = from_hwc(image[None, lo:hi], device)  # (1, 3, h, W)
+        refined = to_hwc(tokenizer.refine(strip, origin=(lo, 0)))[0]  # (h, W, 3)
         out[top:top + rows] = refined[top - lo: top - lo + min(rows, H - top)]
     return out
