@@ -31,9 +31,8 @@ BACKEND_ENV = "ONETOK_KERNEL_BACKEND"
 _BACKENDS = ("triton", "torch")
 TRITON_MODULES = ("codebook", "sjd_triton")
 # Searches of at most this many scores (rows of z × codes) run the torch search even on CUDA, unless a backend is
-# asked for. On an H200 (docs/benchmarks.md, 2026-11-29) the kernel lost to addmm+argmin at 4096 × 4096 = 2^24
-# scores (host-bound: 14 launches per call) and won at 32768 × 4096 = 2^27; 2^26 sits between the two. The prepared
-# codebook is cached now (fewer launches), so `make gpu-check` times both paths on either side of this value.
+# asked for: the value sits between the sizes where the kernel lost to addmm+argmin and where it won on an H200
+# (docs/benchmarks.md, "The GPU check on an H200"). `make gpu-check` times both paths on either side of it.
 TORCH_SEARCH_MAX_SCORES = 1 << 26
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 FAR_PSNR_DB = 16.0  # below this with all L tokens, the image is outside what the tokenizer learned
-SAMPLE_TILES = 16  # tiles decoded for the check, spread evenly over the image (a coarse test: 11 vs 25 dB)
+SAMPLE_TILES = 16  # tiles decoded for the check, spread evenly over the image (a coarse test)
 
 
 def read_trained_on(directory: str | os.PathLike) -> str | None:
