@@ -22,7 +22,7 @@ from onetok.fileio import UserError, check_replaceable_dir, staged_dir
 def _templates(spec: str):
     """The caption templates of --templates (a YAML file or a shipped config name)."""
     from onetok.ar_model.captions import templates_from_yaml
-    from onetok.scripts.train_checks import resolve_config
+    from onetok.train_checks import resolve_config
 
     path = resolve_config(spec)
     try:

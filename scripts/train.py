@@ -33,7 +33,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from onetok.scripts import train_checks
+from onetok import train_checks
 from onetok.scripts.devices import share_of_cores
 
 

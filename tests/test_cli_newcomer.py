@@ -494,7 +494,7 @@ def test_20_version(capsys):
 
 def test_20_configs_by_name_from_any_folder(tmp_path, monkeypatch):
     from onetok.fileio import UserError
-    from onetok.scripts.train_checks import CONFIG_DIR, resolve_config
+    from onetok.train_checks import CONFIG_DIR, resolve_config
 
     monkeypatch.chdir(tmp_path)
     assert Path(resolve_config("tokenizer/shapes")) == CONFIG_DIR / "tokenizer" / "shapes.yaml"

@@ -90,7 +90,7 @@ def test_every_training_line_is_accepted(argv, capsys, monkeypatch, tmp_path):
 def test_exports_read_where_the_training_runs_write():
     """`onetok export RUNS/.../last.ckpt` after `onetok-train fit --config NAME` in the same block: the checkpoint
     lies below that config's default_root_dir (issue 24: the README said lightning_logs/ of the working folder)."""
-    from onetok.scripts.train_checks import resolve_config
+    from onetok.train_checks import resolve_config
 
     checked = 0
     for block in blocks():

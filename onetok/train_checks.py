@@ -20,9 +20,11 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+import onetok.data
 from onetok.fileio import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # repo: configs/; installed: onetok/configs/
+# onetok.data is installed from its own folder (data/), which sits beside configs/ in the checkout and in an install
+CONFIG_DIR = Path(onetok.data.__file__).resolve().parents[1] / "configs"  # repo: configs/; installed: onetok/configs/
 
 
 # --------------------------------------------------------------------------------------------------------------------
