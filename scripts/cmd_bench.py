@@ -202,6 +202,7 @@ def benches() -> dict[str, Bench | None]:
         "kernels": Bench("nearest-code search and SJD verify vs torch baselines", _kernels_args, _kernels),
         "sjd": Bench("speculative Jacobi decoding vs plain sampling", _sjd_args, _sjd),
         "codec": _module_bench("onetok.scripts.bench_codec", "compress/decompress time of one photo vs Pillow's WebP"),
+        "portable-coder": _module_bench("onetok.scripts.bench_portable_coder", "the portable entropy coder vs the float coder"),
         "data": Bench("peak memory per rank of AR token data: in memory vs streamed", _data_args, _data),
         "startup": Bench("start-up of the onetok commands: error paths, caption, compress", _startup_args, _startup),
     }
