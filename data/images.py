@@ -75,7 +75,8 @@ def to_rgb(image: Image.Image) -> LoadedImage:
             notes.append("alpha channel composited on white")
         background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
         image = Image.alpha_composite(background, rgba)
-    return LoadedImage(image.convert("RGB"), tuple(notes))  # CMYK, YCbCr, L, 1, P -> RGB
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # CMYK, YCbCr, L, 1, P -> RGB
+    return LoadedImage(rgb, tuple(notes))
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
@@ -100,7 +101,8 @@ def _read(source: Path | io.BytesIO, name: str, max_pixels: int) -> LoadedImage:
                 frames = getattr(im, "n_frames", 1)
                 im.seek(0)
                 im.load()  # a truncated file fails here, not later
-                loaded = to_rgb(ImageOps.exif_transpose(im))
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
+                loaded = to_rgb(im)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
