@@ -1,13 +1,21 @@
 """docs/architecture.md opens with the data path: a numbered list of stages right after the title, each naming the
-one file that owns it (a path from the repository root) -- and every path named there exists."""
+one file that owns it (a path from the repository root) -- and every path named there exists. Its package table
+names every module of every installed package (pyproject's package list), and no module that is gone."""
 
+import fnmatch
 import re
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "architecture.md"
 ITEM = re.compile(r"^(\d+)\. (.*)")
 PATH = re.compile(r"`([\w.-]+(?:/[\w.-]+)+)`")  # `folder/file.ext`: a path from the repository root
+ROW = re.compile(r"^\| `([\w.]+)` \| (.*?) \|")  # a package table row: | `onetok.data` | `images.py`, ... | what |
 
 
 def data_path_stages(text: str) -> list[str]:
@@ -55,3 +63,44 @@ def test_stage_parser_reads_a_list_and_stops_after_it():
     text = "# T\n\n1. **A** -- `a/b.py`. x\n   y `c/d.py`\n2. **B** -- `e/f.py`.\n\nprose `g/h.py`\n"
     assert data_path_stages(text) == ["**A** -- `a/b.py`. x y `c/d.py`", "**B** -- `e/f.py`."]
     assert [PATH.findall(s) for s in data_path_stages(text)] == [["a/b.py", "c/d.py"], ["e/f.py"]]
+
+
+def package_folders() -> dict[str, Path]:
+    """Every installed package (pyproject's [tool.setuptools] packages) -> its folder in the checkout."""
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = setup["package-dir"]
+    folders = {}
+    for package in setup["packages"]:
+        parts = package.split(".")
+        root = max(i for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in roots)  # the longest mapped prefix
+        folders[package] = REPO / roots[".".join(parts[:root])] / Path(*parts[root:])
+    return folders
+
+
+def named_in_table(text: str) -> dict[str, list[str]]:
+    """package -> the file names (or `cmd_*.py` patterns) its table rows name in their files column."""
+    named: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match:
+            named.setdefault(match.group(1), []).extend(re.findall(r"`([^`/]+\.py)`", match.group(2)))
+    return named
+
+
+def test_the_package_table_names_every_module_and_no_gone_one():
+    named = named_in_table(DOC.read_text(encoding="utf-8"))
+    unnamed, gone = [], []
+    for package, folder in package_folders().items():
+        modules = sorted(p.name for p in folder.glob("*.py") if p.name != "__init__.py")
+        patterns = named.get(package, [])
+        unnamed += [f"{package}: {m}" for m in modules if not any(fnmatch.fnmatch(m, pat) for pat in patterns)]
+        gone += [f"{package}: {pat}" for pat in patterns if not any(fnmatch.fnmatch(m, pat) for m in modules)]
+    assert not unnamed, f"modules docs/architecture.md's package table leaves out: {unnamed}"
+    assert not gone, f"names in the package table with no module: {gone}"
+
+
+def test_table_reader_reads_rows_and_patterns():
+    text = "| `a.b` | `x.py`, `cmd_*.py` | what `y.py` does |\n| `a.b` | `z.py` | more |\nprose `w.py`\n"
+    assert named_in_table(text) == {"a.b": ["x.py", "cmd_*.py", "z.py"]}
+    assert {"onetok", "onetok.data", "onetok.tokenizers.codec"} <= set(package_folders())
+    assert package_folders()["onetok.tokenizers.codec"] == REPO / "tokenizers" / "codec"
