@@ -1,7 +1,7 @@
 """Every trainable system learns: a few fixed samples are overfitted through the system's own Lightning training
 step and optimiser, past a stated bar. Each test also runs once with the optimiser step broken (the closure still
 runs, the weights never move) and checks that the same bar is then missed, so the test can fail; a detached loss
-fails on its own (backward raises)."""
+fails on its own (backward raises: shown once, on the prior)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from onetok.metrics import psnr_from_mse
 
 pytestmark = pytest.mark.slow  # training runs: in `make test`, not in the quick `-m "not slow"`
 BROKEN = [False, True]
@@ -72,7 +74,8 @@ def smooth_images(n: int, size: int) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / torch.mean((a.clamp(0, 1) - b) ** 2)))
+    """PSNR in dB of the whole batch (one MSE over every image)."""
+    return psnr_from_mse(float(torch.mean((a.clamp(0, 1) - b) ** 2)))
 
 
 @pytest.mark.parametrize("broken", BROKEN, ids=["trains", "broken_step"])
@@ -105,6 +108,18 @@ def test_prior_learns(broken):
         bits = system._bits(context, ids)[:, 1:].mean()  # the ids after the first are determined by it
     bar = 1.0  # bits per id; uniform is log2(64) = 6
     assert (float(bits) <= bar) != broken, float(bits)
+
+
+def test_a_detached_loss_stops_training():
+    """The other way a training step breaks: a loss cut from the graph. Shown once, on the prior: backward raises."""
+    from onetok.tokenizers.codec.prior_system import PriorSystem
+
+    system = PriorSystem(preset="tiny", lr=1e-2, warmup_steps=5, drop_prob=0.0)
+    step = system.training_step
+    system.training_step = lambda *args, **kwargs: step(*args, **kwargs).detach()
+    samples = {"context": torch.randint(0, 64, (4, 8)), "ids": torch.randint(0, 64, (4, 8))}
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        fit(system, samples, steps=1, broken=False)
 
 
 @pytest.mark.parametrize("broken", BROKEN, ids=["trains", "broken_step"])
