@@ -11,7 +11,6 @@ import torch
 from tiny_configs import make_tiny_data
 from tiny_configs import tiny_overrides as config_overrides
 
-from onetok.fileio import UserError
 from onetok.tokenizers import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +82,8 @@ def test_fast_dev_run(config, tiny_data, tmp_path):
 
 
 def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
+    from onetok.export import CheckpointError, export
     from onetok.scripts.cli import main as onetok
-    from onetok.export import export
 
     root = tmp_path / "run"
     cli(["fit", "--config", str(REPO / "configs/tokenizer/shapes.yaml"), *tiny_overrides(shapes16, root),
@@ -111,13 +110,13 @@ def test_checkpoint_loads_weights_only_and_exports(shapes16, tmp_path):
     assert result["images"] == 40 and list(result["psnr"]) == ["1", "2", "4", "8"]
     assert 0 < result["codebook_usage"] <= 1 and result["perplexity"] >= 1
     # bad checkpoints: one-line errors
-    with pytest.raises(UserError, match="no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         export(tmp_path / "missing.ckpt", tmp_path / "x")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a checkpoint written by onetok-train"):
+    with pytest.raises(CheckpointError, match="not a checkpoint written by onetok-train"):
         export(tmp_path / "junk.ckpt", tmp_path / "x")
     torch.save({"onetok_system": "mystery"}, tmp_path / "other.ckpt")
-    with pytest.raises(UserError, match="unknown checkpoint kind"):
+    with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
         export(tmp_path / "other.ckpt", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
