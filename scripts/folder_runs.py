@@ -39,15 +39,14 @@ def _walk(folder: Path, suffix: str | None, ignored: list[Path]) -> list[Path]:
 
     if not os.access(folder, os.R_OK | os.X_OK):
         raise UserError(f"{folder}: unreadable folder")
+    from onetok.data.images import files_below
+
     files = []
-    for root, dirs, names in os.walk(folder, onerror=fail):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(n for n in names if not n.startswith(".")):
-            path = Path(root) / name
-            if _wanted(path, suffix):
-                files.append(path)
-            elif suffix or not name.lower().endswith(SIDECARS):
-                ignored.append(path)
+    for path in files_below(folder, on_error=fail):
+        if _wanted(path, suffix):
+            files.append(path)
+        elif suffix or not path.name.lower().endswith(SIDECARS):
+            ignored.append(path)
     return files
 
 
