@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
+    if args.part != "speed" and not Path(args.photos).is_dir():
+        raise UserError(f"--photos {args.photos}: not a folder")
     codec = load_codec(args.tokenizer, args.prior)
     if codec.prior is None:
         raise UserError("the tokenizer has no prior beside it: pass --prior DIR")
     if args.part != "speed":
-        if not Path(args.photos).is_dir():
-            raise UserError(f"--photos {args.photos}: not a folder")
         print(f"saving over bit-packed ids, mean per photo, photos of {args.photos}:")
         show = lambda name, found: print(f"  {name}: " + ", ".join(  # noqa: E731
             f"{c} k={k} {v:.1%}" for (c, k), v in found.items()), flush=True)

@@ -51,6 +51,8 @@ from onetok.scripts.folder_runs import (  # noqa: F401 - Item and collect are th
     unique_targets,
     write_failed,
 )
+from onetok.tokenizers.codec import defaults
+from onetok.tokenizers.codec.models import UnknownModel
 
 # --------------------------------------------------------------------------------------------------------------------
 # Inputs and outputs
@@ -333,22 +335,15 @@ class Codecs:
         return self.cache[f.fingerprint, getattr(f, "prior_fingerprint", None)]
 
     def _load(self, path: Path, f):
-        from onetok.tokenizers import registry
+        """The Codec of file `f`; UnknownModel (a ValueError) when its tokenizer or prior is not found."""
         from onetok.tokenizers.codec.codec import Codec
+        from onetok.tokenizers.codec.models import find_models
 
-        folder = self.tokenizer_dir or registry.find_tokenizer(f.fingerprint.hex())
-        if folder is None:
-            raise UserError(f"{path}: made with tokenizer {f.fingerprint.hex()[:12]}, which is neither built in nor "
-                            f"registered in {registry.registry_dir()}; pass --tokenizer DIR")
-        prior, prior_fp = None, getattr(f, "prior_fingerprint", None)
-        if prior_fp is not None:
-            found = self.prior_dir or registry.find_prior(prior_fp.hex(), [registry.prior_beside(folder)])
-            if found is None:
-                raise UserError(f"{path}: entropy-coded with prior {prior_fp.hex()[:12]}, which is not beside any "
-                                f"known tokenizer; pass --prior DIR")
-            prior = load_prior(found)
+        found = find_models(path, f.fingerprint, getattr(f, "prior_fingerprint", None), self.tokenizer_dir,
+                            self.prior_dir)
+        prior = load_prior(found.prior) if found.prior is not None else None
         try:
-            return Codec(load_tokenizer(folder), prior)
+            return Codec(load_tokenizer(found.tokenizer), prior)
         except ValueError as err:
             raise UserError(f"{path}: {err}") from None
 
@@ -370,10 +365,10 @@ def _plan(items: list[Item], codecs: Codecs, out: Path, kind: str, strict: bool,
             if kind == "file" and f.num_images != 1:
                 raise UserError(f"{out}: {item.src} holds {f.num_images} images: give a folder (-o DIR)")
             owner = codecs.for_file(item.src, f)
-        except UserError as err:
+        except (UserError, UnknownModel) as err:
             if strict:
                 raise
-            skipped.append(Skip(str(err), "unknown tokenizer" if "pass --" in str(err) else "unreadable"))
+            skipped.append(Skip(str(err), "unknown tokenizer" if isinstance(err, UnknownModel) else "unreadable"))
             continue
         targets = [out] if kind == "file" else png_names(out / item.rel.parent, item.src.stem, f.num_images)
         plans.append(Plan(item.src, f, owner, targets))
@@ -490,7 +485,7 @@ def _register_compress(sub: argparse._SubParsersAction) -> None:
     rate.add_argument("--bpp", type=finite_float, metavar="B",
                       help="target size in bits per pixel, the whole file counted; tokens go where they pay most")
     rate.add_argument("--psnr", type=finite_float, metavar="DB", help="per tile, the fewest tokens that reach DB dB")
-    p.add_argument("--scale", type=finite_float, default=1.0, metavar="S",
+    p.add_argument("--scale", type=finite_float, default=defaults.SCALE, metavar="S",
                    help="downscale by S in (0, 1] before coding (resized back on decode; default %(default)g)")
     _entropy_flags(p)
     p.add_argument("--batch", action="store_true", help="write all inputs into the one .otok file OUT")

@@ -7,25 +7,22 @@ equal_bytes.png; `onetok.tokenizers.codec.rd`). Its report folder lists what it 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from onetok.fileio import (
     Inputs,
     UserError,
-    atomic_output,
-    atomic_write_json,
     check_place,
     check_writable,
     file_ids,
-    write_manifest,
 )
 from onetok.scripts.arg_types import finite_float, positive_floats
 from onetok.scripts.cmd_codec import _entropy_flags, load_codec, read_image
 from onetok.scripts.folder_runs import collect, finish, ignored_note, image_skip, skipped_text
+from onetok.tokenizers.codec import defaults
 
-CODECS = ("jpeg", "webp", "avif")
+CODECS = defaults.RD_CODECS
 
 
 def _codecs(text: str) -> tuple[str, ...]:
@@ -54,9 +51,8 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
     items = collect([args.images], ignored=ignored)[: args.max_images or None]
     protect = Inputs([args.images, args.tokenizer, args.prior], file_ids(item.src for item in items))
     check_place(report, protect)
-    outputs = {name: report / name for name in ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")}
-    for path in outputs.values():
-        check_writable(path, args.force, protect)
+    for name in defaults.REPORT_FILES:
+        check_writable(report / name, args.force, protect)
     owner = load_codec(args.tokenizer, args.prior, entropy=not args.no_entropy)
     from onetok.tokenizers.codec import rd
 
@@ -69,27 +65,16 @@ def cmd_eval_compression(args: argparse.Namespace) -> int:
         except UserError as err:
             skipped.append(image_skip(err))
     code = finish(len(images), skipped, len(items), Path(args.images), "evaluated")
-    with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
-        rows = rd.evaluate(owner, names, images, tuple(args.bpp or rd.OTOK_BPPS), codecs, progress=bar.update)
-    points = rd.summarize(rows)
-    rates = rd.bd_rates(points)
-    with atomic_output(outputs["rd.csv"], args.force) as tmp:
-        rd.write_csv(rows, tmp)
     coding = "entropy-coded" if owner.prior is not None else "bit-packed"
     title = (f"{len(images)} images from {args.images} at native resolution, tokenizer {args.tokenizer or 'photo'}, "
              f"{coding} ids")
-    with atomic_output(outputs["rd.png"], args.force) as tmp:
-        rd.plot(points, tmp, title=title)
-    bd = {k: None if math.isnan(v) else v for k, v in rates.items()}  # None: the curves share no PSNR range
-    summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": bd}
-    atomic_write_json(outputs["rd.json"], summary, args.force)
-    panels = rd.equal_bytes(owner, images[0], args.compare_bpp, codecs)
-    with atomic_output(outputs["equal_bytes.png"], args.force) as tmp:
-        rd.plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
-    write_manifest(report, outputs)  # onetok's report: a later --force may replace these four files
-    print(rd.format_table(points))
-    print(rd.format_bd(rates))
-    print(f"{len(images)} image(s)" + skipped_text(skipped, 0) + f" -> {', '.join(str(p) for p in outputs.values())}")
+    with progress(len(images), "eval-compression", quiet=args.quiet) as bar:
+        result = rd.write_report(owner, names, images, report, args.force, title, tuple(args.bpp or rd.OTOK_BPPS),
+                                 codecs, args.compare_bpp, progress=bar.update)
+    print(rd.format_table(result.points))
+    print(rd.format_bd(result.bd_rates))
+    print(f"{len(images)} image(s)" + skipped_text(skipped, 0) + " -> "
+          + ", ".join(str(report / name) for name in rd.REPORT_FILES))
     ignored_note(ignored)
     return code
 
@@ -102,13 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for rd.csv, rd.png, rd.json and equal_bytes.png")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the built-in photo tokenizer)")
     p.add_argument("--bpp", type=positive_floats, metavar="B1,B2,...",
-                   help="target sizes for the adaptive .otok curve (default 0.02,0.03,0.05,0.075,0.1,0.15,0.2,0.3)")
-    p.add_argument("--codecs", default="jpeg,webp,avif", metavar="C1,C2,...",
-                   help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default jpeg,webp,avif)")
+                   help=f"target sizes for the adaptive .otok curve (default {defaults.join(defaults.RD_BPPS)})")
+    p.add_argument("--codecs", default=defaults.join(CODECS), metavar="C1,C2,...",
+                   help=f"Pillow codecs to compare, of {', '.join(CODECS)} (default %(default)s)")
     _entropy_flags(p)
-    p.add_argument("--compare-bpp", type=finite_float, default=0.1, metavar="B",
+    p.add_argument("--compare-bpp", type=finite_float, default=defaults.COMPARE_BPP, metavar="B",
                    help="target of the equal-bytes picture of the first image (default %(default)g)")
-    p.add_argument("--max-images", type=int, default=0, metavar="N", help="use only the first N images (default %(default)s = all)")
+    p.add_argument("--max-images", type=int, default=0, metavar="N",
+                   help="use only the first N images (default %(default)s = all)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval_compression)

@@ -152,6 +152,8 @@ TABLE = [
     ("bench-tokenizer-batch-cpu", ["bench", "tokenizer", "--batch-cpu", "0"], "--batch-cpu", ()),
     ("bench-kernels-threads", ["bench", "kernels", "--threads", "-2"], "--threads", ()),
     ("bench-codec-repeats", ["bench", "codec", "--repeats", "0"], "--repeats", ()),
+    ("bench-portable-coder-photos", ["bench", "portable-coder", "--part", "savings", "--photos", "{T}/none"],
+     "{T}/none", ()),
     ("bench-sjd-prompts", ["bench", "sjd", "--model", "{E}/model", "--prompts", "0"], "--prompts", ()),
     ("bench-startup-runs", ["bench", "startup", "--runs", "0"], "--runs", ()),
     ("bench-data-ranks", ["bench", "data", "--ranks", "0"], "--ranks", ()),

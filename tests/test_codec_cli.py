@@ -104,6 +104,17 @@ def test_decompress_finds_the_tokenizer_by_fingerprint(env, tmp_path, capsys, mo
     assert Image.open(tmp_path / "b.png").size == (40, 20)
 
 
+def test_folder_skips_are_counted_by_reason(env, tmp_path, capsys, monkeypatch):
+    """The reason of a skipped file comes from the error's type (UnknownModel), not from its text."""
+    files = tmp_path / "files"
+    files.mkdir()
+    assert _run(capsys, "compress", "--tokenizer", env / "tok", env / "images" / "b.png", "-o", files / "b.otok")[0] == 0
+    (files / "c.otok").write_bytes(b"OTOK not really")
+    monkeypatch.setenv("ONETOK_HOME", str(tmp_path / "home"))  # b.otok's tokenizer is registered nowhere
+    code, _, err = _run(capsys, "decompress", files, "-o", tmp_path / "out")
+    assert code == 2 and "all 2 input(s) skipped (1 unknown tokenizer, 1 unreadable)" in err
+
+
 def test_force(env, tmp_path, capsys):
     target = tmp_path / "a.otok"
     args = ["compress", "--tokenizer", env / "tok", env / "images" / "a.png", "-o", target]

@@ -10,6 +10,7 @@ SCALE = 1.0  # no downscale before tiling
 RD_BPPS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)  # the adaptive .otok curve's target sizes
 RD_CODECS = ("jpeg", "webp", "avif")  # Pillow codecs compared
 COMPARE_BPP = 0.1  # the equal-bytes picture of the first image
+REPORT_FILES = ("rd.csv", "rd.png", "rd.json", "equal_bytes.png")  # what it writes into its report folder
 
 # onetok bench codec / portable-coder
 BENCH_SIZE = (768, 512)  # the bench photo: the bundled sample, centre-cropped (or mirror-padded) to this size

@@ -29,13 +29,14 @@ from PIL import Image, features
 from onetok.data.pixels import from_hwc
 from onetok.metrics import pixel_psnr, ssim
 from onetok.tokenizers.codebook_stats import token_counts
+from onetok.tokenizers.codec import defaults
 from onetok.tokenizers.codec import format as otok
 from onetok.tokenizers.codec.codec import Analysis, Codec, RateControl
 
 JPEG_QUALITIES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)  # Pillow range 1..95
 WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # Pillow range 0..100
 AVIF_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)  # Pillow range 0..100
-OTOK_BPPS = (0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3)
+OTOK_BPPS = defaults.RD_BPPS
 PSNR_CAP = 100.0  # dB, reported for identical images instead of +inf
 CODECS = ("otok", "otok-fixed", "otok-packed", "jpeg", "webp", "avif")
 CSV_FIELDS = ("image", "codec", "setting", "width", "height", "bytes", "bpp", "psnr", "ssim")
@@ -306,3 +307,41 @@ def plot_equal_bytes(panels: list[tuple[str, str, int, float, np.ndarray]], path
     fig.suptitle(title or "roughly equal bytes", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The whole report (`onetok eval-compression`)
+# --------------------------------------------------------------------------------------------------------------------
+
+REPORT_FILES = defaults.REPORT_FILES
+
+
+class Report(NamedTuple):
+    points: list[RDPoint]
+    bd_rates: dict[str, float]  # nan where two curves share no PSNR range
+
+
+def write_report(owner: Codec, names: list[str], images: list[Image.Image], folder: Path, force: bool,
+                 title: str, bpps: tuple[float, ...] = OTOK_BPPS, codecs: tuple[str, ...] | None = None,
+                 compare_bpp: float = defaults.COMPARE_BPP, progress: Callable[[int], None] | None = None) -> Report:
+    """Evaluate every image, then write `REPORT_FILES` into `folder`, each atomically (replacing an existing one only
+    with `force`), and list them in the folder's manifest: a later `force` replaces these files and nothing else."""
+    from onetok.fileio import atomic_output, atomic_write_json, write_manifest
+
+    outputs = {name: folder / name for name in REPORT_FILES}
+    rows = evaluate(owner, names, images, bpps, codecs, progress=progress)
+    points = summarize(rows)
+    rates = bd_rates(points)
+    with atomic_output(outputs["rd.csv"], force) as tmp:
+        write_csv(rows, tmp)
+    with atomic_output(outputs["rd.png"], force) as tmp:
+        plot(points, tmp, title=title)
+    coding = "entropy-coded" if owner.prior is not None else "bit-packed"
+    bd = {k: None if np.isnan(v) else v for k, v in rates.items()}  # None: the curves share no PSNR range
+    summary = {"images": len(images), "ids": coding, "points": [p._asdict() for p in points], "bd_rate_percent": bd}
+    atomic_write_json(outputs["rd.json"], summary, force)
+    panels = equal_bytes(owner, images[0], compare_bpp, codecs)
+    with atomic_output(outputs["equal_bytes.png"], force) as tmp:
+        plot_equal_bytes(panels, tmp, title=f"{names[0]}: roughly equal bytes")
+    write_manifest(folder, outputs)
+    return Report(points, rates)
