@@ -82,7 +82,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ssim_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (`onetok.metrics.ssim`) of two (H, W, 3) uint8 images."""
-    return float(ssim(from_hwc(a), from_hwc(b))[0])
+    return float(ssim(from_hwc([a]), from_hwc([b]))[0])  # a list is stacked into a new (writable) array
 
 
 def _row(name: str, codec_name: str, setting: float, data_bytes: int, original: np.ndarray,
