@@ -10,7 +10,6 @@ all the AR model needs to become confident, i.e. to give SJD a realistic accepta
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import time
 from pathlib import Path
@@ -133,11 +132,13 @@ def _fit(ctx, system, loader, precision: str, callbacks=(), max_steps: int = -1,
 
 
 def _init_args(config: str) -> dict:
-    """The model's init arguments of a config shipped with onetok (`onetok.configs`), e.g. "ar/base_256.yaml"."""
+    """The model's init arguments of a config shipped with onetok, e.g. "ar/base_256" (the checkout's configs/, or
+    an install's onetok/configs/)."""
     import yaml
 
-    return dict(yaml.safe_load(importlib.resources.files("onetok.configs").joinpath(config).read_text())["model"]
-                ["init_args"])
+    from onetok.train_checks import shipped_configs
+
+    return dict(yaml.safe_load(shipped_configs()[config].read_text())["model"]["init_args"])
 
 
 def _precision(ctx) -> str:
@@ -180,7 +181,7 @@ def train_rates(ctx) -> dict:
     previous_precision = torch.get_float32_matmul_precision()
     results = {}
     try:
-        args = _init_args("tokenizer/titok_s128.yaml")
+        args = _init_args("tokenizer/titok_s128")
         if ctx.dry_run:
             args["preset"] = "tiny"
         system = TokenizerSystem(**args)
@@ -191,7 +192,7 @@ def train_rates(ctx) -> dict:
         results["tokenizer"] = {"config": f"titok_s128.yaml (preset {args['preset']})", "batch": batch,
                                 "image_size": size, "steps_per_s": timer.rate(), "precision": _precision(ctx)}
         del system, loader
-        args = {k: v for k, v in _init_args("ar/base_256.yaml").items() if k != "tokenizer_dir"}
+        args = {k: v for k, v in _init_args("ar/base_256").items() if k != "tokenizer_dir"}
         if ctx.dry_run:
             args["preset"] = "tiny"
         vocab = Vocab(64 if ctx.dry_run else 4096)
