@@ -13,6 +13,7 @@ resized back to its original size when it was downscaled. The byte format itself
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -27,6 +28,7 @@ from onetok.tokenizers.codec import rate as rc
 from onetok.tokenizers.registry import fingerprint
 
 DOWNSCALE = Image.Resampling.LANCZOS
+OVERLAP = True  # --bpp: price the ids (integer prior) in a second thread while the first decodes the coarse counts
 UPSCALE = Image.Resampling.BICUBIC
 
 
@@ -203,9 +205,15 @@ class Analysis:
     def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
         """Greedy allocation of the id bits: fitted to the file size on the coarse counts, refined around each tile's
         choice (`rate.refine_allocation`), fitted again on all measured counts."""
+        coarse = rc.coarse_counts(self.tokenizer.num_latent_tokens)
+        if OVERLAP and self._pricing is None and self.codec.prior is not None:
+            with ThreadPoolExecutor(1) as pool:  # the integer prior prices the ids while the decoder measures
+                pricing = pool.submit(lambda: self.bits)
+                self.distortion.need_all(coarse)
+                pricing.result()
         cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
-        self.distortion.need_all(rc.coarse_counts(self.tokenizer.num_latent_tokens))
+        self.distortion.need_all(coarse)  # measured above when overlapped
         _, budget = self._fit(cost, budget, target)
         rc.refine_allocation(self.distortion, cost, budget)
         counts, _ = self._fit(cost, budget, target)
