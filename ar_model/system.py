@@ -56,10 +56,11 @@ class _Detached:
 
 
 def run_sampling_settings(hparams: dict) -> SamplingSettings:
-    """A run's sampling settings, from its hyperparameters (`sample_temperature`, `sample_cfg`; absent: the library
-    defaults): its validation samples use them, and its exported model recommends them."""
+    """A run's sampling settings, from its hyperparameters (`sample_temperature`, `sample_cfg`, `sample_top_k`;
+    absent: the library defaults): its validation samples use them, and its exported model recommends them."""
     return SamplingSettings(temperature=hparams.get("sample_temperature", DEFAULT_SETTINGS.temperature),
-                            cfg_scale=hparams.get("sample_cfg", DEFAULT_SETTINGS.cfg_scale))
+                            cfg_scale=hparams.get("sample_cfg", DEFAULT_SETTINGS.cfg_scale),
+                            top_k=hparams.get("sample_top_k", DEFAULT_SETTINGS.top_k))
 
 
 class ARSystem(pl.LightningModule):
@@ -81,6 +82,7 @@ class ARSystem(pl.LightningModule):
         eval_samples: int = 64,
         sample_cfg: float = DEFAULT_SETTINGS.cfg_scale,
         sample_temperature: float = DEFAULT_SETTINGS.temperature,
+        sample_top_k: int | None = DEFAULT_SETTINGS.top_k,
         i2t_weight: float = 1.0,
     ):
         """`i2t_weight` weighs each image -> text loss token against a text -> image one (a caption has a few tokens,
@@ -272,12 +274,13 @@ def checkpoint_contents(ckpt: dict) -> tuple[ARConfig, Vocab, str | None, str | 
 
 
 def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = False, inputs=(),
-                      tokenizer: str | os.PathLike | None = None) -> Path:
+                      tokenizer: str | os.PathLike | None = None, sampling: dict | None = None) -> Path:
     """Write the unified model directory (weights, vocab, a copy of the tokenizer) from a loaded `.ckpt` dict, under
     the exporter contract (`onetok.export.export_folder`).
 
     The tokenizer is `tokenizer` when given (it must have the checkpoint's fingerprint), else the recorded directory
-    or one in the registry with that fingerprint."""
+    or one in the registry with that fingerprint. `sampling` replaces some of the run's recommended sampling
+    settings (`SamplingSettings` fields, e.g. chosen by a sweep after training)."""
     from onetok.ar_model.unified import UnifiedModel
     from onetok.tokenizers import Tokenizer
     from onetok.tokenizers.registry import is_tokenizer_dir, resolve_tokenizer
@@ -295,5 +298,6 @@ def export_checkpoint(ckpt: dict, out_dir: str | os.PathLike, force: bool = Fals
     state = {k[len(prefix):]: v.float() for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     transformer.load_state_dict(state)
     settings = run_sampling_settings(ckpt.get("hyper_parameters", {}))  # the model's recommended ones
+    settings = dataclasses.replace(settings, **(sampling or {}))
     model = UnifiedModel(transformer, vocab, Tokenizer.from_pretrained(tokenizer_dir), settings)
     return model.save_pretrained(out_dir, force, inputs)

@@ -81,9 +81,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def export(ckpt_path: str | os.PathLike, out: str | os.PathLike, force: bool = False,
-           tokenizer: str | os.PathLike | None = None) -> Exported:
+           tokenizer: str | os.PathLike | None = None, sampling: dict | None = None) -> Exported:
     """The inference folder `out` of the checkpoint file `ckpt_path`, written by the system that trained it. An AR
-    checkpoint's tokenizer is `tokenizer` when given, else found by its fingerprint (`ar_model.system`)."""
+    checkpoint's tokenizer is `tokenizer` when given, else found by its fingerprint (`ar_model.system`); `sampling`
+    replaces some of an AR model's recommended sampling settings (`SamplingSettings` fields)."""
     from onetok.fileio import check_replaceable_dir
 
     ckpt_path, out = Path(ckpt_path), Path(out)
@@ -95,8 +96,10 @@ def export(ckpt_path: str | os.PathLike, out: str | os.PathLike, force: bool = F
         raise CheckpointError(f"{ckpt_path}: unknown checkpoint kind {system!r} (expected one of {sorted(EXPORTERS)})")
     if tokenizer is not None and system != "ar":
         raise CheckpointError("--tokenizer applies to AR checkpoints only")
+    if sampling and system != "ar":
+        raise CheckpointError("sampling settings (--cfg, --temperature, --top-k) apply to AR checkpoints only")
     exporter = importlib.import_module(EXPORTERS[system]).export_checkpoint
-    kwargs = {"tokenizer": tokenizer} if system == "ar" else {}
+    kwargs = {"tokenizer": tokenizer, "sampling": sampling} if system == "ar" else {}
     try:
         exporter(ckpt, out, force, inputs, **kwargs)
     except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:

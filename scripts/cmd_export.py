@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 
+from onetok.scripts.arg_types import finite_float
+
 
 def _run(args: argparse.Namespace) -> int:
     from onetok.export import export
     from onetok.tokenizers import registry
 
-    exported = export(args.ckpt, args.out, args.force, args.tokenizer)
+    chosen = {"cfg_scale": args.cfg, "temperature": args.temperature, "top_k": args.top_k}
+    exported = export(args.ckpt, args.out, args.force, args.tokenizer,
+                      {k: v for k, v in chosen.items() if v is not None})
     print(f"exported {args.ckpt} -> {exported.path}")
     if exported.is_tokenizer and not args.no_register:
         try:
@@ -37,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR",
                    help="AR checkpoints: the tokenizer directory (default: found by fingerprint)")
     p.add_argument("--force", action="store_true", help="replace an existing --out (only one onetok wrote)")
+    recommend = "AR checkpoints: the model's recommended"
+    p.add_argument("--cfg", type=finite_float, metavar="S", help=f"{recommend} guidance scale (default: the run's)")
+    p.add_argument("--temperature", type=finite_float, metavar="T", help=f"{recommend} temperature (default: the run's)")
+    p.add_argument("--top-k", type=int, metavar="K", help=f"{recommend} top-k (default: the run's)")
     p.add_argument("--no-register", action="store_true",
                    help="do not register an exported tokenizer in $ONETOK_HOME/tokenizers (default ~/.onetok)")
     p.set_defaults(func=_run)

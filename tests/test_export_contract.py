@@ -111,3 +111,28 @@ def test_export_says_which_system_wrote_the_folder(tmp_path):
     with pytest.raises(CheckpointError, match="applies to AR checkpoints only"):
         export(tmp_path / "prior.ckpt", tmp_path / "x", tokenizer=tmp_path / "tok")
     assert not (tmp_path / "x").exists()
+
+
+def test_ar_export_records_chosen_sampling_settings(tmp_path):
+    """The run's settings are the default; those given at export (chosen by a sweep) replace them, one by one."""
+    import json
+
+    ckpt = _checkpoint("ar", tmp_path)
+    ckpt["hyper_parameters"] = {"sample_cfg": 3.0, "sample_temperature": 1.0}
+    torch.save(ckpt, tmp_path / "ar.ckpt")
+    export(tmp_path / "ar.ckpt", tmp_path / "run")
+    export(tmp_path / "ar.ckpt", tmp_path / "chosen", sampling={"cfg_scale": 5.0, "top_k": 100})
+    run = json.loads((tmp_path / "run" / "config.json").read_text())["sampling"]
+    chosen = json.loads((tmp_path / "chosen" / "config.json").read_text())["sampling"]
+    assert (run["cfg_scale"], run["top_k"]) == (3.0, None)
+    assert (chosen["cfg_scale"], chosen["top_k"], chosen["temperature"]) == (5.0, 100, 1.0)
+    with pytest.raises(CheckpointError, match="top_k must be >= 1"):
+        export(tmp_path / "ar.ckpt", tmp_path / "bad", sampling={"top_k": 0})
+    with pytest.raises(CheckpointError, match="apply to AR checkpoints only"):
+        export(_prior_ckpt(tmp_path), tmp_path / "x", sampling={"top_k": 5})
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "x").exists()
+
+
+def _prior_ckpt(tmp_path):
+    torch.save(_checkpoint("prior", tmp_path), tmp_path / "prior.ckpt")
+    return tmp_path / "prior.ckpt"
