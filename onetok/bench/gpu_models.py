@@ -24,6 +24,7 @@ from onetok.ar_model.generate import DEFAULT_SETTINGS
 from onetok.ar_model.model import Transformer, config_from_preset
 from onetok.ar_model.unified import UnifiedModel
 from onetok.ar_model.vocab import Vocab, WordText
+from onetok.data.pixels import from_hwc
 from onetok.data.shapes import all_combos, caption_of, render, sample_attributes
 from onetok.timing import Stopwatch
 from onetok.tokenizers.model import Tokenizer, preset
@@ -230,8 +231,7 @@ def train_shapes_model(ctx, max_seconds: float) -> tuple[UnifiedModel, dict]:
     rng = np.random.default_rng(0)
     attributes = [sample_attributes(rng, all_combos()) for _ in range(count)]
     captions = [caption_of(a) for a in attributes]
-    images = torch.stack([torch.from_numpy(np.asarray(render(a, tok_config.image_size), dtype=np.float32) / 255)
-                          .permute(2, 0, 1) for a in attributes])  # (count, 3, S, S)
+    images = from_hwc([np.asarray(render(a, tok_config.image_size)) for a in attributes])  # (count, 3, S, S)
     codes = torch.cat([tokenizer.encode(chunk.to(ctx.device)).cpu() for chunk in images.split(500)])  # (count, L)
     vocab = Vocab(tokenizer.codebook_size, WordText.from_captions(captions))
     pairs = TokenPairs(codes, captions, attributes, [f"shape{i}" for i in range(count)])

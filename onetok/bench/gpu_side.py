@@ -177,6 +177,7 @@ def otok_cuda(ctx) -> dict:
     """Compress a crop of the bundled photo on the CPU with the built-in codec (range-coded, portable prior), then
     read the same bytes with the codec moved to the check's device: the ids must be identical; the pixels are
     compared too (the tokenizer decodes in bf16 on CUDA, fp32 on the CPU, so they may differ slightly)."""
+    from onetok.metrics import psnr_from_mse
     from onetok.timing import Stopwatch
     from onetok.tokenizers.codec import format as otok
     from onetok.tokenizers.codec.codec import Codec
@@ -201,5 +202,5 @@ def otok_cuda(ctx) -> dict:
             "same_counts": bool((want.counts == got.counts).all()), "same_ids": bool((want.ids == got.ids).all()),
             "fingerprint_same_on_device": device.fingerprint == cpu.fingerprint,
             "pixel_max_abs_diff": float((a - b).abs().max()),
-            "pixel_psnr_db": None if mse == 0 else 10 * float(torch.log10(torch.tensor(255.0**2 / mse))),
+            "pixel_psnr_db": None if mse == 0 else psnr_from_mse(mse, 255.0),
             "cpu_decode_s": cpu_watch.seconds, "device_decode_s": device_watch.seconds, "file": "otok_cuda_cpu_written.otok"}

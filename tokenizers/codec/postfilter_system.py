@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from onetok.data.pixels import as_saved
 from onetok.metrics import psnr
 from onetok.optim import adamw_warmup_cosine
 from onetok.tokenizers.model import Tokenizer, TokenizerConfig
@@ -44,7 +45,7 @@ class PostFilterSystem(lightning.LightningModule):
             quant = self.model.quantizer(self.model.encoder(tiles))
             keep = torch.randint(1, L + 1, (tiles.shape[0],), device=tiles.device)
             decoded = self.model.decoder(quant.quantized, keep).float().clamp(0, 1)
-            decoded = decoded.mul(255).round().div(255)  # what the codec's uint8 canvas holds
+            decoded = as_saved(decoded)  # what the codec's uint8 canvas holds
         return rearrange(decoded, "(b r q) c t1 t2 -> b c (r t1) (q t2)", r=rows, q=cols)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
