@@ -83,27 +83,41 @@ def test_stream_roundtrip_across_thread_counts(prior, uniform, monkeypatch):
     assert changes == []
     np.testing.assert_array_equal(got_counts, counts)
     np.testing.assert_array_equal(got_ids, flat)
-    bits = entropy.id_bits(prior, rows, cols, ids)[np.arange(L)[None] < counts[:, None]].sum()
+    bits = entropy.estimate_bits(prior, rows, cols, ids)[np.arange(L)[None] < counts[:, None]].sum()
     if not uniform:
         bits += entropy.count_bits(counts, rows, cols, L)
     assert abs(32 * len(words) - bits) <= 64  # the estimate the rate control uses is the stream's size
 
 
+def _stepwise_words(prior, rows, cols, counts, ids, uniform):
+    """Payload 2 coded position by position (`first_pass` / `later_pass`, as the decoder reads it)."""
+    import constriction
+
+    coder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    put = lambda f, s: coder.encode(s.astype(np.int32), family, f) or s  # noqa: E731
+    if not uniform:
+        entropy.count_pass(rows, cols, ids.shape[1], lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
+    model = entropy.portable(prior)
+    with torch.inference_mode():
+        first = entropy.first_pass(model, rows, cols, lambda tiles, i, f: put(f, ids[tiles, 0]))
+        entropy.later_pass(model, first, counts, lambda tiles, i, f: put(f, ids[tiles, i]))
+    return coder.get_compressed().astype(np.uint32)
+
+
 @pytest.mark.parametrize("uniform", [False, True])
-def test_coding_from_the_pricing_table_writes_the_same_words(prior, uniform, monkeypatch):
+def test_teacher_forced_coding_writes_the_decoders_words(prior, uniform, monkeypatch):
+    """The encoder runs the integer prior teacher-forced, tiles batched by count; the decoder goes position by
+    position and drops finished tiles: the same frequencies, so the same words, across several CHUNKs and batches."""
     monkeypatch.setattr(entropy, "CHUNK", 4)  # several chunks of the third pass
+    monkeypatch.setattr(entropy, "SCORE_TILES", 3)  # several teacher-forced batches per chunk
     rng = np.random.default_rng(3)
     rows, cols, L = 3, 5, 8
     ids = rng.integers(0, 64, (15, L))
-    pricing = entropy.price(prior, rows, cols, ids)
-    assert pricing.table.shape == (15, L, 64) and (pricing.table.sum(-1, dtype=np.int64) == otok.PROB_SCALE).all()
-    np.testing.assert_array_equal(pricing.bits, entropy.id_bits(prior, rows, cols, ids))
     for _ in range(3):
         counts = np.full(15, int(rng.integers(1, L + 1))) if uniform else rng.integers(1, L + 1, 15)
-        np.testing.assert_array_equal(entropy.encode_from_table(pricing.table, rows, cols, counts, ids, uniform),
-                                      entropy.encode(prior, rows, cols, counts, ids, uniform))
-    monkeypatch.setattr(entropy, "TABLE_BYTES", 15 * L * 64 * 2 - 1)
-    assert entropy.price(prior, rows, cols, ids).table is None  # above the limit `encode` runs the prior again
+        np.testing.assert_array_equal(entropy.encode(prior, rows, cols, counts, ids, uniform),
+                                      _stepwise_words(prior, rows, cols, counts, ids, uniform))
 
 
 def test_a_wrong_stream_is_an_error_not_a_picture(prior):

@@ -13,7 +13,6 @@ resized back to its original size when it was downscaled. The byte format itself
 from __future__ import annotations
 
 import copy
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +27,6 @@ from onetok.tokenizers.codec import rate as rc
 from onetok.tokenizers.registry import fingerprint
 
 DOWNSCALE = Image.Resampling.LANCZOS
-OVERLAP = True  # --bpp: price the ids (integer prior) in a second thread while the first decodes the coarse counts
 UPSCALE = Image.Resampling.BICUBIC
 
 
@@ -158,28 +156,28 @@ class Analysis:
         self.ids = tiling.encode_tiles(self.tokenizer, self.tiles)  # (N, L)
         measure = rc.decoder_measure(self.tokenizer, self.tiles, self.ids, self.grid)
         self.distortion = rc.Distortion(measure, self.grid.count, self.tokenizer.num_latent_tokens)
-        self._pricing: entropy.Pricing | None = None
+        self._bits: np.ndarray | None = None
 
     def packed(self) -> Analysis:
         """The same tiles, ids and errors under the bit-packed format (no prior): what entropy coding saves."""
         twin = copy.copy(self)
-        twin.codec, twin._pricing = Codec(self.tokenizer), None
+        twin.codec, twin._bits = Codec(self.tokenizer), None
         return twin
 
     @property
     def bits(self) -> np.ndarray:
-        """(N, L) bits of each id: ceil(log2 K) bit-packed, or what the range coder spends under the prior."""
-        if self._pricing is None:
+        """(N, L) bits of each id: ceil(log2 K) bit-packed, or about what the range coder spends under the prior
+        (`entropy.estimate_bits`)."""
+        if self._bits is None:
             if self.codec.prior is None:
-                bits = np.full(self.ids.shape, float(otok.bits_per_id(self.tokenizer.codebook_size)))
-                self._pricing = entropy.Pricing(bits, None)
+                self._bits = np.full(self.ids.shape, float(otok.bits_per_id(self.tokenizer.codebook_size)))
             else:
-                self._pricing = entropy.price(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
-        return self._pricing.bits
+                self._bits = entropy.estimate_bits(self.codec.prior, self.grid.rows, self.grid.cols, self.ids)
+        return self._bits
 
     def size_bits(self, counts: np.ndarray) -> float:
-        """The file size in bits of one image with these counts (exact when bit-packed; within a few bytes of the
-        range coder's output otherwise)."""
+        """The file size in bits of one image with these counts (exact when bit-packed; an estimate within a few
+        bytes of the range coder's output otherwise)."""
         uniform = bool((counts == counts[0]).all())
         if self.codec.prior is None:
             L = self.tokenizer.num_latent_tokens
@@ -190,8 +188,9 @@ class Analysis:
                                                              self.tokenizer.num_latent_tokens)
         return ENTROPY_OVERHEAD_BITS + ids + counts_bits
 
-    def counts(self, rate: RateControl) -> tuple[np.ndarray, bool]:
-        """Per-tile token counts (N,) for the rate control, and whether a bpp target was reachable."""
+    def counts(self, rate: RateControl, shrink: float = 0.0) -> tuple[np.ndarray, bool]:
+        """Per-tile token counts (N,) for the rate control, and whether a bpp target was reachable; `shrink` bits
+        come off a bpp target (what the coded stream overshot the estimate by)."""
         L = self.tokenizer.num_latent_tokens
         if rate.bpp is None and rate.psnr is None:
             k = L if rate.tokens is None else rate.tokens
@@ -200,24 +199,19 @@ class Analysis:
             return rc.fixed_counts(self.grid, k), True
         if rate.psnr is not None:
             return rc.counts_for_psnr(self.distortion, self.grid.valid_pixels(), rate.psnr), True
-        return self._counts_for_bits(rate.bpp * self.width * self.height)
+        target = rate.bpp * self.width * self.height
+        counts = self._counts_for_bits(target - shrink)
+        return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
 
-    def _counts_for_bits(self, target: float) -> tuple[np.ndarray, bool]:
+    def _counts_for_bits(self, target: float) -> np.ndarray:
         """Greedy allocation of the id bits: fitted to the file size on the coarse counts, refined around each tile's
         choice (`rate.refine_allocation`), fitted again on all measured counts."""
-        coarse = rc.coarse_counts(self.tokenizer.num_latent_tokens)
-        if OVERLAP and self._pricing is None and self.codec.prior is not None:
-            with ThreadPoolExecutor(1) as pool:  # the integer prior prices the ids while the decoder measures
-                pricing = pool.submit(lambda: self.bits)
-                self.distortion.need_all(coarse)
-                pricing.result()
         cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
-        self.distortion.need_all(coarse)  # measured above when overlapped
+        self.distortion.need_all(rc.coarse_counts(self.tokenizer.num_latent_tokens))
         _, budget = self._fit(cost, budget, target)
         rc.refine_allocation(self.distortion, cost, budget)
-        counts, _ = self._fit(cost, budget, target)
-        return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
+        return self._fit(cost, budget, target)[0]
 
     def _fit(self, cost: np.ndarray, budget: float, target: float) -> tuple[np.ndarray, float]:
         """(counts, id budget) allocated over the measured counts; the budget shrinks by any overshoot of the whole
@@ -231,20 +225,37 @@ class Analysis:
         return counts, budget
 
     def encode(self, rate: RateControl) -> Encoded:
-        counts, reached = self.counts(rate)
+        """The image coded at the rate control's counts. With a prior and a bpp target, the coded stream is
+        measured: where it overshoots the estimate that chose the counts, the counts are chosen again for a target
+        that much smaller (no new decoder passes)."""
+        shrink = 0.0
+        for _ in range(RETRIES):
+            counts, reached = self.counts(rate, shrink)
+            coded = self._code(counts)
+            if self.codec.prior is None or rate.bpp is None or not reached:
+                break
+            over = self._coded_bits(coded) - rate.bpp * self.width * self.height
+            if over <= 0:
+                break
+            shrink += over + 32
+        return Encoded(coded, counts, reached)
+
+    def _code(self, counts: np.ndarray) -> otok.TiledImage | otok.CodedImage:
         mask = np.arange(self.ids.shape[1])[None, :] < counts[:, None]
         size = (self.width, self.height, *self.coded)
         if self.codec.prior is None:
-            return Encoded(otok.TiledImage(*size, counts, self.ids[mask]), counts, reached)  # ids tile by tile
+            return otok.TiledImage(*size, counts, self.ids[mask])  # ids tile by tile
         uniform = bool((counts == counts[0]).all())
-        if self._pricing is not None and self._pricing.table is not None:  # priced already: code from its rows
-            words = entropy.encode_from_table(self._pricing.table, self.grid.rows, self.grid.cols, counts, self.ids,
-                                              uniform)
-        else:
-            words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
-        coded = otok.CodedImage(*size, int(counts[0]) if uniform else 0, words,
-                                 otok.ids_checksum(counts, self.ids[mask]))
-        return Encoded(coded, counts, reached)
+        words = entropy.encode(self.codec.prior, self.grid.rows, self.grid.cols, counts, self.ids, uniform)
+        return otok.CodedImage(*size, int(counts[0]) if uniform else 0, words,
+                               otok.ids_checksum(counts, self.ids[mask]))
+
+    def _coded_bits(self, coded: otok.CodedImage) -> int:
+        """The size in bits of a one-image file holding `coded`."""
+        return 8 * len(otok.dumps(self.codec.file([coded])))
+
+
+RETRIES = 4  # bpp targets: codings of the stream at most (the estimate is within a few bytes: one almost always)
 
 
 # --------------------------------------------------------------------------------------------------------------------

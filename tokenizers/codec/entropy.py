@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 import constriction
 import numpy as np
@@ -71,7 +70,10 @@ def bits_of(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
 
 
 class FloatModel:
-    """Payload 1 (read only): the float32 prior's softmax, quantised by `quantize`; call it under `deterministic`."""
+    """Payload 1 (read only): the float32 prior's softmax, quantised by `quantize`; call it under `deterministic`.
+    Its rows depend on the batch they run in (BLAS blocking), so the passes keep onetok 0.1's batches."""
+
+    row_exact = False
 
     def __init__(self, prior: TilePrior):
         self.prior, self.config = prior, prior.config
@@ -86,7 +88,10 @@ class FloatModel:
 
 
 class PortableModel:
-    """Payload 2: the integer prior's frequencies (sum PROB_SCALE), as the float64 rows constriction takes."""
+    """Payload 2: the integer prior's frequencies (sum PROB_SCALE), as the float64 rows constriction takes. Every
+    row is exact whatever else is in the batch, so the passes drop the rows of finished tiles (`select`)."""
+
+    row_exact = True
 
     def __init__(self, prior: TilePrior):
         self.integer = IntegerPrior(prior)
@@ -100,8 +105,12 @@ class PortableModel:
         freqs, cache = self.integer.step(ids, cache)
         return freqs.double().numpy(), cache
 
+    @staticmethod
+    def select(cache, rows: torch.Tensor):
+        """The cache of the tiles `rows` (indices into its batch) only."""
+        return type(cache)([k[rows] for k in cache.keys], [v[rows] for v in cache.values], cache.length)
 
-TABLE_BYTES = 1 << 27  # `price` keeps the frequency rows up to this size (4,096 tiles of L = 32, K = 512)
+
 Model = FloatModel | PortableModel  # prefill(context) / step(ids, cache) -> (frequencies (n, K) float64, cache)
 _PORTABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -151,7 +160,8 @@ def first_pass(model: Model, rows: int, cols: int, decide: Decide) -> torch.Tens
 
 
 def later_pass(model: Model, first: torch.Tensor, counts: np.ndarray, decide: Decide) -> np.ndarray:
-    """All ids (N, max k): column 0 is `first`, column i of tile t is decided when k_t > i."""
+    """All ids (N, max k): column 0 is `first`, column i of tile t is decided when k_t > i. A row-exact model runs
+    only the tiles still open (the work grows with sum k, not CHUNK x max k); the float coder keeps whole chunks."""
     context = neighbour_ids(first, model.config.missing)  # (N, 8)
     N = len(counts)
     ids = np.zeros((N, int(counts.max())), dtype=np.int64)
@@ -159,12 +169,15 @@ def later_pass(model: Model, first: torch.Tensor, counts: np.ndarray, decide: De
     for start in range(0, N, CHUNK):
         chunk = slice(start, min(N, start + CHUNK))
         _, cache = model.prefill(context[chunk])
-        previous = torch.from_numpy(ids[chunk, 0].copy())  # (n,)
+        rows = np.arange(chunk.stop - start)  # the chunk's tiles that the cache's batch holds, in order
         for i in range(1, int(counts[chunk].max())):
+            if model.row_exact and (counts[start + rows] <= i).any():
+                open_ = counts[start + rows] > i
+                cache, rows = model.select(cache, torch.from_numpy(np.nonzero(open_)[0])), rows[open_]
+            previous = torch.from_numpy(ids[start + rows, i - 1])  # (n,) finished tiles feed 0: rows not read
             freqs, cache = model.step(previous, cache)  # (n, K)
-            active = np.nonzero(counts[chunk] > i)[0]
-            ids[start + active, i] = decide(start + active, i, freqs[active])
-            previous = torch.from_numpy(ids[chunk, i].copy())  # finished tiles feed 0: their rows are not read
+            active = np.nonzero(counts[start + rows] > i)[0]
+            ids[start + rows[active], i] = decide(start + rows[active], i, freqs[active])
     return ids
 
 
@@ -180,24 +193,71 @@ def _model(prior: TilePrior, float_coder: bool) -> tuple[Model, contextlib.Abstr
     return portable(prior), torch.inference_mode()
 
 
+def forced_pass(prior: TilePrior, rows: int, cols: int, counts: np.ndarray,
+                ids: np.ndarray) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+    """Payload 2's frequencies for known ids, in the order passes 2 and 3 code them (`coding_order`): (tiles (n,),
+    position, frequencies (n, K) float64). The encoder knows every id, so instead of going position by position the
+    integer prior runs teacher-forced (`IntegerPrior.score`: bit-identical rows) over each tile's own prefix, tiles
+    of similar count batched together: the work grows with sum k."""
+    integer, missing = portable(prior).integer, prior.config.missing
+    first = torch.from_numpy(np.ascontiguousarray(ids[:, 0])).view(rows, cols)
+    with torch.inference_mode():
+        wavefront = neighbour_ids(first, missing, WAVEFRONT_MASK)  # (N, 8): what the decoder knows at id_0
+        first_rows = torch.cat([integer.prefill(wavefront[b:b + SCORE_TILES])[0]
+                                for b in range(0, len(counts), SCORE_TILES)])  # (N, K)
+        context = neighbour_ids(first, missing)  # (N, 8)
+        chunk_rows, chunk_start = None, -1
+        for tiles, i in coding_order(rows, cols, counts):
+            if i == 0:
+                yield tiles, 0, first_rows[torch.from_numpy(tiles)].double().numpy()
+                continue
+            start = tiles[0] // CHUNK * CHUNK
+            if start != chunk_start:
+                chunk = np.arange(start, min(len(counts), start + CHUNK))
+                chunk_rows, chunk_start = _forced_rows(integer, context, ids, counts, chunk), start
+            yield tiles, i, chunk_rows[tiles - start, i].astype(np.float64)
+
+
+SCORE_TILES = 64  # tiles per teacher-forced batch (any batching gives the same rows: not a format constant)
+
+
+def _forced_rows(integer: IntegerPrior, context: torch.Tensor, ids: np.ndarray, counts: np.ndarray,
+                 chunk: np.ndarray) -> np.ndarray:
+    """(n, max k, K) uint16 frequencies of the ids of the tiles `chunk` (rows past a tile's count are not written)."""
+    width = int(counts[chunk].max())
+    out = np.empty((len(chunk), width, integer.config.codebook_size), dtype=np.uint16)  # each entry < 2**16
+    order = np.argsort(counts[chunk], kind="stable")  # similar counts together: each batch runs to its own max
+    for b in range(0, len(order), SCORE_TILES):
+        local = order[b:b + SCORE_TILES]
+        k = int(counts[chunk[local]].max())
+        tiles = torch.from_numpy(chunk[local])
+        out[local, :k] = integer.score(context[tiles], torch.from_numpy(ids[chunk[local], :k])).numpy()
+    return out
+
+
 def encode(prior: TilePrior, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray, uniform: bool,
            float_coder: bool = False) -> np.ndarray:
     """Counts (N,) and ids (N, >= max k, left-aligned) -> the range coder's words (uint32), payload 2 (the integer
-    prior). With `uniform` the counts are not coded (the file stores the one k). `float_coder` writes onetok 0.1's
-    payload 1 instead, for tests and benchmarks of the old coder only: `Codec` never writes it."""
+    prior, teacher-forced: `forced_pass`). With `uniform` the counts are not coded (the file stores the one k).
+    `float_coder` writes onetok 0.1's payload 1 instead, for tests and benchmarks of the old coder only: `Codec`
+    never writes it."""
     coder = constriction.stream.queue.RangeEncoder()
     family = constriction.stream.model.Categorical(perfect=False)
-    model, context = _model(prior, float_coder)
 
     def put(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
         coder.encode(symbols.astype(np.int32), family, freqs)
         return symbols
 
-    with context:
-        if not uniform:
-            count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
-        first = first_pass(model, rows, cols, lambda tiles, i, f: put(f, ids[tiles, 0]))
-        later_pass(model, first, counts, lambda tiles, i, f: put(f, ids[tiles, i]))
+    if not uniform:
+        count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
+    if float_coder:
+        with deterministic():
+            model = FloatModel(prior)
+            first = first_pass(model, rows, cols, lambda tiles, i, f: put(f, ids[tiles, 0]))
+            later_pass(model, first, counts, lambda tiles, i, f: put(f, ids[tiles, i]))
+    else:
+        for tiles, i, freqs in forced_pass(prior, rows, cols, counts, ids):
+            put(freqs, ids[tiles, i])
     return coder.get_compressed().astype(np.uint32)
 
 
@@ -230,39 +290,29 @@ def decode(prior: TilePrior, rows: int, cols: int, words: np.ndarray, uniform_k:
     return counts, flat
 
 
-class Pricing(NamedTuple):
-    """What the portable coder spends on every id of every tile, and (when it fits `TABLE_BYTES`) the frequency rows
-    it saw: the prior is causal, so one pass over all L ids of each tile gives the rows for coding any prefix."""
-
-    bits: np.ndarray  # (N, L) code length of each id
-    table: np.ndarray | None  # (N, L, K) uint16 frequencies (each row sums to PROB_SCALE), or None: too large
-
-
-def price(prior: TilePrior, rows: int, cols: int, ids: np.ndarray, keep: bool = True) -> Pricing:
-    """Code length in bits of every id of every tile, (N, L), as `encode` would spend it (counts not included), and
-    with `keep` the frequency table for `encode_from_table` (if N * L * K * 2 bytes <= TABLE_BYTES)."""
+def estimate_bits(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> np.ndarray:
+    """About what payload 2 spends on every id of every tile, (N, L) bits (counts not included): the float prior,
+    teacher-forced over all L ids, its probabilities quantised as the integer prior's are (floor(p (PROB_SCALE - K))
+    + 1). Float, so it may differ a little between machines: it only helps choose token counts (the rate control);
+    the stream itself is coded from the integer prior, and a size target is checked on the coded stream."""
     N, L = ids.shape
-    costs = np.zeros((N, L))
-    table = None
-    if keep and N * L * prior.config.codebook_size * 2 <= TABLE_BYTES:
-        table = np.empty((N, L, prior.config.codebook_size), dtype=np.uint16)  # every row is written below
-    model, context = _model(prior, False)
-
-    def cost(tiles: np.ndarray, i: int, freqs: np.ndarray) -> np.ndarray:
-        costs[tiles, i] = bits_of(freqs, ids[tiles, i])
-        if table is not None:
-            table[tiles, i] = freqs  # integers in 1 .. PROB_SCALE - K + 1 < 2**16: exact
-        return ids[tiles, i]
-
-    with context:
-        first = first_pass(model, rows, cols, cost)
-        later_pass(model, first, np.full(N, L), cost)
-    return Pricing(costs, table)
+    K, missing = prior.config.codebook_size, prior.config.missing
+    first = torch.from_numpy(np.ascontiguousarray(ids[:, 0])).view(rows, cols)
+    wavefront, context = neighbour_ids(first, missing, WAVEFRONT_MASK), neighbour_ids(first, missing)
+    bits = np.empty((N, L))
+    with torch.inference_mode():
+        for b in range(0, N, ESTIMATE_TILES):
+            tile_ids = torch.from_numpy(ids[b:b + ESTIMATE_TILES])  # (n, L)
+            logp = prior(prior.sequence(context[b:b + ESTIMATE_TILES], tile_ids)).float().log_softmax(-1)
+            logp[:, 0] = prior(prior.sequence(wavefront[b:b + ESTIMATE_TILES], tile_ids[:, :1]))[:, 0].float() \
+                .log_softmax(-1)  # id_0 is coded knowing only the wavefront's neighbours
+            p = logp.gather(-1, tile_ids[..., None])[..., 0].double().exp()  # (n, L)
+            freqs = torch.floor(p * (PROB_SCALE - K)) + 1
+            bits[b:b + ESTIMATE_TILES] = (np.log2(PROB_SCALE) - torch.log2(freqs)).numpy()
+    return bits
 
 
-def id_bits(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> np.ndarray:
-    """Code length in bits of every id of every tile, (N, L), as `encode` would spend it (counts not included)."""
-    return price(prior, rows, cols, ids, keep=False).bits
+ESTIMATE_TILES = 512  # tiles per float batch of `estimate_bits`
 
 
 def coding_order(rows: int, cols: int, counts: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
@@ -275,23 +325,6 @@ def coding_order(rows: int, cols: int, counts: np.ndarray) -> Iterator[tuple[np.
         chunk = counts[start:start + CHUNK]
         for i in range(1, int(chunk.max())):
             yield start + np.nonzero(chunk > i)[0], i
-
-
-def encode_from_table(table: np.ndarray, rows: int, cols: int, counts: np.ndarray, ids: np.ndarray,
-                      uniform: bool) -> np.ndarray:
-    """`encode` (payload 2) with the frequency rows of `price` instead of running the prior again: the same words."""
-    coder = constriction.stream.queue.RangeEncoder()
-    family = constriction.stream.model.Categorical(perfect=False)
-
-    def put(freqs: np.ndarray, symbols: np.ndarray) -> np.ndarray:
-        coder.encode(symbols.astype(np.int32), family, freqs.astype(np.float64))
-        return symbols
-
-    if not uniform:
-        count_pass(rows, cols, table.shape[1], lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
-    for tiles, i in coding_order(rows, cols, counts):
-        put(table[tiles, i], ids[tiles, i])
-    return coder.get_compressed().astype(np.uint32)
 
 
 def count_bits(counts: np.ndarray, rows: int, cols: int, L: int) -> float:

@@ -362,22 +362,36 @@ class IntegerPrior:
         self.head = quantize_linear(prior.head, ACT_FRAC, ACT_FRAC)
         exp_table(), gelu_fine()  # built once, up front
 
-    def _run(self, inputs: torch.Tensor, cache: IntCache, start: int) -> torch.Tensor:
-        """Token ids (B, T) at positions start.. -> frequencies (B, K) for the token after the last one."""
+    def _run(self, inputs: torch.Tensor, cache: IntCache, start: int, every: bool = False) -> torch.Tensor:
+        """Token ids (B, T) at positions start.. -> frequencies (B, K) for the token after the last one, or with
+        `every` (B, T, K) after each of them."""
         x = self.embed[inputs] + self.pos[start:start + inputs.shape[1]]  # (B, T, D) at RES_FRAC
         for i, b in enumerate(self.blocks):
-            x = block_forward(b, x, cache.keys[i], cache.values[i], start, last_only=i == len(self.blocks) - 1)
+            last_only = i == len(self.blocks) - 1 and not every
+            x = block_forward(b, x, cache.keys[i], cache.values[i], start, last_only=last_only)
         cache.length[0] = start + inputs.shape[1]
-        logits = linear(self.head, layer_norm(self.norm, x[:, -1]))  # (B, K) at ACT_FRAC
-        return frequencies(clamp(logits, RES_LIMIT << 4))
+        logits = linear(self.head, layer_norm(self.norm, x if every else x[:, -1]))  # (B, [T,] K) at ACT_FRAC
+        freqs = frequencies(clamp(logits, RES_LIMIT << 4).reshape(-1, logits.shape[-1]))
+        return freqs.view(*logits.shape)
+
+    def _empty_cache(self, batch: int) -> IntCache:
+        c = self.config
+        shape = (batch, c.heads, c.prefix + c.num_tokens - 1, c.width // c.heads)
+        return IntCache([torch.empty(shape, dtype=torch.float64) for _ in self.blocks],  # read only where written
+                        [torch.empty(shape, dtype=torch.float64) for _ in self.blocks], [0])
+
+    def score(self, context: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: context (B, 8) neighbour ids and ids (B, n), n <= L -> the frequencies of each of the n
+        ids given the ones before it, (B, n, K), in one pass. Bit-identical to `prefill` then n - 1 `step`s: every
+        row and position is computed by the same integer operations (a causal mask whose exp weight is exactly 0
+        stands for the keys a step has not seen yet)."""
+        inputs = torch.cat([context, torch.full_like(context[:, :1], self.config.bos), ids[:, :-1]], dim=1)
+        return self._run(inputs, self._empty_cache(len(context)), 0, every=True)[:, self.config.prefix - 1:]
 
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, IntCache]:
         """context (B, 8) neighbour ids -> frequencies of id_0 (B, K) and the cache after <bos>."""
-        c = self.config
-        inputs = torch.cat([context, torch.full_like(context[:, :1], c.bos)], dim=1)  # (B, P)
-        shape = (len(context), c.heads, c.prefix + c.num_tokens - 1, c.width // c.heads)
-        cache = IntCache([torch.empty(shape, dtype=torch.float64) for _ in self.blocks],  # read only where written
-                         [torch.empty(shape, dtype=torch.float64) for _ in self.blocks], [0])
+        inputs = torch.cat([context, torch.full_like(context[:, :1], self.config.bos)], dim=1)  # (B, P)
+        cache = self._empty_cache(len(context))
         return self._run(inputs, cache, 0), cache
 
     def step(self, ids: torch.Tensor, cache: IntCache) -> tuple[torch.Tensor, IntCache]:
