@@ -190,6 +190,15 @@ def test_coarse_counts():
         assert c[0] == 1 and c[-1] == L and c == sorted(set(c)) and len(c) <= 2 + math.log2(L)
 
 
+def test_allocation_counts_are_half_octaves():
+    assert rate.allocation_counts(32) == [1, 2, 4, 6, 8, 12, 16, 24, 32]
+    assert rate.allocation_counts(1) == [1] and rate.allocation_counts(3) == [1, 2, 3]
+    for L in (2, 8, 13, 32, 64):
+        c = rate.allocation_counts(L)
+        assert c[0] == 1 and c[-1] == L and c == sorted(set(c)) and set(rate.coarse_counts(L)) <= set(c)
+        assert all(b <= 2 * a for a, b in zip(c, c[1:])) and len(c) <= 2 + 2 * math.log2(L)
+
+
 def test_lower_hull_and_greedy_allocation():
     cost = np.array([[1.0, 2, 3, 4], [1, 2, 3, 4]])
     sse = np.array([[100.0, 90, 20, 19], [50, 10, 9, 8]])  # tile 0: point 1 lies above the hull

@@ -204,11 +204,11 @@ class Analysis:
         return counts, bool(self.size_bits(np.ones_like(counts)) <= target)
 
     def _counts_for_bits(self, target: float) -> np.ndarray:
-        """Greedy allocation of the id bits: fitted to the file size on the coarse counts, refined around each tile's
-        choice (`rate.refine_allocation`), fitted again on all measured counts."""
+        """Greedy allocation of the id bits: fitted to the file size on the half-octave counts, refined around each
+        tile's choice (`rate.refine_allocation`), fitted again on all measured counts."""
         cost = np.cumsum(self.bits, axis=1)  # (N, L): bits of the first k ids
         budget = target - self.size_bits(np.ones(self.grid.count, dtype=np.int64)) + cost[:, 0].sum()
-        self.distortion.need_all(rc.coarse_counts(self.tokenizer.num_latent_tokens))
+        self.distortion.need_all(rc.allocation_counts(self.tokenizer.num_latent_tokens))
         _, budget = self._fit(cost, budget, target)
         rc.refine_allocation(self.distortion, cost, budget)
         return self._fit(cost, budget, target)[0]

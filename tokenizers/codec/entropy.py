@@ -11,7 +11,9 @@ The stream of one image, in the order the decoder reads it:
 
 The encoder and the decoder must compute bit-identical frequencies or the stream decodes to garbage. Payload 2 (what
 `encode` writes) takes them from the prior run in integer arithmetic (`onetok.tokenizers.codec.fixedpoint`): the
-same bits on every machine, thread count and torch build. Payload 1 (onetok <= 0.1, decoded for old files only) took
+same bits on every machine, thread count and torch build; the encoder, which knows every id, runs it
+teacher-forced (`forced_pass`), the decoder position by position (`first_pass`, `later_pass`), and every row comes
+out the same either way. Payload 1 (onetok <= 0.1, decoded for old files only) took
 them from the float32 prior on one thread, which differs between CPU kernels. A CRC-32 of the counts and ids is
 stored with each image: a stream that decodes differently anyway raises `OtokError`, never shows a wrong picture.
 """
