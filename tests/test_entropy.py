@@ -120,6 +120,20 @@ def test_teacher_forced_coding_writes_the_decoders_words(prior, uniform, monkeyp
                                       _stepwise_words(prior, rows, cols, counts, ids, uniform))
 
 
+def test_a_bpp_target_holds_for_the_coded_stream_when_the_estimate_runs_low(tok, prior, monkeypatch):
+    """The float estimate only chooses counts; the coded stream is measured, and where it overshoots the target the
+    counts are chosen again for a smaller one: the file fits even when the estimate is 40% low."""
+    image, bpp = _image(45, 30), 0.8  # below the file with every id (1,336 bits)
+    monkeypatch.setattr(C.rc, "decoder_measure", lambda *a: lambda tiles, counts: 1e4 / counts)  # more ids: better
+    estimate, calls = entropy.estimate_bits, []
+    monkeypatch.setattr(entropy, "estimate_bits", lambda *a: 0.6 * estimate(*a))
+    encode = entropy.encode
+    monkeypatch.setattr(entropy, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    enc = C.Codec(tok, prior).encode(image, C.RateControl(bpp=bpp))
+    data = otok.dumps(C.Codec(tok, prior).file([enc.image]))
+    assert enc.reached and 8 * len(data) <= bpp * 45 * 30 and len(calls) >= 2
+
+
 def test_a_wrong_stream_is_an_error_not_a_picture(prior):
     rng = np.random.default_rng(1)
     counts, ids = rng.integers(1, 9, 6), rng.integers(0, 64, (6, 8))

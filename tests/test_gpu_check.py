@@ -139,6 +139,7 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     assert result["natural_model"]["train"]["steps_per_s"] > 0
     assert result["otok_cuda"]["same_ids"] and result["otok_cuda"]["same_counts"]
     assert (out / result["otok_cuda"]["file"]).stat().st_size == result["otok_cuda"]["bytes"]
+    assert result["otok_cuda"]["device_written_same_on_cpu"] and result["otok_cuda"]["device_written_bytes"] > 0
     assert {r["default_path"] for r in result["nearest_code"]["rows"]} == {"torch"}  # on the CPU: always torch
     assert result["sampling_trained"]["tokenizer"].startswith("shapes preset, vq")
     assert result["train_rates"]["tokenizer"]["steps_per_s"] > 0 and result["train_rates"]["ar"]["steps_per_s"] > 0

@@ -16,7 +16,8 @@ after every section, so a run cut short keeps what it measured):
                      or --reference): training steps/s and encode/decode images/s, bf16, interleaved (gpu_side.py)
     natural_model    the built-in natural-image unified model (--natural-model DIR): training steps/s, sampling
                      images/s at batch 1, 16, 256, plain vs SJD
-    otok_cuda        a .otok file written on the CPU (portable coder) decoded on CUDA: the same ids?
+    otok_cuda        a .otok file written on the CPU (portable coder) decoded on CUDA, and one written on CUDA
+                     decoded on the CPU: the same ids?
     tests            the checkout's kernel tests, compiled on the device, and every `gpu`-marked test (pytest
                      subprocess)
     sampling_random  plain vs SJD x batch 1 and 16: random-weight AR `base`, 256-token tokenizer

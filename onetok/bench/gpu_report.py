@@ -67,6 +67,10 @@ def targets(report: dict) -> list[dict]:
     out.append({"what": ".otok written on the CPU, decoded on the device: same ids", "goal": "true",
                 "value": None if report["dry_run"] else otok.get("same_ids"),
                 "met": None if report["dry_run"] or "same_ids" not in otok else bool(otok["same_ids"])})
+    back = otok.get("device_written_same_on_cpu")
+    out.append({"what": ".otok written on the device, decoded on the CPU: same ids", "goal": "true",
+                "value": None if report["dry_run"] else back,
+                "met": None if report["dry_run"] or back is None else bool(back)})
     runs = [r for r in _result(report, "tests").values() if isinstance(r, dict) and "command" in r]
     out.append({"what": "kernel and gpu-marked tests on the device pass", "value": None, "goal": "all pass",
                 "met": None if report["dry_run"] or not runs else all(r.get("passed") for r in runs)})
@@ -184,7 +188,9 @@ def _otok_lines(result: dict) -> list[str]:
                 f"{result['ids']} ids), decoded on {result['device']}: same ids {result['same_ids']}, same counts "
                 f"{result['same_counts']}; pixels max |diff| {_fmt(result['pixel_max_abs_diff'])}, PSNR between the "
                 f"two decodes {_fmt(result['pixel_psnr_db'])} dB; decode {_fmt(result['cpu_decode_s'])} s on the "
-                f"CPU, {_fmt(result['device_decode_s'])} s on the device."]
+                f"CPU, {_fmt(result['device_decode_s'])} s on the device. A file written on {result['device']} "
+                f"({result.get('device_written_bytes')} bytes) read on the CPU: same ids "
+                f"{result.get('device_written_same_on_cpu')}."]
 
 
 def _training_lines(report: dict) -> list[str]:

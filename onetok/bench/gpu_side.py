@@ -6,7 +6,8 @@ same device in the same run.
                          (batch 64, bf16 autocast), interleaved rounds alternating who goes first, as
                          `onetok bench tokenizer --reference` does on CPU
     otok_cuda            a `.otok` file written on the CPU (the built-in photo codec, range-coded with the portable
-                         integer prior), decoded on CUDA: the same ids as on the CPU?
+                         integer prior), decoded on CUDA: the same ids as on the CPU? And one written on CUDA,
+                         read on the CPU.
 
 The reference checkout is not part of the project: put a checkout of github.com/bytedance/1d-tokenizer at
 `third_party/1d-tokenizer` of the onetok checkout (git-ignored; only `modeling/` is read) and carry it with the run,
@@ -198,8 +199,14 @@ def otok_cuda(ctx) -> dict:
         dev_pixels = device.decode(f)[0]
     a, b = (torch.tensor(list(im.getdata()), dtype=torch.float64) for im in (cpu_pixels, dev_pixels))
     mse = float(((a - b) ** 2).mean())
+    written = device.compress([_photo((64, 64) if ctx.dry_run else (256, 192))])  # the other way round
+    (ctx.out / "otok_cuda_device_written.otok").write_bytes(written)
+    g = otok.loads(written, cpu.fingerprint)
+    back, own = cpu.ids(g, g.images[0]), device.ids(g, g.images[0])
     return {"device": ctx.device, "bytes": len(data), "tiles": int(len(want.counts)), "ids": int(len(want.ids)),
             "same_counts": bool((want.counts == got.counts).all()), "same_ids": bool((want.ids == got.ids).all()),
+            "device_written_bytes": len(written),
+            "device_written_same_on_cpu": bool((back.counts == own.counts).all() and (back.ids == own.ids).all()),
             "fingerprint_same_on_device": device.fingerprint == cpu.fingerprint,
             "pixel_max_abs_diff": float((a - b).abs().max()),
             "pixel_psnr_db": None if mse == 0 else psnr_from_mse(mse, 255.0),
