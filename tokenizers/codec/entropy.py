@@ -229,6 +229,7 @@ def _forced_rows(integer: IntegerPrior, context: torch.Tensor, ids: np.ndarray, 
     width = int(counts[chunk].max())
     out = np.empty((len(chunk), width, integer.config.codebook_size), dtype=np.uint16)  # each entry < 2**16
     order = np.argsort(counts[chunk], kind="stable")  # similar counts together: each batch runs to its own max
+    order = order[counts[chunk[order]] > 1]  # a tile of one id has nothing after its first
     for b in range(0, len(order), SCORE_TILES):
         local = order[b:b + SCORE_TILES]
         k = int(counts[chunk[local]].max())
