@@ -125,7 +125,7 @@ def portable(prior: TilePrior) -> PortableModel:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The three passes, shared by the encoder, the decoder and the cost estimate
+# The three passes, as the decoder runs them (and the float coder's encoder)
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -152,13 +152,18 @@ def first_pass(model: Model, rows: int, cols: int, decide: Decide) -> torch.Tens
     """First ids (rows, cols), diagonal by diagonal; the prior sees the up-left, up and left first ids."""
     missing = model.config.missing
     first = torch.full((rows, cols), missing, dtype=torch.long)
-    rr, cc = np.divmod(np.arange(rows * cols), cols)
-    for d in range(rows + cols - 1):
-        tiles = np.nonzero(rr + cc == d)[0]  # (n,) flat indices on this diagonal
+    for tiles in diagonals(rows, cols):
         context = neighbour_ids(first, missing, WAVEFRONT_MASK)[torch.from_numpy(tiles)]  # (n, 8)
         freqs, _ = model.prefill(context)
         first.view(-1)[torch.from_numpy(tiles)] = torch.from_numpy(decide(tiles, 0, freqs).astype(np.int64))
     return first
+
+
+def diagonals(rows: int, cols: int) -> Iterator[np.ndarray]:
+    """The flat tile indices (n,) of each diagonal r + c = d of the grid, d = 0, 1, ...: the first ids' wavefront."""
+    rr, cc = np.divmod(np.arange(rows * cols), cols)
+    for d in range(rows + cols - 1):
+        yield np.nonzero(rr + cc == d)[0]
 
 
 def later_pass(model: Model, first: torch.Tensor, counts: np.ndarray, decide: Decide) -> np.ndarray:
@@ -254,8 +259,8 @@ def encode(prior: TilePrior, rows: int, cols: int, counts: np.ndarray, ids: np.n
     if not uniform:
         count_pass(rows, cols, prior.config.num_tokens, lambda t, f: int(put(f[None], counts[t:t + 1] - 1)[0]))
     if float_coder:
-        with deterministic():
-            model = FloatModel(prior)
+        model, context = _model(prior, float_coder=True)
+        with context:
             first = first_pass(model, rows, cols, lambda tiles, i, f: put(f, ids[tiles, 0]))
             later_pass(model, first, counts, lambda tiles, i, f: put(f, ids[tiles, i]))
     else:
@@ -321,9 +326,8 @@ ESTIMATE_TILES = 512  # tiles per float batch of `estimate_bits`
 def coding_order(rows: int, cols: int, counts: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
     """(tiles, position) of each batch of ids in the order passes 2 and 3 code them (as `first_pass` and
     `later_pass` visit them)."""
-    rr, cc = np.divmod(np.arange(rows * cols), cols)
-    for d in range(rows + cols - 1):
-        yield np.nonzero(rr + cc == d)[0], 0
+    for tiles in diagonals(rows, cols):
+        yield tiles, 0
     for start in range(0, len(counts), CHUNK):
         chunk = counts[start:start + CHUNK]
         for i in range(1, int(chunk.max())):
