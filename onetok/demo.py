@@ -32,6 +32,8 @@ DEMO_PROMPTS = [
 PHOTO_LADDER = (0.03, 0.05, 0.1, 0.2)  # bits per pixel of the real-photo rate ladder
 NATURAL_PER_CLASS = 8  # samples per class in the natural-images grid
 NATURAL_CAPTIONS = 2  # val images per class captioned (20 for CIFAR-10)
+BUDGET_S = 20 * 60  # the whole demo on 2 CPU cores; the AR training's time cap is what the budget leaves
+AFTER_AR_S = 330  # the AR export and the steps after it on a slow 2-core machine (230-283 s measured), with margin
 
 
 class Demo:
@@ -43,6 +45,7 @@ class Demo:
         self.data = out / "data"
         self.models = out / "models"
         self.timings: dict[str, float] = {}
+        self.started = time.time()
 
     # ---- plumbing --------------------------------------------------------------------------------------------------
 
@@ -109,12 +112,19 @@ class Demo:
                  "--out", str(self.out / "tokens"), "--force")
 
     def train_ar(self) -> None:
-        extra = ["--trainer.max_steps", "30"] if self.quick else []
+        extra = ["--trainer.max_steps", "30"] if self.quick else self.ar_time_cap()
         self.train("ar/shapes", self.out / "train_ar",
                    "--data.init_args.tokens", str(self.out / "tokens"),
                    "--model.init_args.tokenizer_dir", str(self.models / "tokenizer"), *extra)
         self.run("export", str(self.newest_ckpt(self.out / "train_ar")), "--out", str(self.models / "unified"),
                  "--force")
+
+    def ar_time_cap(self) -> list[str]:
+        """`--trainer.max_time` for the AR training: what `BUDGET_S` leaves after the steps so far and those after
+        it (at least a minute). On a fast machine the step budget ends the run before it."""
+        left = max(60, int(BUDGET_S - (time.time() - self.started) - AFTER_AR_S))
+        print(f"[demo] the AR training may take up to {left} s (the demo's {BUDGET_S // 60}-minute budget)", flush=True)
+        return ["--trainer.max_time", f"00:00:{left // 60:02d}:{left % 60:02d}"]
 
     def sample(self) -> None:
         prompts = self.out / "prompts.txt"
