@@ -126,18 +126,19 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a, b)
 
 
-def shift_round(x: torch.Tensor, half: torch.Tensor | float, scale: torch.Tensor | float) -> torch.Tensor:
+def shift_round_(x: torch.Tensor, half: torch.Tensor | float, scale: torch.Tensor | float) -> torch.Tensor:
     """round(x / 2**k), halves up, given half = 2**(k-1) and scale = 2**-k (k >= 1): floor((x + half) * scale), exact
-    for integers |x| + half < 2**53 (the sum is an integer below 2**53, the scaling a power of two)."""
-    return torch.floor((x + half) * scale)
+    for integers |x| + half < 2**53 (the sum is an integer below 2**53, the scaling a power of two). In place: the
+    callers pass a temporary."""
+    return x.add_(half).mul_(scale).floor_()
 
 
 def floor_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """floor(num / den) of integers, den > 0, |num| and |den * quotient| below 2**53: the correctly rounded float64
     quotient is within one of it, and the exact remainder decides which."""
-    q = torch.floor(num / den)
-    r = num - q * den
-    return q - (r < 0).double() + (r >= den).double()
+    q = torch.div(num, den).floor_()
+    r = torch.addcmul(num, q, den, value=-1)  # num - q * den: the product is an exact integer, so FMA or not alike
+    return q.sub_((r < 0).double()).add_((r >= den).double())
 
 
 def round_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -152,12 +153,14 @@ def isqrt(x: torch.Tensor) -> torch.Tensor:
     return s + ((s + 1) * (s + 1) <= x).long()
 
 
-def clamp(x: torch.Tensor, limit: int) -> torch.Tensor:
-    return x.clamp(-(limit - 1), limit - 1)
+def clamp_(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """x clamped to |x| < limit, in place (the callers pass a temporary)."""
+    return x.clamp_(-(limit - 1), limit - 1)
 
 
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """table[index] for a float64 table and integer-valued float64 indices, clamped to the table's last entry."""
+    """table[index] for a float64 table and integer-valued float64 indices (>= 0), clamped to the table's last
+    entry."""
     return torch.take(table, index.clamp(max=len(table) - 1).long())
 
 
@@ -201,7 +204,7 @@ def quantize_linear(layer: nn.Linear, in_frac: int, out_frac: int, in_limit: int
 def linear(layer: IntLinear, x: torch.Tensor) -> torch.Tensor:
     """x (..., in) -> (..., out) at the layer's out_frac, rounded: floor((x @ w + offset) * scale)."""
     acc = torch.addmm(layer.offset, x.reshape(-1, x.shape[-1]), layer.weight)  # (n, out), exact: see check_exact
-    return torch.floor(acc.mul_(layer.scale)).view(*x.shape[:-1], -1)
+    return acc.mul_(layer.scale).floor_().view(*x.shape[:-1], -1)
 
 
 class IntNorm(NamedTuple):
@@ -231,9 +234,9 @@ def layer_norm(norm: IntNorm, x: torch.Tensor) -> torch.Tensor:
     sigma = isqrt(torch.div(var << (2 * NORM_GUARD), D, rounding_mode="floor") + norm.eps)  # at RES_FRAC + GUARD
     inverse = torch.div(1 << (ACT_FRAC + NORM_GUARD + NORM_RECIPROCAL), sigma, rounding_mode="floor").double()
     # |c| * inverse <= sqrt(D) * 2**(ACT_FRAC + NORM_RECIPROCAL): |c| <= sqrt(var), sigma >= sqrt(var / D) * 2**GUARD
-    normalised = shift_round(c * inverse, float(1 << (NORM_RECIPROCAL - 1)), 2.0 ** -NORM_RECIPROCAL)  # ACT_FRAC
-    gained = normalised * norm.gain + norm.shift  # at ACT_FRAC + GAIN_FRAC
-    return clamp(shift_round(gained, float(1 << (GAIN_FRAC - 1)), 2.0 ** -GAIN_FRAC), ACT_LIMIT)
+    normalised = shift_round_(c * inverse, float(1 << (NORM_RECIPROCAL - 1)), 2.0 ** -NORM_RECIPROCAL)  # ACT_FRAC
+    gained = normalised.mul_(norm.gain).add_(norm.shift)  # at ACT_FRAC + GAIN_FRAC
+    return clamp_(shift_round_(gained, float(1 << (GAIN_FRAC - 1)), 2.0 ** -GAIN_FRAC), ACT_LIMIT)
 
 
 @lru_cache(maxsize=1)
@@ -251,7 +254,7 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU of x at ACT_FRAC: `gelu_fine` inside [-GELU_RANGE, GELU_RANGE), x above it, the table's first entry
     below it."""
     lo, hi = -(GELU_RANGE << ACT_FRAC), GELU_RANGE << ACT_FRAC
-    inside = torch.take(gelu_fine(), (x.clamp(lo, hi - 1) - lo).long())
+    inside = torch.take(gelu_fine(), x.clamp(lo, hi - 1).sub_(lo).long())
     return torch.where(x >= hi, x, inside)
 
 
@@ -262,15 +265,16 @@ def frequencies(logits: torch.Tensor) -> torch.Tensor:
     if K >= PROB_SCALE // 2:
         raise ValueError(f"integer prior: {K} symbols leave too little of the {PROB_SCALE} frequency total")
     step = ACT_FRAC - EXP_FRAC
-    steps = shift_round(logits.max(-1, keepdim=True).values - logits, float(1 << (step - 1)), 2.0 ** -step)
-    weights = lookup(exp_table(), steps)  # (n, K), the maximum's is EXP_ONE
-    inverse = torch.div(1 << FREQ_RECIPROCAL, weights.sum(-1, keepdim=True).long(), rounding_mode="floor")
-    # w * (PROB_SCALE - K) * inverse <= EXP_ONE * PROB_SCALE * 2**FREQ_RECIPROCAL / EXP_ONE = 2**52: exact
-    scaled = weights * float(PROB_SCALE - K) * inverse.double()
-    freqs = 1 + torch.floor(scaled * 2.0 ** -FREQ_RECIPROCAL).long()  # sums to at most PROB_SCALE
+    steps = shift_round_(logits.max(-1, keepdim=True).values - logits, float(1 << (step - 1)), 2.0 ** -step)
     index = torch.arange(K).expand(n, K)
     top = torch.where(steps == 0, index, K).min(-1, keepdim=True).values  # the first largest takes the remainder
-    return freqs.scatter_add(1, top, PROB_SCALE - freqs.sum(-1, keepdim=True))
+    weights = lookup(exp_table(), steps)  # (n, K), the maximum's is EXP_ONE
+    inverse = torch.div(1 << FREQ_RECIPROCAL, weights.sum(-1, keepdim=True).long(), rounding_mode="floor")
+    # w * (PROB_SCALE - K) * inverse <= EXP_ONE * PROB_SCALE * 2**FREQ_RECIPROCAL / EXP_ONE = 2**52, and
+    # (PROB_SCALE - K) * inverse <= 2**16 * 2**20: every product is an exact integer, in any order
+    scaled = weights.mul_(float(PROB_SCALE - K) * inverse.double())
+    freqs = scaled.mul_(2.0 ** -FREQ_RECIPROCAL).floor_().long().add_(1)  # sums to at most PROB_SCALE
+    return freqs.scatter_add_(1, top, PROB_SCALE - freqs.sum(-1, keepdim=True))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -322,27 +326,27 @@ def attention(b: IntBlock, q: torch.Tensor, keys: torch.Tensor, values: torch.Te
     scores = exact_matmul(q, keys.transpose(-1, -2))  # (B, H, T, S) at 2 * ACT_FRAC, |.| < d * ACT_LIMIT**2
     if T > 1:  # causal within the new positions
         visible = torch.arange(S)[None, :] <= torch.arange(start, start + T)[:, None]  # (T, S)
-        scores = scores.masked_fill(~visible, -float(1 << 50))
-    diff = (scores.max(-1, keepdim=True).values - scores).clamp(max=b.cap)  # (B, H, T, S) >= 0
-    steps = shift_round(diff * b.score_scale, float(1 << (SCORE_SHIFT - 1)), 2.0 ** -SCORE_SHIFT)
+        scores = scores.masked_fill_(~visible, -float(1 << 50))
+    diff = (scores.max(-1, keepdim=True).values - scores).clamp_(max=b.cap)  # (B, H, T, S) >= 0
+    steps = shift_round_(diff.mul_(b.score_scale), float(1 << (SCORE_SHIFT - 1)), 2.0 ** -SCORE_SHIFT)
     weights = lookup(exp_table(), steps)  # at most EXP_ONE; 0 where masked
     return round_div(exact_matmul(weights, values), weights.sum(-1, keepdim=True))
 
 
 def block_forward(b: IntBlock, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int,
-                  last_only: bool = False) -> torch.Tensor:
-    """Residual x (B, T, D) at RES_FRAC -> the block's output (B, T, D), or only its last position's (B, 1, D) with
-    `last_only`; the keys/values of all T positions are written at start .. start + T."""
+                  out_from: int = 0) -> torch.Tensor:
+    """Residual x (B, T, D) at RES_FRAC -> the block's output at positions out_from .. T - 1, (B, T - out_from, D);
+    the keys/values of all T positions are written at start .. start + T."""
     B, T, D = x.shape
-    qkv = clamp(linear(b.qkv, layer_norm(b.norm1, x)), ACT_LIMIT)  # (B, T, 3D)
+    qkv = clamp_(linear(b.qkv, layer_norm(b.norm1, x)), ACT_LIMIT)  # (B, T, 3D)
     q, k, v = qkv.view(B, T, 3, b.heads, D // b.heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, T, d)
     keys[:, :, start:start + T], values[:, :, start:start + T] = k, v
-    if last_only:  # the later positions of the last block are never read
-        q, x, start, T = q[:, :, -1:], x[:, -1:], start + T - 1, 1
+    if out_from:  # the earlier positions' outputs are never read (the last block): only their keys and values
+        q, x, start, T = q[:, :, out_from:], x[:, out_from:], start + out_from, T - out_from
     o = attention(b, q, keys[:, :, :start + T], values[:, :, :start + T], start)  # (B, H, T, d)
-    x = clamp(x + linear(b.proj, o.transpose(1, 2).reshape(B, T, D)), RES_LIMIT)  # (B, T, D)
-    h = gelu(clamp(linear(b.fc1, layer_norm(b.norm2, x)), ACT_LIMIT))  # (B, T, hidden)
-    return clamp(x + linear(b.fc2, h), RES_LIMIT)
+    x = clamp_(linear(b.proj, o.transpose(1, 2).reshape(B, T, D)).add_(x), RES_LIMIT)  # (B, T, D)
+    h = gelu(clamp_(linear(b.fc1, layer_norm(b.norm2, x)), ACT_LIMIT))  # (B, T, hidden)
+    return clamp_(linear(b.fc2, h).add_(x), RES_LIMIT)
 
 
 class IntegerPrior:
@@ -362,16 +366,17 @@ class IntegerPrior:
         self.head = quantize_linear(prior.head, ACT_FRAC, ACT_FRAC)
         exp_table(), gelu_fine()  # built once, up front
 
-    def _run(self, inputs: torch.Tensor, cache: IntCache, start: int, every: bool = False) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, cache: IntCache, start: int, every_from: int | None = None) -> torch.Tensor:
         """Token ids (B, T) at positions start.. -> frequencies (B, K) for the token after the last one, or with
-        `every` (B, T, K) after each of them."""
+        `every_from` = j (B, T - j, K) after each of inputs j .. T - 1."""
+        out_from = inputs.shape[1] - 1 if every_from is None else every_from
         x = self.embed[inputs] + self.pos[start:start + inputs.shape[1]]  # (B, T, D) at RES_FRAC
         for i, b in enumerate(self.blocks):
-            last_only = i == len(self.blocks) - 1 and not every
-            x = block_forward(b, x, cache.keys[i], cache.values[i], start, last_only=last_only)
+            last = i == len(self.blocks) - 1
+            x = block_forward(b, x, cache.keys[i], cache.values[i], start, out_from if last else 0)
         cache.length[0] = start + inputs.shape[1]
-        logits = linear(self.head, layer_norm(self.norm, x if every else x[:, -1]))  # (B, [T,] K) at ACT_FRAC
-        freqs = frequencies(clamp(logits, RES_LIMIT << 4).reshape(-1, logits.shape[-1]))
+        logits = linear(self.head, layer_norm(self.norm, x if every_from is not None else x[:, -1]))  # (B, [T',] K)
+        freqs = frequencies(clamp_(logits, RES_LIMIT << 4).reshape(-1, logits.shape[-1]))
         return freqs.view(*logits.shape)
 
     def _empty_cache(self, batch: int) -> IntCache:
@@ -386,7 +391,7 @@ class IntegerPrior:
         row and position is computed by the same integer operations (a causal mask whose exp weight is exactly 0
         stands for the keys a step has not seen yet)."""
         inputs = torch.cat([context, torch.full_like(context[:, :1], self.config.bos), ids[:, :-1]], dim=1)
-        return self._run(inputs, self._empty_cache(len(context)), 0, every=True)[:, self.config.prefix - 1:]
+        return self._run(inputs, self._empty_cache(len(context)), 0, every_from=self.config.prefix - 1)
 
     def prefill(self, context: torch.Tensor) -> tuple[torch.Tensor, IntCache]:
         """context (B, 8) neighbour ids -> frequencies of id_0 (B, K) and the cache after <bos>."""
