@@ -229,7 +229,8 @@ def quantize_norm(norm: nn.LayerNorm) -> IntNorm:
 def layer_norm(norm: IntNorm, x: torch.Tensor) -> torch.Tensor:
     """Residual x (..., D) at RES_FRAC -> normalised, gained and shifted at ACT_FRAC, clamped to ACT_LIMIT."""
     D = x.shape[-1]
-    c = x - floor_div(x.sum(-1, keepdim=True), torch.tensor(float(D)))  # |c| < 2 * RES_LIMIT
+    mean = torch.div(x.sum(-1, keepdim=True).long(), D, rounding_mode="floor").double()  # floor, in int64: exact
+    c = x - mean  # |c| < 2 * RES_LIMIT
     var = (c * c).sum(-1, keepdim=True).long()  # D * variance at 2 * RES_FRAC fraction bits, exact
     sigma = isqrt(torch.div(var << (2 * NORM_GUARD), D, rounding_mode="floor") + norm.eps)  # at RES_FRAC + GUARD
     inverse = torch.div(1 << (ACT_FRAC + NORM_GUARD + NORM_RECIPROCAL), sigma, rounding_mode="floor").double()
