@@ -36,7 +36,8 @@ def chw_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def _stack_hwc(pixels) -> np.ndarray:
-    """PIL image, (H, W, 3) or (B, H, W, 3) uint8, or a sequence of pictures -> contiguous uint8 (B, H, W, 3)."""
+    """PIL image, (H, W, 3) or (B, H, W, 3) uint8, or a sequence of pictures -> contiguous, writable uint8 (B, H, W,
+    3)."""
     if isinstance(pixels, Image.Image):
         pixels = [pixels]
     if isinstance(pixels, np.ndarray):
@@ -47,6 +48,8 @@ def _stack_hwc(pixels) -> np.ndarray:
         raise ValueError("no pictures to convert")
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"expected uint8 pictures (H, W, 3), got {array.dtype} {array.shape[1:]}")
+    if not array.flags.writeable:  # np.asarray(PIL image) is read-only: torch.from_numpy would warn
+        return array.copy()
     return np.ascontiguousarray(array)
 
 

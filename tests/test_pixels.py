@@ -20,6 +20,14 @@ def test_from_hwc_layout_and_values():
     assert torch.equal(pixels.from_hwc(a), x[:1]) and torch.equal(pixels.from_hwc(np.stack([a, b])), x)
 
 
+def test_a_read_only_picture_is_copied_not_shared():
+    a = np.asarray(Image.fromarray(_picture()))  # read-only, as np.asarray of any PIL image
+    assert not a.flags.writeable
+    stacked = pixels._stack_hwc(a)
+    assert stacked.flags.writeable and not np.shares_memory(stacked, a)  # torch.from_numpy warns on read-only arrays
+    assert torch.equal(pixels.from_hwc(a), pixels.from_hwc(a.copy()))
+
+
 def test_round_trip_is_exact_for_every_level():
     levels = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
     np.testing.assert_array_equal(pixels.to_hwc(pixels.from_hwc(levels))[0], levels)
