@@ -200,19 +200,25 @@ def _model(prior: TilePrior, float_coder: bool) -> tuple[Model, contextlib.Abstr
     return portable(prior), torch.inference_mode()
 
 
+def known_contexts(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an encoder that knows every id (N, >= 1): each tile's neighbour ids (N, 8) as the decoder sees them when
+    it decodes id_0 (the wavefront: up-left, up and left only) and when it decodes the later ids (all 8)."""
+    missing = prior.config.missing
+    first = torch.from_numpy(np.ascontiguousarray(ids[:, 0])).view(rows, cols)
+    return neighbour_ids(first, missing, WAVEFRONT_MASK), neighbour_ids(first, missing)
+
+
 def forced_pass(prior: TilePrior, rows: int, cols: int, counts: np.ndarray,
                 ids: np.ndarray) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """Payload 2's frequencies for known ids, in the order passes 2 and 3 code them (`coding_order`): (tiles (n,),
     position, frequencies (n, K) float64). The encoder knows every id, so instead of going position by position the
     integer prior runs teacher-forced (`IntegerPrior.score`: bit-identical rows) over each tile's own prefix, tiles
     of similar count batched together: the work grows with sum k."""
-    integer, missing = portable(prior).integer, prior.config.missing
-    first = torch.from_numpy(np.ascontiguousarray(ids[:, 0])).view(rows, cols)
+    integer = portable(prior).integer
+    wavefront, context = known_contexts(prior, rows, cols, ids)
     with torch.inference_mode():
-        wavefront = neighbour_ids(first, missing, WAVEFRONT_MASK)  # (N, 8): what the decoder knows at id_0
         first_rows = torch.cat([integer.prefill(wavefront[b:b + SCORE_TILES])[0]
                                 for b in range(0, len(counts), SCORE_TILES)])  # (N, K)
-        context = neighbour_ids(first, missing)  # (N, 8)
         chunk_rows, chunk_start = None, -1
         for tiles, i in coding_order(rows, cols, counts):
             if i == 0:
@@ -304,9 +310,8 @@ def estimate_bits(prior: TilePrior, rows: int, cols: int, ids: np.ndarray) -> np
     + 1). Float, so it may differ a little between machines: it only helps choose token counts (the rate control);
     the stream itself is coded from the integer prior, and a size target is checked on the coded stream."""
     N, L = ids.shape
-    K, missing = prior.config.codebook_size, prior.config.missing
-    first = torch.from_numpy(np.ascontiguousarray(ids[:, 0])).view(rows, cols)
-    wavefront, context = neighbour_ids(first, missing, WAVEFRONT_MASK), neighbour_ids(first, missing)
+    K = prior.config.codebook_size
+    wavefront, context = known_contexts(prior, rows, cols, ids)
     bits = np.empty((N, L))
     with torch.inference_mode():
         for b in range(0, N, ESTIMATE_TILES):

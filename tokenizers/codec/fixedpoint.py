@@ -376,9 +376,9 @@ class IntegerPrior:
             last = i == len(self.blocks) - 1
             x = block_forward(b, x, cache.keys[i], cache.values[i], start, out_from if last else 0)
         cache.length[0] = start + inputs.shape[1]
-        logits = linear(self.head, layer_norm(self.norm, x if every_from is not None else x[:, -1]))  # (B, [T',] K)
-        freqs = frequencies(clamp_(logits, RES_LIMIT << 4).reshape(-1, logits.shape[-1]))
-        return freqs.view(*logits.shape)
+        logits = linear(self.head, layer_norm(self.norm, x))  # (B, T - out_from, K) at ACT_FRAC
+        freqs = frequencies(clamp_(logits, RES_LIMIT << 4).reshape(-1, logits.shape[-1])).view(*logits.shape)
+        return freqs if every_from is not None else freqs[:, -1]
 
     def _empty_cache(self, batch: int) -> IntCache:
         c = self.config
