@@ -64,6 +64,22 @@ class OnetokCLI(LightningCLI):
         rank_zero_info(f"--ckpt_path last: {'resuming from ' + str(last) if last else 'no last.ckpt yet, starting anew'}")
 
 
+    def after_fit(self) -> None:
+        save_final_last(self.trainer)
+
+
+def save_final_last(trainer) -> Path | None:
+    """`last.ckpt` at the step the fit ended on. A run stopped between the checkpoint callback's periodic saves
+    (`--trainer.max_time`, the early stop of a callback) would otherwise keep an older `last.ckpt` (Lightning writes
+    one at the end only when none was written before), and exporting it would drop the last steps' training."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.save_last or callback.dirpath is None:
+        return None
+    path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
+    return path
+
+
 def cpu_threads(trainer) -> int | None:
     """A CPU run without OMP_NUM_THREADS: torch threads = this process's cores shared among the run's processes.
     Returns the number set, or None (left to torch)."""
