@@ -76,7 +76,7 @@ def save_final_last(trainer) -> Path | None:
     if callback is None or not callback.save_last or callback.dirpath is None:
         return None
     path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    trainer.save_checkpoint(path)  # every rank calls it; the strategy writes once
+    trainer.save_checkpoint(path, weights_only=False)  # the whole state, to resume; every rank calls it, one writes
     return path
 
 
