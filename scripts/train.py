@@ -63,7 +63,6 @@ class OnetokCLI(LightningCLI):
         config["ckpt_path"] = str(last) if last is not None else None
         rank_zero_info(f"--ckpt_path last: {'resuming from ' + str(last) if last else 'no last.ckpt yet, starting anew'}")
 
-
     def after_fit(self) -> None:
         save_final_last(self.trainer)
 
@@ -75,7 +74,7 @@ def save_final_last(trainer) -> Path | None:
     callback = trainer.checkpoint_callback
     if callback is None or not callback.save_last or callback.dirpath is None:
         return None
-    path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    path = Path(callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST))  # the name Lightning gives it
     trainer.save_checkpoint(path, weights_only=False)  # the whole state, to resume; every rank calls it, one writes
     return path
 
