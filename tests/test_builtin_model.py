@@ -3,12 +3,16 @@ sample` and `onetok caption` when --model is left out, through the same UnifiedM
 
 import fnmatch
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
+    import tomli as tomllib
 
 from onetok.ar_model.unified import UnifiedModel
 from onetok.scripts.cli import main as onetok
