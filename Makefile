@@ -75,6 +75,8 @@ CIFAR_JUDGE_EPOCHS ?= 4
 # CIFAR_AR_STEPS in turn (each run's cosine schedule stretched to its new end), as the shipped model was trained (model
 # card: every stage measured); CIFAR_AR_STEPS= (empty) stops at step 2000
 CIFAR_AR_STEPS ?= 5000 9000
+CIFAR_AR_DATA = --data.init_args.tokens $(CIFAR_RUNS)/tokens --data.init_args.text_vocab $(CIFAR_RUNS)/text_vocab \
+	--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only
 
 cifar-model: $(STAMP)
 	rm -rf $(CIFAR_RUNS)
@@ -86,14 +88,11 @@ cifar-model: $(STAMP)
 		--flip --quiet
 	$(ONETOK) text-vocab train --captions $(CIFAR_DATA) --templates configs/ar/cifar10.yaml --size 512 \
 		--out $(CIFAR_RUNS)/text_vocab --quiet
-	$(TRAIN) fit --config configs/ar/cifar10.yaml --trainer.default_root_dir $(CIFAR_RUNS)/ar \
-		--data.init_args.tokens $(CIFAR_RUNS)/tokens --data.init_args.text_vocab $(CIFAR_RUNS)/text_vocab \
-		--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only
+	$(TRAIN) fit --config configs/ar/cifar10.yaml --trainer.default_root_dir $(CIFAR_RUNS)/ar $(CIFAR_AR_DATA)
 	last=$(CIFAR_RUNS)/ar; for steps in $(CIFAR_AR_STEPS); do \
 		$(TRAIN) fit --config configs/ar/cifar10.yaml --trainer.default_root_dir $(CIFAR_RUNS)/ar_$$steps \
 			--trainer.max_steps $$steps --ckpt_path $$last/lightning_logs/version_0/checkpoints/last.ckpt \
-			--data.init_args.tokens $(CIFAR_RUNS)/tokens --data.init_args.text_vocab $(CIFAR_RUNS)/text_vocab \
-			--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only || exit 1; \
+			$(CIFAR_AR_DATA) || exit 1; \
 		last=$(CIFAR_RUNS)/ar_$$steps; \
 	done; \
 	$(ONETOK) export $$last/lightning_logs/version_0/checkpoints/last.ckpt --out $(CIFAR_RUNS)/model \

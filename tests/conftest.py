@@ -1,4 +1,5 @@
-"""Shared test set-up: seeding, the Triton interpreter on CPU, the `gpu` marker, and the shared photo set."""
+"""Shared test set-up: seeding, the Triton interpreter on CPU, the `gpu` marker, the shared photo set, and
+pyproject's [tool.setuptools] table."""
 
 import os
 import random
@@ -16,6 +17,11 @@ if not _HAS_CUDA:
 
 import numpy as np
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
+    import tomli as tomllib
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,3 +61,9 @@ def shared_photos() -> Path:
     if not (SHARED_PHOTOS / "val").is_dir():
         pytest.skip(f"the shared photo set ({SHARED_PHOTOS}) is not on this machine")
     return SHARED_PHOTOS
+
+
+@pytest.fixture(scope="session")
+def setuptools_config() -> dict:
+    """pyproject.toml's [tool.setuptools] table: what an install carries (packages, package-dir, package-data)."""
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -6,11 +6,6 @@ import fnmatch
 import re
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
-    import tomli as tomllib
-
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "architecture.md"
 ITEM = re.compile(r"^(\d+)\. (.*)")
@@ -65,9 +60,8 @@ def test_stage_parser_reads_a_list_and_stops_after_it():
     assert [PATH.findall(s) for s in data_path_stages(text)] == [["a/b.py", "c/d.py"], ["e/f.py"]]
 
 
-def package_folders() -> dict[str, Path]:
-    """Every installed package (pyproject's [tool.setuptools] packages) -> its folder in the checkout."""
-    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+def package_folders(setup: dict) -> dict[str, Path]:
+    """Every installed package (pyproject's [tool.setuptools] `setup` table: packages) -> its folder in the checkout."""
     roots = setup["package-dir"]
     folders = {}
     for package in setup["packages"]:
@@ -87,10 +81,10 @@ def named_in_table(text: str) -> dict[str, list[str]]:
     return named
 
 
-def test_the_package_table_names_every_module_and_no_gone_one():
+def test_the_package_table_names_every_module_and_no_gone_one(setuptools_config):
     named = named_in_table(DOC.read_text(encoding="utf-8"))
     unnamed, gone = [], []
-    for package, folder in package_folders().items():
+    for package, folder in package_folders(setuptools_config).items():
         modules = sorted(p.name for p in folder.glob("*.py") if p.name != "__init__.py")
         patterns = named.get(package, [])
         unnamed += [f"{package}: {m}" for m in modules if not any(fnmatch.fnmatch(m, pat) for pat in patterns)]
@@ -99,8 +93,8 @@ def test_the_package_table_names_every_module_and_no_gone_one():
     assert not gone, f"names in the package table with no module: {gone}"
 
 
-def test_table_reader_reads_rows_and_patterns():
+def test_table_reader_reads_rows_and_patterns(setuptools_config):
     text = "| `a.b` | `x.py`, `cmd_*.py` | what `y.py` does |\n| `a.b` | `z.py` | more |\nprose `w.py`\n"
     assert named_in_table(text) == {"a.b": ["x.py", "cmd_*.py", "z.py"]}
-    assert {"onetok", "onetok.data", "onetok.tokenizers.codec"} <= set(package_folders())
-    assert package_folders()["onetok.tokenizers.codec"] == REPO / "tokenizers" / "codec"
+    assert {"onetok", "onetok.data", "onetok.tokenizers.codec"} <= set(package_folders(setuptools_config))
+    assert package_folders(setuptools_config)["onetok.tokenizers.codec"] == REPO / "tokenizers" / "codec"

@@ -3,22 +3,15 @@ sample` and `onetok caption` when --model is left out, through the same UnifiedM
 
 import fnmatch
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: pytest's own dependency reads TOML there
-    import tomli as tomllib
-
 from onetok.ar_model.unified import UnifiedModel
 from onetok.scripts.cli import main as onetok
 from onetok.scripts.cmd_ar import BUILTIN_MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -27,14 +20,14 @@ def model() -> UnifiedModel:
     return UnifiedModel.from_pretrained(BUILTIN_MODEL)
 
 
-def test_folder_is_complete_small_and_shipped():
+def test_folder_is_complete_small_and_shipped(setuptools_config):
     files = sorted(p.relative_to(BUILTIN_MODEL).as_posix() for p in BUILTIN_MODEL.rglob("*")
                    if p.is_file() and not p.name.startswith("."))
     assert files == ["README.md", "config.json", "model.safetensors", "text_vocab.model", "text_vocab.words",
                      "tokenizer/config.json", "tokenizer/model.safetensors"]
     weights = sum((BUILTIN_MODEL / f).stat().st_size for f in files if f.endswith(".safetensors"))
     assert weights <= 25 * 2**20
-    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["onetok.ar_model"]
+    globs = setuptools_config["package-data"]["onetok.ar_model"]
     for f in files:  # a wheel / non-editable install carries every file
         assert any(fnmatch.fnmatch(f"pretrained/cifar10/{f}", g) for g in globs), f
     sampling = json.loads((BUILTIN_MODEL / "config.json").read_text())["sampling"]
