@@ -74,7 +74,7 @@ CIFAR_JUDGE_EPOCHS ?= 4
 # the unified model: the config's 2000 steps (the <= 75-minute recipe ends there), then resumed to each step count of
 # CIFAR_AR_STEPS in turn (each run's cosine schedule stretched to its new end), as the shipped model was trained (model
 # card: every stage measured); CIFAR_AR_STEPS= (empty) stops at step 2000
-CIFAR_AR_STEPS ?= 5000 9000
+CIFAR_AR_STEPS ?= 5000 9000 12000
 CIFAR_AR_DATA = --data.init_args.tokens $(CIFAR_RUNS)/tokens --data.init_args.text_vocab $(CIFAR_RUNS)/text_vocab \
 	--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only
 
