@@ -73,7 +73,9 @@ CIFAR_JUDGE ?= ar_model/pretrained/judge_cifar10
 CIFAR_JUDGE_EPOCHS ?= 4
 # the unified model: the config's 2000 steps (the <= 75-minute recipe ends there), then resumed to each step count of
 # CIFAR_AR_STEPS in turn (each run's cosine schedule stretched to its new end), as the shipped model was trained (model
-# card: every stage measured); CIFAR_AR_STEPS= (empty) stops at step 2000
+# card: every stage measured); CIFAR_AR_STEPS= (empty) stops at step 2000. The resumed stages run without the config's
+# max_time: Lightning's Timer restores the time of every earlier run from the checkpoint, so a cap would cut a later
+# stage short and the loop would go on from where it stopped; each stage's step count ends it
 CIFAR_AR_STEPS ?= 5000 9000 12000
 CIFAR_AR_DATA = --data.init_args.tokens $(CIFAR_RUNS)/tokens --data.init_args.text_vocab $(CIFAR_RUNS)/text_vocab \
 	--model.init_args.tokenizer_dir $(CIFAR_RUNS)/tokenizer_only
@@ -91,7 +93,7 @@ cifar-model: $(STAMP)
 	$(TRAIN) fit --config configs/ar/cifar10.yaml --trainer.default_root_dir $(CIFAR_RUNS)/ar $(CIFAR_AR_DATA)
 	last=$(CIFAR_RUNS)/ar; for steps in $(CIFAR_AR_STEPS); do \
 		$(TRAIN) fit --config configs/ar/cifar10.yaml --trainer.default_root_dir $(CIFAR_RUNS)/ar_$$steps \
-			--trainer.max_steps $$steps --ckpt_path $$last/lightning_logs/version_0/checkpoints/last.ckpt \
+			--trainer.max_steps $$steps --trainer.max_time null --ckpt_path $$last/lightning_logs/version_0/checkpoints/last.ckpt \
 			$(CIFAR_AR_DATA) || exit 1; \
 		last=$(CIFAR_RUNS)/ar_$$steps; \
 	done; \
